@@ -1,0 +1,62 @@
+"""The ``privimage`` command line.
+
+Each command group lives in its own module of this package and exposes
+``register(subparsers)``; this module only dispatches. Conventions every command
+follows:
+
+- ``--json`` prints exactly one JSON object on the last line of standard output;
+- ``--data-root`` defaults to ``$PRIVIMAGE_DATA``, else ``./data``;
+- a `PrivImageError` becomes ``error: <message>`` on standard error and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from privimage.errors import PrivImageError
+
+# Command modules, in the order ``privimage --help`` lists them. A module that
+# does not exist yet is skipped, so the CLI grows with the library.
+COMMAND_MODULES = (
+    "privimage.cli.data",
+    "privimage.cli.privacy",
+    "privimage.cli.semantics",
+    "privimage.cli.methods",
+    "privimage.cli.evaluate",
+    "privimage.cli.audit",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="privimage",
+        description="PrivImage companion: DP image synthesis with semantics-guided pre-training.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+    except PrivImageError as exc:
+        message = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)

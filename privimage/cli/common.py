@@ -1,0 +1,49 @@
+"""Options and output helpers shared by every command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def default_data_root() -> Path:
+    """``$PRIVIMAGE_DATA`` if set, else ``./data``."""
+    return Path(os.environ.get("PRIVIMAGE_DATA", "data"))
+
+
+def add_data_root(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-root", type=Path, default=None,
+        help="folder holding real datasets and caches (default: $PRIVIMAGE_DATA, else ./data)",
+    )
+
+
+def add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+
+
+def add_profile(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", default="quick", help="smoke, quick, paper or a YAML path (default: quick)")
+
+
+def resolve_data_root(args: argparse.Namespace) -> Path:
+    return args.data_root if getattr(args, "data_root", None) is not None else default_data_root()
+
+
+def emit(result: dict[str, Any], as_json: bool, human: str | None = None) -> None:
+    """Print a command's result: one JSON line, or a human-readable text."""
+    if as_json:
+        print(json.dumps(result, default=_jsonable))
+    else:
+        print(human if human is not None else json.dumps(result, indent=2, default=_jsonable))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

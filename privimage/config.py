@@ -1,0 +1,319 @@
+"""Configuration: frozen dataclasses, one YAML file per profile, strict loading.
+
+A profile (``smoke``, ``quick``, ``paper``) is a YAML file in
+``privimage/configs/`` whose nested mappings mirror the dataclasses below. Loading
+is strict: an unknown key or a value of the wrong type is a `ConfigError` naming
+the key and the file. Every field has a default, so a profile only states what
+differs from it. The resolved config serialises to JSON (``to_dict``) and is saved
+beside every artifact; stage caches hash exactly the section a stage depends on.
+
+Each section owns one stage of the pipeline (DESIGN.md: config -> data ->
+semantics/selection -> pretrain -> DP fine-tune -> sample -> evaluate).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from privimage.errors import ConfigError
+
+PROFILE_DIR = Path(__file__).parent / "configs"
+PROFILES = ("smoke", "quick", "paper")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which datasets play the sensitive and the public role (paper Section 4.1)."""
+
+    sensitive: str = "mnist5k"
+    public: str = "glyphs1k"
+    # Glyphs-1k size: images rendered per class for the train and val splits.
+    glyphs_train_per_class: int = 64
+    glyphs_val_per_class: int = 8
+    # Seed of the public corpus rendering and of the fixed sensitive train/test split.
+    # It never controls DP noise.
+    dataset_seed: int = 0
+
+
+@dataclass(frozen=True)
+class SemanticQueryConfig:
+    """Semantic query function and the noisy semantic distribution (Sections 3.2-3.3)."""
+
+    # ResNet of the semantic query function (SQF): "resnet50" or a scaled ResNet.
+    sqf_arch: str = "resnet_small"
+    sqf_width: int = 32
+    sqf_blocks: tuple[int, ...] = (1, 1, 1)
+    sqf_epochs: int = 6
+    sqf_batch_size: int = 256
+    sqf_lr: float = 0.1
+    # k: semantics taken per sensitive image (paper Theorem 3.1, sensitivity sqrt(k)).
+    k: int = 1
+    # Fraction of the public dataset selected for pre-training (Table 8 maps it to N).
+    selection_ratio: float = 0.05
+    # z: the query's noise std is z * sqrt(k).
+    query_noise_multiplier: float = 50.0
+
+
+@dataclass(frozen=True)
+class DiffusionModelConfig:
+    """Class-conditional UNet (DPDM style, GroupNorm only)."""
+
+    # A named size preset ("1.8M", "6.1M", ...) or "custom" to use the fields below.
+    preset: str = "custom"
+    base_channels: int = 32
+    channel_mult: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 1
+    attention_resolutions: tuple[int, ...] = ()
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class GANModelConfig:
+    """Class-conditional GAN (GroupNorm, DP on the discriminator only)."""
+
+    latent_dim: int = 64
+    generator_width: int = 64
+    discriminator_width: int = 32
+    # Discriminator updates per generator update (paper Table 6).
+    update_ratio: int = 5
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Non-private pre-training on public data (same step budget for every method)."""
+
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 2e-4
+    ema_decay: float = 0.999
+    # Probability of dropping the label, for classifier-free guidance.
+    label_dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """DP-SGD fine-tuning on the sensitive data (Algorithm 1, Appendix E)."""
+
+    delta: float = 1e-5
+    # Expected (logical) batch size of Poisson sampling; physical batches fit memory.
+    batch_size: int = 256
+    physical_batch_size: int = 64
+    epochs: float = 20.0
+    lr: float = 3e-4
+    max_grad_norm: float = 1.0
+    # K: diffusion noise draws averaged per image before clipping.
+    noise_multiplicity: int = 4
+    ema_decay: float = 0.999
+    # Draw DP noise from a cryptographically seeded generator (slower).
+    secure_mode: bool = False
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """DDIM sampling of the synthetic dataset."""
+
+    ddim_steps: int = 50
+    guidance_scale: float = 0.0
+    num_samples: int = 5000
+    batch_size: int = 500
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """FID and downstream classifiers (Section 4.3)."""
+
+    # Path of pytorch-fid's Inception weights; empty: environment or hub cache, else offline backbone.
+    inception_weights: str = ""
+    fid_batch_size: int = 200
+    cnn_epochs: int = 10
+    mlp_max_iter: int = 200
+    # Fraction of the synthetic set held out for model selection (never the test split).
+    synthetic_validation_fraction: float = 0.1
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """The grid a notebook sweeps: which methods, budgets, seeds and ablations."""
+
+    methods: tuple[str, ...] = (
+        "privimage-d", "privimage-g", "pdp-diffusion", "dpdm", "dpgan", "dpgan-p",
+    )
+    epsilons: tuple[float, ...] = (1.0, 5.0, 10.0)
+    seeds: tuple[int, ...] = (0, 1)
+    selection_ratios: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2, 0.5, 1.0)
+    model_sizes: tuple[str, ...] = ("1.8M", "4.0M", "6.1M")
+    overparameterization_sizes: tuple[str, ...] = ("1.75M", "6.99M")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole resolved profile."""
+
+    profile: str = "quick"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    semantics: SemanticQueryConfig = field(default_factory=SemanticQueryConfig)
+    diffusion: DiffusionModelConfig = field(default_factory=DiffusionModelConfig)
+    gan: GANModelConfig = field(default_factory=GANModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable nested dict (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation)
+
+
+def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
+    """Check ``value`` against a field annotation; return it in the field's type."""
+    origin = typing.get_origin(annotation)
+    # tuple[X, ...]: YAML gives a list.
+    if origin is tuple:
+        (item_type, *_rest) = typing.get_args(annotation)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: key '{key}' must be a list, got {type(value).__name__} {value!r}")
+        return tuple(_coerce(v, item_type, f"{key}[{i}]", source) for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, source)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0])
+    if is_dataclass(annotation):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{source}: key '{key}' must be a mapping, got {value!r}")
+        return _build(annotation, value, source, prefix=f"{key}.")
+    # bool is an int subclass in Python; refuse it where a number is expected, and vice versa.
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: key '{key}' must be true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: key '{key}' must be an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: key '{key}' must be a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: key '{key}' must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{source}: key '{key}' has unsupported type {_type_name(annotation)}")
+
+
+def _build(cls: type, mapping: Mapping[str, Any], source: str, prefix: str = "", base: Any = None) -> Any:
+    """Instantiate dataclass ``cls`` from ``mapping`` over ``base`` (or the defaults)."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    for key in mapping:
+        if key not in known:
+            raise ConfigError(f"{source}: unknown key '{prefix}{key}' (known: {', '.join(sorted(known))})")
+    base = base if base is not None else cls()
+    updates = {}
+    for key, value in mapping.items():
+        annotation = hints[key]
+        if is_dataclass(annotation):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{source}: key '{prefix}{key}' must be a mapping, got {value!r}")
+            updates[key] = _build(annotation, value, source, prefix=f"{prefix}{key}.", base=getattr(base, key))
+        else:
+            updates[key] = _coerce(value, annotation, f"{prefix}{key}", source)
+    return replace(base, **updates)
+
+
+def _dotted_to_nested(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """{"finetune.epsilon": 1} -> {"finetune": {"epsilon": 1}}; nested dicts pass through."""
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
+        parts = key.split(".")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"overrides: key '{key}' conflicts with another override")
+        if isinstance(value, Mapping) and isinstance(node.get(parts[-1]), dict):
+            node[parts[-1]].update(value)
+        else:
+            node[parts[-1]] = dict(value) if isinstance(value, Mapping) else value
+    return nested
+
+
+def profile_path(profile: str) -> Path:
+    """The YAML file of a named profile, or the path itself if it names a file."""
+    candidate = Path(profile)
+    if candidate.suffix in (".yaml", ".yml"):
+        if not candidate.is_file():
+            raise ConfigError(f"profile file not found: {candidate}")
+        return candidate
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile '{profile}' (choose from {', '.join(PROFILES)} or a .yaml path)")
+    return PROFILE_DIR / f"{profile}.yaml"
+
+
+def load_config(profile: str = "quick", overrides: Mapping[str, Any] | None = None) -> Config:
+    """Resolve a profile and optional overrides into a frozen `Config`.
+
+    Args:
+        profile: ``smoke``, ``quick``, ``paper``, or a path to a YAML file.
+        overrides: dotted keys (``{"finetune.epochs": 2}``) or nested mappings,
+            applied after the profile file, checked with the same strictness.
+
+    Returns:
+        The resolved `Config`.
+
+    Raises:
+        ConfigError: unknown key, wrong type, unreadable file.
+    """
+    path = profile_path(profile)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    raw = dict(raw)
+    raw.setdefault("profile", path.stem)
+    config = _build(Config, raw, str(path))
+    if overrides:
+        config = _build(Config, _dotted_to_nested(overrides), "overrides", base=config)
+    return config
+
+
+def config_from_dict(mapping: Mapping[str, Any], source: str = "config.json") -> Config:
+    """Rebuild a `Config` from its ``to_dict`` form (a saved ``config.json``)."""
+    return _build(Config, mapping, source)
+
+
+def config_hash(section: Any) -> str:
+    """Content hash of a config section (or any JSON-able object), for stage caches."""
+    if is_dataclass(section):
+        section = dataclasses.asdict(section)
+    payload = json.dumps(section, sort_keys=True, default=str).encode()
+    return hashlib.sha256(payload).hexdigest()[:16]

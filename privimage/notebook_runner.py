@@ -1,0 +1,83 @@
+"""Run the research-question notebooks headlessly with papermill (``./run_all.sh``).
+
+Each notebook in ``notebooks/`` named ``NN_*.ipynb`` runs in order with the
+``privimage`` kernel, ``--cwd notebooks`` and the parameter ``profile``; the
+executed copy goes to ``results/<profile>/notebooks/``. A failing notebook stops
+the run with a non-zero exit and the failing cell's error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+KERNEL_NAME = "privimage"
+
+
+def discover_notebooks(only: set[str] | None = None) -> list[Path]:
+    """The numbered notebooks, in order, optionally restricted to some numbers."""
+    notebooks = sorted(p for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        unknown = only - {p.name[:2] for p in notebooks}
+        if unknown:
+            raise SystemExit(f"error: --only names notebooks that do not exist: {', '.join(sorted(unknown))}")
+        notebooks = [p for p in notebooks if p.name[:2] in only]
+    return notebooks
+
+
+def run_notebook(notebook: Path, profile: str, results_dir: Path) -> float:
+    """Execute one notebook with papermill; return its wall time in seconds."""
+    import papermill
+
+    output = results_dir / "notebooks" / notebook.name
+    output.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    papermill.execute_notebook(
+        str(notebook),
+        str(output),
+        parameters={"profile": profile},
+        kernel_name=KERNEL_NAME,
+        cwd=str(NOTEBOOK_DIR),
+        progress_bar=False,
+    )
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--profile", default="quick", choices=("smoke", "quick", "paper"))
+    parser.add_argument("--only", default="", help="comma-separated notebook numbers, e.g. 01,03")
+    args = parser.parse_args(argv)
+
+    only = {part.strip().zfill(2) for part in args.only.split(",") if part.strip()} or None
+    notebooks = discover_notebooks(only)
+    results_dir = REPO_ROOT / "results" / args.profile
+    if not notebooks:
+        print("No notebooks found in notebooks/; nothing to run.")
+        return 0
+
+    import papermill
+
+    timings = []
+    for notebook in notebooks:
+        print(f"[run_all] {notebook.name} (profile {args.profile}) ...", flush=True)
+        try:
+            seconds = run_notebook(notebook, args.profile, results_dir)
+        except papermill.PapermillExecutionError as exc:
+            print(f"error: {notebook.name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}", file=sys.stderr)
+            print(f"       executed copy with the traceback: {results_dir / 'notebooks' / notebook.name}", file=sys.stderr)
+            return 1
+        timings.append((notebook.name, seconds))
+        print(f"[run_all] {notebook.name} done in {seconds / 60:.1f} min", flush=True)
+
+    total = sum(s for _, s in timings)
+    print(f"[run_all] all {len(timings)} notebooks done in {total / 60:.1f} min; outputs in {results_dir}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Profiles load strictly: unknown keys and wrong types name the key and the file."""
+
+import json
+
+import pytest
+
+from privimage.config import PROFILES, Config, config_from_dict, config_hash, load_config
+from privimage.errors import ConfigError
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_profile_loads_and_round_trips_through_json(profile):
+    config = load_config(profile)
+    assert isinstance(config, Config)
+    assert config.profile == profile
+    as_json = json.dumps(config.to_dict())
+    assert config_from_dict(json.loads(as_json)) == config
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("finetune:\n  epsilonn: 3\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*finetune\.epsilonn"):
+        load_config(str(path))
+
+
+def test_unknown_top_level_section(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("fine_tune:\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match="unknown key 'fine_tune'"):
+        load_config(str(path))
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("finetune:\n  batch_size: '256'\n", "finetune.batch_size"),
+        ("finetune:\n  batch_size: 2.5\n", "finetune.batch_size"),
+        ("finetune:\n  secure_mode: 1\n", "finetune.secure_mode"),
+        ("semantics:\n  k: true\n", "semantics.k"),
+        ("experiment:\n  epsilons: 10\n", "experiment.epsilons"),
+        ("data: 3\n", "data"),
+    ],
+)
+def test_wrong_type_names_key(tmp_path, text, key):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"bad\.yaml: key '{key}'"):
+        load_config(str(path))
+
+
+def test_overrides_are_strict_and_applied():
+    config = load_config("smoke", {"finetune.epochs": 3, "semantics": {"k": 2}})
+    assert config.finetune.epochs == 3.0 and isinstance(config.finetune.epochs, float)
+    assert config.semantics.k == 2
+    # The override keeps the rest of the profile.
+    assert config.pretrain.steps == load_config("smoke").pretrain.steps
+    with pytest.raises(ConfigError, match="overrides: unknown key 'finetune.nope'"):
+        load_config("smoke", {"finetune.nope": 1})
+
+
+def test_unknown_profile_name():
+    with pytest.raises(ConfigError, match="unknown profile 'fast'"):
+        load_config("fast")
+
+
+def test_config_is_frozen():
+    config = load_config("smoke")
+    with pytest.raises(Exception):
+        config.seed = 3  # type: ignore[misc]
+
+
+def test_config_hash_depends_on_section_content_only():
+    a = load_config("smoke")
+    b = load_config("smoke", {"finetune.epochs": 9})
+    assert config_hash(a.semantics) == config_hash(b.semantics)
+    assert config_hash(a.finetune) != config_hash(b.finetune)
