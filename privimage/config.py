@@ -129,15 +129,37 @@ class SamplingConfig:
 
 @dataclass(frozen=True)
 class EvaluationConfig:
-    """FID and downstream classifiers (Section 4.3)."""
+    """FID, downstream classifiers and t-SNE (Section 4.3, Fig. 4)."""
 
-    # Path of pytorch-fid's Inception weights; empty: environment or hub cache, else offline backbone.
+    # FID feature network: "auto" (Inception when its weights file is found, else
+    # offline), "inception" (error without weights) or "offline".
+    fid_backbone: str = "auto"
+    # Path of pytorch-fid's Inception weights; empty: $PRIVIMAGE_INCEPTION_WEIGHTS, then the torch hub cache.
     inception_weights: str = ""
+    # Inception block: 2048 (pool3, the standard FID), 768, 192 or 64.
+    fid_inception_dims: int = 2048
     fid_batch_size: int = 200
-    cnn_epochs: int = 10
+    # FID needs more images than feature dimensions for a full-rank covariance;
+    # true lets pytorch-fid regularise a singular one instead of refusing.
+    fid_allow_singular_covariance: bool = False
+    # Offline backbone: a SmallCNN trained once on the public training split.
+    fid_backbone_width: int = 32
+    fid_backbone_embedding_dim: int = 128
+    fid_backbone_epochs: int = 3
+    # Downstream classifiers, trained on the synthetic set.
+    lr_inverse_regularization: tuple[float, ...] = (0.01, 0.1, 1.0)
+    lr_max_iter: int = 500
+    mlp_hidden_sizes: tuple[int, ...] = (256,)
     mlp_max_iter: int = 200
+    mlp_patience: int = 10
+    cnn_width: int = 32
+    cnn_embedding_dim: int = 128
+    cnn_epochs: int = 10
+    cnn_batch_size: int = 128
+    cnn_lr: float = 1e-3
     # Fraction of the synthetic set held out for model selection (never the test split).
     synthetic_validation_fraction: float = 0.1
+    tsne_perplexity: float = 30.0
 
 
 @dataclass(frozen=True)
