@@ -1,0 +1,45 @@
+"""Evaluation of synthetic datasets (paper Section 4.3): FID, classification
+accuracy of LR/MLP/CNN, t-SNE of CNN embeddings, sample grids, and per-stage
+resource costs.
+
+- `evaluate_synthetic` - FID and CA of one synthetic set (``privimage evaluate``).
+- `frechet_distance`, `load_fid_backbone`, `reference_statistics` - FID with
+  pytorch-fid's Inception, or the offline public-data backbone.
+- `classification_accuracy`, `train_classifiers`, `score_on_test` - LR, MLP, CNN.
+- `cnn_embeddings`, `tsne_embedding`, `plot_tsne` - paper Fig. 4.
+- `class_grid`, `save_class_grid` - paper Fig. 5 and Fig. 10.
+- `measure_stage`, `STAGES` - time and peak memory per stage (paper Table 4).
+"""
+
+from privimage.evaluation.classifiers import (
+    CLASSIFIERS,
+    TrainedClassifiers,
+    classification_accuracy,
+    score_on_test,
+    split_for_validation,
+    train_classifiers,
+)
+from privimage.evaluation.evaluate import evaluate_synthetic
+from privimage.evaluation.fid import (
+    FeatureExtractor,
+    InceptionFeatures,
+    OfflineFeatures,
+    choose_backbone,
+    download_inception_weights,
+    find_inception_weights,
+    frechet_distance,
+    load_fid_backbone,
+    reference_statistics,
+)
+from privimage.evaluation.grids import class_grid, save_class_grid
+from privimage.evaluation.resources import STAGES, measure_stage
+from privimage.evaluation.synthetic import load_synthetic_npz
+from privimage.evaluation.tsne import cnn_embeddings, plot_tsne, tsne_embedding
+
+__all__ = [
+    "CLASSIFIERS", "STAGES", "FeatureExtractor", "InceptionFeatures", "OfflineFeatures", "TrainedClassifiers",
+    "choose_backbone", "class_grid", "classification_accuracy", "cnn_embeddings", "download_inception_weights",
+    "evaluate_synthetic", "find_inception_weights", "frechet_distance", "load_fid_backbone", "load_synthetic_npz",
+    "measure_stage", "plot_tsne", "reference_statistics", "save_class_grid", "score_on_test", "split_for_validation",
+    "train_classifiers", "tsne_embedding",
+]

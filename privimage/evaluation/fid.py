@@ -1,0 +1,431 @@
+"""Fréchet Inception Distance (paper Section 4.3) with pytorch-fid.
+
+The distance itself is pytorch-fid's ``calculate_frechet_distance`` on the mean
+and covariance of feature vectors. The features come from one of two backbones:
+
+- ``inception``: pytorch-fid's ``InceptionV3`` (the TensorFlow FID weights),
+  whenever its weights file is on the machine: ``evaluation.inception_weights``,
+  else ``$PRIVIMAGE_INCEPTION_WEIGHTS``, else the file pytorch-fid downloads into
+  the torch hub cache. It is downloaded only on request
+  (`download_inception_weights`, ``privimage evaluate --download-inception``).
+- ``offline-smallcnn-<public>``: the fixed public-data network of
+  `privimage.evaluation.backbone`, when the weights are absent.
+
+Values from different backbones are not comparable, so every result carries the
+backbone's name and both sample counts. Real and synthetic images pass through
+the same path: uint8 -> float, grayscale -> 3 channels and bilinear resize to
+299 inside InceptionV3 (as pytorch-fid does for image files), or channel and
+size adaptation to the offline backbone's training shape.
+
+Reference statistics of the real split (the sensitive test split, for reporting
+only) are computed once per backbone and cached under
+``cache_root()/fid_reference/<hash>/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from privimage.cache import atomic_save_npz, atomic_write_json, stage_dir
+from privimage.config import Config, EvaluationConfig, config_hash
+from privimage.data.base import ImageDataset
+from privimage.errors import ConfigError, DataError, PrivImageError
+from privimage.evaluation.backbone import backbone_name, load_or_train_backbone
+from privimage.evaluation.networks import SmallCNN, default_device
+
+INCEPTION_ENV = "PRIVIMAGE_INCEPTION_WEIGHTS"
+INCEPTION_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
+INCEPTION_DIMS = (64, 192, 768, 2048)
+BACKBONE_CHOICES = ("auto", "inception", "offline")
+
+
+# --------------------------------------------------------------------------- backbone choice
+
+
+def hub_inception_path() -> Path:
+    """Where pytorch-fid's downloader stores the Inception weights (torch hub cache)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILE
+
+
+def find_inception_weights(*, config: EvaluationConfig) -> Path | None:
+    """Locate pytorch-fid's Inception weights without touching the network.
+
+    Args:
+        config: evaluation settings; ``inception_weights`` wins when set.
+
+    Returns:
+        The weights file, or None when none of the three places has it.
+    """
+    # A path the user named must exist: silently measuring with another backbone would mislead.
+    if config.inception_weights:
+        path = Path(config.inception_weights).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"evaluation.inception_weights: file not found: {path}")
+        return path
+    env = os.environ.get(INCEPTION_ENV)
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"${INCEPTION_ENV}: file not found: {path}")
+        return path
+    hub = hub_inception_path()
+    return hub if hub.is_file() else None
+
+
+def download_inception_weights() -> Path:
+    """Download pytorch-fid's Inception weights into the torch hub cache (needs a network).
+
+    Returns:
+        The path of the downloaded (hash-checked) file.
+    """
+    from pytorch_fid.inception import FID_WEIGHTS_URL
+
+    try:
+        torch.hub.load_state_dict_from_url(FID_WEIGHTS_URL, progress=True, check_hash=True, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - any network or hash failure becomes one clear line
+        raise DataError(
+            f"could not download the Inception weights from {FID_WEIGHTS_URL} ({exc.__class__.__name__}); "
+            f"place the file at {hub_inception_path()} or set ${INCEPTION_ENV}"
+        ) from None
+    return hub_inception_path()
+
+
+@dataclass(frozen=True)
+class BackboneChoice:
+    """Which FID backbone a config selects, known before any work is done."""
+
+    kind: str  # "inception" or "offline"
+    name: str
+    feature_dims: int
+    inception_weights: Path | None = None
+
+
+def choose_backbone(*, config: EvaluationConfig, public_name: str) -> BackboneChoice:
+    """Resolve ``evaluation.fid_backbone`` into a backbone, its label and feature size.
+
+    Args:
+        config: evaluation settings.
+        public_name: the public dataset an offline backbone trains on.
+
+    Returns:
+        A `BackboneChoice` (nothing is loaded or trained).
+    """
+    if config.fid_backbone not in BACKBONE_CHOICES:
+        raise ConfigError(f"evaluation.fid_backbone must be one of {', '.join(BACKBONE_CHOICES)}, got '{config.fid_backbone}'")
+    if config.fid_inception_dims not in INCEPTION_DIMS:
+        raise ConfigError(f"evaluation.fid_inception_dims must be one of {INCEPTION_DIMS}, got {config.fid_inception_dims}")
+    weights = find_inception_weights(config=config) if config.fid_backbone != "offline" else None
+    if config.fid_backbone == "inception" and weights is None:
+        raise DataError(
+            f"evaluation.fid_backbone is 'inception' but no weights file was found (evaluation.inception_weights, "
+            f"${INCEPTION_ENV}, or {hub_inception_path()}); run `privimage evaluate --download-inception` where a network exists"
+        )
+    if weights is not None:
+        return BackboneChoice("inception", "inception", config.fid_inception_dims, weights)
+    return BackboneChoice("offline", backbone_name(public_name), config.fid_backbone_embedding_dim)
+
+
+def check_fid_sample_count(*, num_images: int, feature_dims: int, backbone: str, role: str,
+                           allow_singular_covariance: bool) -> None:
+    """Refuse a set too small for a full-rank feature covariance.
+
+    pytorch-fid estimates a ``feature_dims`` x ``feature_dims`` covariance; with
+    ``feature_dims`` or fewer images it is singular and the matrix square root
+    of the distance is unreliable.
+
+    Args:
+        num_images: images in the set.
+        feature_dims: length of the backbone's feature vectors.
+        backbone: the backbone's name, for the message.
+        role: ``synthetic`` or ``real``, for the message.
+        allow_singular_covariance: accept down to 2 images (pytorch-fid then
+            regularises the covariance).
+    """
+    needed = 2 if allow_singular_covariance else feature_dims + 1
+    if num_images < needed:
+        hint = ("" if allow_singular_covariance else
+                "; use more images, a smaller feature block (evaluation.fid_inception_dims), "
+                "or set evaluation.fid_allow_singular_covariance: true")
+        raise DataError(
+            f"FID with the {backbone} backbone ({feature_dims}-d features) needs at least {needed} {role} images "
+            f"for a full-rank covariance, got {num_images}{hint}"
+        )
+
+
+# --------------------------------------------------------------------------- feature extractors
+
+
+class FeatureExtractor:
+    """Maps uint8 N x C x H x W images to float64 feature vectors (N x feature_dims)."""
+
+    name: str
+    identity: str  # cache key: changes whenever the features would
+    feature_dims: int
+    batch_size: int = 200
+    device: torch.device = torch.device("cpu")
+
+    def _batch_features(self, batch: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def features(self, images: np.ndarray, *, progress: bool = False) -> np.ndarray:
+        """Features of all images, computed in batches."""
+        outputs = []
+        starts = range(0, len(images), self.batch_size)
+        for start in tqdm(starts, desc=f"FID features ({self.name})", disable=not progress, leave=False):
+            batch = torch.from_numpy(np.ascontiguousarray(images[start:start + self.batch_size])).to(self.device)
+            outputs.append(self._batch_features(batch).double().cpu())
+        return torch.cat(outputs).numpy() if outputs else np.zeros((0, self.feature_dims))
+
+
+class InceptionFeatures(FeatureExtractor):
+    """pytorch-fid's InceptionV3 pooled features (pool3 = 2048-d by default)."""
+
+    def __init__(self, *, weights: Path, dims: int = 2048, batch_size: int = 200, device: torch.device | None = None):
+        from pytorch_fid.inception import InceptionV3
+
+        self.name = "inception"
+        self.feature_dims = dims
+        self.batch_size = batch_size
+        self.device = device or default_device()
+        self.identity = f"inception-{dims}-{_file_digest(weights)}"
+        with _local_inception_weights(weights):
+            self.model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[dims]]).to(self.device).eval()
+
+    def _batch_features(self, batch: torch.Tensor) -> torch.Tensor:
+        # pytorch-fid reads image files as RGB floats in [0, 1]; InceptionV3 resizes to 299 itself.
+        images = batch.float() / 255.0
+        if images.shape[1] == 1:
+            images = images.repeat(1, 3, 1, 1)
+        features = self.model(images)[0]
+        # As pytorch-fid's get_activations: pool blocks that are not already 1x1.
+        if features.shape[2:] != (1, 1):
+            features = F.adaptive_avg_pool2d(features, output_size=(1, 1))
+        return features.flatten(1)
+
+
+class OfflineFeatures(FeatureExtractor):
+    """Penultimate features of the offline public-data backbone (before the ReLU, see `SmallCNN`)."""
+
+    def __init__(self, *, model: SmallCNN, meta: dict, batch_size: int = 200, device: torch.device | None = None):
+        self.name = meta["name"]
+        self.identity = f"{meta['name']}-{meta['hash']}"
+        self.feature_dims = int(meta["arch"]["embedding_dim"])
+        self.input_shape = tuple(meta["input_shape"])
+        self.batch_size = batch_size
+        self.device = device or default_device()
+        self.model = model.to(self.device).eval()
+        self.meta = meta
+
+    def _batch_features(self, batch: torch.Tensor) -> torch.Tensor:
+        # The backbone's own input range, channel count and size (what it was trained on).
+        images = batch.float() / 127.5 - 1.0
+        channels, height, width = self.input_shape
+        if images.shape[1] == 1 and channels == 3:
+            images = images.repeat(1, 3, 1, 1)
+        elif images.shape[1] == 3 and channels == 1:
+            # ITU-R 601 luma, as PIL's convert("L").
+            luma = torch.tensor([0.299, 0.587, 0.114], device=images.device).view(1, 3, 1, 1)
+            images = (images * luma).sum(dim=1, keepdim=True)
+        if images.shape[2:] != (height, width):
+            images = F.interpolate(images, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+        return self.model.embed_pre_activation(images)
+
+
+_INCEPTION_LOCK = threading.Lock()
+_DIGESTS: dict[tuple[str, int, float], str] = {}
+
+
+@contextlib.contextmanager
+def _local_inception_weights(path: Path):
+    """Make pytorch-fid build InceptionV3 from a local file instead of its download URL.
+
+    pytorch-fid 0.3.0 hard-wires ``load_state_dict_from_url(FID_WEIGHTS_URL)`` in
+    ``fid_inception_v3``; this swaps that one loader for a ``weights_only`` load
+    of ``path`` while the network is built, so no network is ever reached.
+    """
+    import pytorch_fid.inception as fid_inception
+
+    def load_local(url, *args, **kwargs):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    with _INCEPTION_LOCK:
+        original = fid_inception.load_state_dict_from_url
+        fid_inception.load_state_dict_from_url = load_local
+        try:
+            yield
+        except RuntimeError as exc:
+            raise DataError(f"{path}: not a pytorch-fid Inception state dict ({str(exc).splitlines()[0]})") from None
+        finally:
+            fid_inception.load_state_dict_from_url = original
+
+
+def _file_digest(path: Path) -> str:
+    """SHA-256 prefix of a weights file (memoised per path, size and mtime)."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(chunk)
+        _DIGESTS[key] = digest.hexdigest()[:16]
+    return _DIGESTS[key]
+
+
+def load_fid_backbone(
+    *,
+    config: Config,
+    data_root: Path | None = None,
+    public_train: ImageDataset | None = None,
+    public_validation: ImageDataset | None = None,
+    device: torch.device | None = None,
+    progress: bool = False,
+) -> FeatureExtractor:
+    """Build the FID feature extractor a config selects (training the offline one on first use).
+
+    Args:
+        config: the resolved config (``evaluation`` and ``data.public``).
+        data_root: folder of real datasets, for loading the public corpus.
+        public_train, public_validation: public splits to use instead of loading
+            ``config.data.public`` (e.g. an own public corpus).
+        device: where to compute features (default: CUDA when present).
+        progress: show progress bars.
+
+    Returns:
+        An `InceptionFeatures` or `OfflineFeatures`.
+    """
+    public_name = public_train.name if public_train is not None else config.data.public
+    choice = choose_backbone(config=config.evaluation, public_name=public_name)
+    if choice.kind == "inception":
+        return InceptionFeatures(weights=choice.inception_weights, dims=choice.feature_dims,
+                                 batch_size=config.evaluation.fid_batch_size, device=device)
+    # Offline: the public corpus trains the backbone once; later calls read the cache.
+    from privimage.evaluation.datasets import PUBLIC_TRAIN_SPLIT, PUBLIC_VALIDATION_SPLIT, load_split
+
+    if public_train is None:
+        public_train = load_split(name=config.data.public, split=PUBLIC_TRAIN_SPLIT, data_root=data_root, config=config.data)
+    if public_validation is None:
+        public_validation = load_split(name=config.data.public, split=PUBLIC_VALIDATION_SPLIT, data_root=data_root,
+                                       config=config.data)
+    model, meta = load_or_train_backbone(public_train=public_train, public_validation=public_validation,
+                                         config=config.evaluation, device=device, progress=progress)
+    return OfflineFeatures(model=model, meta=meta, batch_size=config.evaluation.fid_batch_size, device=device)
+
+
+# --------------------------------------------------------------------------- statistics and distance
+
+
+def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of feature vectors, as pytorch-fid computes them."""
+    return np.mean(features, axis=0), np.cov(features, rowvar=False)
+
+
+def reference_statistics(
+    *,
+    real: ImageDataset,
+    extractor: FeatureExtractor,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Feature statistics of the real reference split, computed once per backbone and cached.
+
+    The reference is the sensitive dataset's test split, used for reporting only;
+    the sensitive training split is refused.
+
+    Args:
+        real: the reference images.
+        extractor: the FID backbone.
+        progress: show a progress bar when computing.
+
+    Returns:
+        ``(mu, sigma, meta)``.
+    """
+    if real.sensitive:
+        raise DataError(
+            f"FID reference statistics must not read the sensitive training set '{real.name}/{real.split}'; "
+            "use its test split (reporting only)"
+        )
+    key = config_hash({"dataset": real.content_hash(), "backbone": extractor.identity})
+    folder = stage_dir("fid_reference", key)
+    stats_path, meta_path = folder / "stats.npz", folder / "meta.json"
+    if stats_path.is_file() and meta_path.is_file():
+        with np.load(stats_path) as stats:
+            return stats["mu"], stats["sigma"], json.loads(meta_path.read_text())
+    mu, sigma = feature_statistics(extractor.features(real.images, progress=progress))
+    meta = {
+        "dataset": f"{real.name}/{real.split}",
+        "dataset_hash": real.content_hash(),
+        "use": "reporting only (FID reference of the sensitive test split)",
+        "backbone": extractor.name,
+        "backbone_identity": extractor.identity,
+        "feature_dims": extractor.feature_dims,
+        "num_images": len(real),
+    }
+    atomic_save_npz(stats_path, mu=mu, sigma=sigma)
+    atomic_write_json(meta_path, meta)
+    return mu, sigma, meta
+
+
+def frechet_distance(
+    *,
+    synthetic: ImageDataset,
+    real: ImageDataset,
+    extractor: FeatureExtractor,
+    allow_singular_covariance: bool = False,
+    progress: bool = False,
+) -> dict:
+    """FID between a synthetic set and the real reference split.
+
+    Args:
+        synthetic: generated images (uint8, same shape as ``real``).
+        real: reference images (the sensitive test split; statistics cached).
+        extractor: the FID backbone (`load_fid_backbone`).
+        allow_singular_covariance: accept sets with no more images than feature
+            dimensions (see `check_fid_sample_count`).
+        progress: show progress bars.
+
+    Returns:
+        ``{"fid", "fid_backbone", "fid_feature_dims", "fid_num_synthetic", "fid_num_real", "fid_reference"}``.
+    """
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    # The same quantisation and resize for both sides requires the same stored shape.
+    if synthetic.image_shape != real.image_shape:
+        raise DataError(
+            f"synthetic images are {'x'.join(map(str, synthetic.image_shape))} but the real "
+            f"{real.name} images are {'x'.join(map(str, real.image_shape))}"
+        )
+    for role, dataset in (("synthetic", synthetic), ("real", real)):
+        check_fid_sample_count(num_images=len(dataset), feature_dims=extractor.feature_dims, backbone=extractor.name,
+                               role=role, allow_singular_covariance=allow_singular_covariance)
+
+    real_mu, real_sigma, reference = reference_statistics(real=real, extractor=extractor, progress=progress)
+    synthetic_mu, synthetic_sigma = feature_statistics(extractor.features(synthetic.images, progress=progress))
+    try:
+        # pytorch-fid 0.3.0 passes scipy's deprecated `disp` argument; that is not the user's concern.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*`disp` argument is deprecated", category=DeprecationWarning)
+            distance = calculate_frechet_distance(synthetic_mu, synthetic_sigma, real_mu, real_sigma)
+    except ValueError as exc:
+        # pytorch-fid raises on a matrix square root with a large imaginary part (singular covariances).
+        raise PrivImageError(f"FID failed: {str(exc).splitlines()[0]}; use more images") from None
+    return {
+        "fid": float(distance),
+        "fid_backbone": extractor.name,
+        "fid_feature_dims": int(extractor.feature_dims),
+        "fid_num_synthetic": len(synthetic),
+        "fid_num_real": len(real),
+        "fid_reference": f"{reference['dataset']} (reporting only)",
+    }

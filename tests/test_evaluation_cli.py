@@ -1,0 +1,104 @@
+"""`privimage evaluate`: one JSON object on the last line; bad input is `error: ...` and exit 2."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+from privimage.cli import main
+from privimage.data.base import ImageDataset
+from privimage.data.mnist5k import load_mnist5k
+from privimage.evaluation import datasets
+
+torch.set_num_threads(2)
+
+
+def stand_in_public(split):
+    """A public corpus for tests: scikit-learn's 8x8 digits (not MNIST), upscaled and padded to 32x32."""
+    digits = load_digits()
+    images = np.kron(digits.images, np.ones((3, 3))) * (255 / 16)
+    images = np.pad(images, ((0, 0), (4, 4), (4, 4))).round().astype(np.uint8)[:, None]
+    public = ImageDataset("sklearn-digits", "all", images, digits.target.astype(np.int64), tuple(f"d{i}" for i in range(10)))
+    return public.subset(np.arange(1500) if split == "train" else np.arange(1500, len(public)), split)
+
+
+@pytest.fixture(autouse=True)
+def offline_setup(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRIVIMAGE_CACHE", str(tmp_path / "cache"))
+    original = datasets.load_split
+    # The public corpus of the smoke profile is replaced by a small stand-in.
+    monkeypatch.setattr(datasets, "load_split", lambda *, name, split, data_root=None, config=None:
+                        stand_in_public(split) if name == "glyphs1k" else original(name=name, split=split,
+                                                                                   data_root=data_root, config=config))
+
+
+def synthetic_file(tmp_path, n=200, **override):
+    train = load_mnist5k("train")
+    rows = np.random.default_rng(0).choice(len(train), n, replace=False)
+    arrays = {"x": train.images[rows], "y": train.labels[rows]}
+    arrays.update(override)
+    path = tmp_path / "synthetic.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+def test_evaluate_prints_one_json_object(tmp_path, capsys):
+    path = synthetic_file(tmp_path)
+    code = main(["evaluate", "--synthetic", str(path), "--sensitive", "mnist5k", "--profile", "smoke", "--json"])
+    assert code == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    result = json.loads(last)
+    assert {"fid", "fid_backbone", "fid_num_synthetic", "fid_num_real", "ca"} <= set(result)
+    assert result["fid_backbone"] == "offline-smallcnn-sklearn-digits"
+    assert (result["fid_num_synthetic"], result["fid_num_real"]) == (200, 1000)
+    assert set(result["ca"]) == {"lr", "mlp", "cnn"}
+
+
+def test_nhwc_file_gives_the_same_fid_as_nchw(tmp_path, capsys):
+    nchw = synthetic_file(tmp_path)
+    main(["evaluate", "--synthetic", str(nchw), "--profile", "smoke", "--json"])
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    with np.load(nchw) as archive:
+        x, y = archive["x"], archive["y"]
+    nhwc = tmp_path / "nhwc.npz"
+    np.savez(nhwc, x=x.transpose(0, 2, 3, 1), y=y)
+    main(["evaluate", "--synthetic", str(nhwc), "--profile", "smoke", "--json"])
+    second = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # Same pixels, so the same FID up to float32 rounding in the backbone.
+    assert second["fid"] == pytest.approx(first["fid"], rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"x": np.zeros((200, 3, 32, 32), np.uint8)}, "3x32x32 but mnist5k images are 1x32x32"),
+        ({"y": np.full(200, 10)}, "labels must lie in [0, 10)"),
+        ({"x": np.full((200, 1, 32, 32), np.nan, np.float32)}, "NaN"),
+    ],
+)
+def test_bad_input_is_one_error_line_and_exit_2(tmp_path, capsys, override, message):
+    path = synthetic_file(tmp_path, **override)
+    code = main(["evaluate", "--synthetic", str(path), "--profile", "smoke", "--json"])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert captured.err.startswith("error: ") and message in captured.err and captured.err.count("\n") == 1
+
+
+def test_too_few_samples_names_how_many(tmp_path, capsys):
+    path = synthetic_file(tmp_path, n=50)
+    assert main(["evaluate", "--synthetic", str(path), "--profile", "smoke"]) == 2
+    assert "needs at least 129 synthetic images" in capsys.readouterr().err
+
+
+def test_exit_code_from_the_console(tmp_path):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"corrupt")
+    process = subprocess.run([sys.executable, "-m", "privimage", "evaluate", "--synthetic", str(bad), "--profile", "smoke"],
+                             capture_output=True, text=True, timeout=120)
+    assert process.returncode == 2
+    lines = process.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {bad}: not a readable npz archive")

@@ -1,0 +1,259 @@
+"""FID: pytorch-fid's distance on the offline public-data backbone or on Inception (paper Section 4.3)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from sklearn.datasets import load_digits
+
+from privimage.cache import cache_root
+from privimage.config import load_config
+from privimage.data.base import ImageDataset
+from privimage.data.mnist5k import load_mnist5k
+from privimage.errors import ConfigError, DataError
+from privimage.evaluation import backbone as backbone_module
+from privimage.evaluation.fid import (
+    INCEPTION_WEIGHTS_FILE,
+    InceptionFeatures,
+    OfflineFeatures,
+    check_fid_sample_count,
+    choose_backbone,
+    find_inception_weights,
+    frechet_distance,
+    load_fid_backbone,
+    reference_statistics,
+)
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def isolated_cache(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PRIVIMAGE_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+def stand_in_public():
+    """A public corpus for tests: scikit-learn's 8x8 digits (not MNIST), upscaled and padded to 32x32."""
+    digits = load_digits()
+    images = np.kron(digits.images, np.ones((3, 3))) * (255 / 16)
+    images = np.pad(images, ((0, 0), (4, 4), (4, 4))).round().astype(np.uint8)[:, None]
+    public = ImageDataset("sklearn-digits", "all", images, digits.target.astype(np.int64), tuple(f"d{i}" for i in range(10)))
+    return public.subset(np.arange(1500), "train"), public.subset(np.arange(1500, len(public)), "val")
+
+
+@pytest.fixture(scope="module")
+def offline():
+    train, validation = stand_in_public()
+    config = load_config("smoke", {"evaluation.fid_backbone_epochs": 2})
+    return load_fid_backbone(config=config, public_train=train, public_validation=validation)
+
+
+@pytest.fixture(scope="module")
+def mnist_test():
+    return load_mnist5k("test")
+
+
+def with_noise(dataset, std, seed=0):
+    noisy = dataset.images + np.random.default_rng(seed).normal(0.0, std, dataset.images.shape)
+    return ImageDataset("noisy", "synthetic", np.clip(np.rint(noisy), 0, 255).astype(np.uint8), dataset.labels,
+                        dataset.class_names)
+
+
+def test_offline_backbone_is_labelled_and_learnt_its_public_task(offline):
+    assert isinstance(offline, OfflineFeatures)
+    assert offline.name == "offline-smallcnn-sklearn-digits"
+    assert offline.feature_dims == 128
+    # A backbone that learnt nothing would give meaningless features.
+    assert offline.meta["public_validation_accuracy"] > 0.7
+
+
+def test_fid_of_a_set_against_itself_is_zero(offline, mnist_test):
+    result = frechet_distance(synthetic=mnist_test, real=mnist_test, extractor=offline)
+    assert abs(result["fid"]) < 1e-6
+    assert result["fid_backbone"] == offline.name
+    assert result["fid_num_synthetic"] == result["fid_num_real"] == 1000
+    assert "reporting only" in result["fid_reference"]
+
+
+def test_fid_grows_monotonically_with_noise(offline, mnist_test):
+    stds = [0, 8, 16, 32, 64, 128]
+    fids = [frechet_distance(synthetic=with_noise(mnist_test, std), real=mnist_test, extractor=offline)["fid"]
+            for std in stds]
+    assert all(later > earlier for earlier, later in zip(fids, fids[1:])), fids
+    # Held-out real digits are closer to the test split than heavily corrupted copies of it.
+    train_fid = frechet_distance(synthetic=load_mnist5k("train"), real=mnist_test, extractor=offline)["fid"]
+    assert train_fid < fids[-2]
+
+
+def test_backbone_and_reference_statistics_are_cached(offline, mnist_test, monkeypatch):
+    train, validation = stand_in_public()
+    # A second request must load the cached instrument, not train again.
+    monkeypatch.setattr(backbone_module, "fit_cnn", lambda **_: pytest.fail("backbone retrained"))
+    again = load_fid_backbone(config=load_config("smoke", {"evaluation.fid_backbone_epochs": 2}),
+                              public_train=train, public_validation=validation)
+    images = mnist_test.images[:50]
+    np.testing.assert_allclose(again.features(images), offline.features(images))
+
+    mu, sigma, meta = reference_statistics(real=mnist_test, extractor=offline)
+    assert meta["use"].startswith("reporting only") and meta["num_images"] == 1000
+    assert sigma.shape == (128, 128)
+    # The cached statistics are what the features give.
+    features = offline.features(mnist_test.images).astype(np.float64)
+    np.testing.assert_allclose(mu, features.mean(axis=0), rtol=1e-6, atol=1e-8)
+    assert len(list((cache_root() / "fid_reference").iterdir())) >= 1
+
+
+def test_backbone_refuses_sensitive_data():
+    train, validation = stand_in_public()
+    sensitive = ImageDataset(train.name, "train", train.images, train.labels, train.class_names, sensitive=True)
+    with pytest.raises(DataError, match="must not read the sensitive training set"):
+        load_fid_backbone(config=load_config("smoke"), public_train=sensitive, public_validation=validation)
+
+
+def test_reference_statistics_refuse_the_sensitive_training_split(offline):
+    train = load_mnist5k("train")
+    flagged = ImageDataset(train.name, train.split, train.images, train.labels, train.class_names, sensitive=True)
+    with pytest.raises(DataError, match="reporting only"):
+        reference_statistics(real=flagged, extractor=offline)
+
+
+def test_too_few_samples_says_how_many_are_needed(offline, mnist_test):
+    small = mnist_test.subset(np.arange(100))
+    with pytest.raises(DataError, match=r"needs at least 129 synthetic images .*got 100"):
+        frechet_distance(synthetic=small, real=mnist_test, extractor=offline)
+    with pytest.raises(DataError, match=r"at least 2049 real images"):
+        check_fid_sample_count(num_images=1000, feature_dims=2048, backbone="inception", role="real",
+                               allow_singular_covariance=False)
+    check_fid_sample_count(num_images=100, feature_dims=2048, backbone="inception", role="real",
+                           allow_singular_covariance=True)
+
+
+def test_shape_mismatch_is_refused(offline, mnist_test):
+    rgb = ImageDataset("rgb", "synthetic", np.zeros((200, 3, 32, 32), np.uint8), np.zeros(200, np.int64), ("a",))
+    with pytest.raises(DataError, match="3x32x32 but the real mnist5k images are 1x32x32"):
+        frechet_distance(synthetic=rgb, real=mnist_test, extractor=offline)
+
+
+def test_offline_backbone_adapts_channels_and_size_the_same_way_for_every_set(offline):
+    # RGB 64x64 inputs reach the 1x32x32 backbone through one deterministic path.
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (4, 3, 64, 64), dtype=np.uint8)
+    features = offline.features(images)
+    assert features.shape == (4, 128) and np.isfinite(features).all()
+    np.testing.assert_array_equal(features, offline.features(images))
+
+
+# --------------------------------------------------------------------------- Inception path
+
+
+def write_random_fid_inception(path):
+    """pytorch-fid's FID-Inception architecture with random weights, as a local state dict."""
+    from pytorch_fid.inception import FIDInceptionA, FIDInceptionC, FIDInceptionE_1, FIDInceptionE_2
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = torchvision.models.inception_v3(num_classes=1008, aux_logits=False, weights=None, init_weights=False)
+    net.Mixed_5b = FIDInceptionA(192, pool_features=32)
+    net.Mixed_5c = FIDInceptionA(256, pool_features=64)
+    net.Mixed_5d = FIDInceptionA(288, pool_features=64)
+    net.Mixed_6b = FIDInceptionC(768, channels_7x7=128)
+    net.Mixed_6c = FIDInceptionC(768, channels_7x7=160)
+    net.Mixed_6d = FIDInceptionC(768, channels_7x7=160)
+    net.Mixed_6e = FIDInceptionC(768, channels_7x7=192)
+    net.Mixed_7b = FIDInceptionE_1(1280)
+    net.Mixed_7c = FIDInceptionE_2(2048)
+    state = net.state_dict()
+    torch.save(state, path)
+    return state
+
+
+def test_inception_path_uses_the_local_weights_and_is_labelled_inception(tmp_path, monkeypatch):
+    import pytorch_fid.inception as fid_inception
+
+    weights = tmp_path / "inception.pth"
+    state = write_random_fid_inception(weights)
+    # The network must never try to download.
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("tried to download"))
+    config = load_config("smoke", {
+        "evaluation.fid_backbone": "auto",
+        "evaluation.inception_weights": str(weights),
+        "evaluation.fid_inception_dims": 64,
+        "evaluation.fid_allow_singular_covariance": True,
+    })
+    extractor = load_fid_backbone(config=config)
+    assert isinstance(extractor, InceptionFeatures) and extractor.name == "inception"
+    # The loader swap is undone after building.
+    assert fid_inception.load_state_dict_from_url is not None
+    assert "load_local" not in fid_inception.load_state_dict_from_url.__name__
+
+    rng = np.random.default_rng(0)
+    real = ImageDataset("real", "test", rng.integers(0, 256, (8, 1, 16, 16), dtype=np.uint8), np.arange(8) % 2, ("a", "b"))
+    synthetic = ImageDataset("syn", "synthetic", rng.integers(0, 256, (6, 1, 16, 16), dtype=np.uint8),
+                             np.arange(6) % 2, ("a", "b"))
+
+    # The same features as pytorch-fid's own InceptionV3 given the same state dict (grayscale -> RGB in [0, 1]).
+    monkeypatch.setattr(fid_inception, "load_state_dict_from_url", lambda *a, **k: state)
+    reference = fid_inception.InceptionV3([0]).eval()
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(real.images).float().div(255).repeat(1, 3, 1, 1))[0]
+        expected = torch.nn.functional.adaptive_avg_pool2d(expected, 1).flatten(1).double().numpy()
+    np.testing.assert_allclose(extractor.features(real.images), expected, rtol=1e-4, atol=1e-5)
+
+    result = frechet_distance(synthetic=synthetic, real=real, extractor=extractor, allow_singular_covariance=True)
+    assert result["fid_backbone"] == "inception" and result["fid_feature_dims"] == 64
+    assert (result["fid_num_synthetic"], result["fid_num_real"]) == (6, 8)
+    assert np.isfinite(result["fid"]) and result["fid"] > 0
+
+
+def test_not_a_state_dict_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.pth"
+    torch.save({"conv.weight": torch.zeros(1)}, bad)
+    config = load_config("smoke", {"evaluation.fid_backbone": "inception", "evaluation.inception_weights": str(bad),
+                                   "evaluation.fid_inception_dims": 64})
+    with pytest.raises(DataError, match="not a pytorch-fid Inception state dict"):
+        load_fid_backbone(config=config)
+
+
+def test_weights_are_found_in_config_env_then_hub_cache(tmp_path, monkeypatch):
+    config = load_config("smoke").evaluation
+    monkeypatch.delenv("PRIVIMAGE_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    assert find_inception_weights(config=config) is None
+    assert choose_backbone(config=load_config("quick", {"evaluation.fid_backbone": "auto"}).evaluation,
+                           public_name="glyphs1k").name == "offline-smallcnn-glyphs1k"
+
+    hub_file = tmp_path / "torch" / "hub" / "checkpoints" / INCEPTION_WEIGHTS_FILE
+    hub_file.parent.mkdir(parents=True)
+    hub_file.write_bytes(b"x")
+    assert find_inception_weights(config=config) == hub_file
+    env_file = tmp_path / "env.pth"
+    env_file.write_bytes(b"x")
+    monkeypatch.setenv("PRIVIMAGE_INCEPTION_WEIGHTS", str(env_file))
+    assert find_inception_weights(config=config) == env_file
+    auto = load_config("quick", {"evaluation.fid_backbone": "auto"}).evaluation
+    assert choose_backbone(config=auto, public_name="glyphs1k").name == "inception"
+    # The offline choice ignores any weights present.
+    assert choose_backbone(config=load_config("quick").evaluation, public_name="glyphs1k").kind == "offline"
+
+
+def test_missing_named_weights_are_errors_not_silent_fallbacks(tmp_path, monkeypatch):
+    missing = load_config("smoke", {"evaluation.inception_weights": str(tmp_path / "nope.pth"),
+                                    "evaluation.fid_backbone": "auto"}).evaluation
+    with pytest.raises(ConfigError, match="inception_weights: file not found"):
+        choose_backbone(config=missing, public_name="glyphs1k")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("PRIVIMAGE_INCEPTION_WEIGHTS", raising=False)
+    with pytest.raises(DataError, match="--download-inception"):
+        choose_backbone(config=load_config("paper").evaluation, public_name="imagenet32")
+    with pytest.raises(ConfigError, match="fid_backbone must be one of"):
+        choose_backbone(config=load_config("smoke", {"evaluation.fid_backbone": "vgg"}).evaluation, public_name="x")
+
+
+def test_cached_backbone_metadata_names_its_public_data(offline):
+    folders = list((cache_root() / "fid_backbone").iterdir())
+    metas = [json.loads((folder / "meta.json").read_text()) for folder in folders]
+    assert any(meta["public_dataset"] == "sklearn-digits/train" for meta in metas)
