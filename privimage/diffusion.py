@@ -1,0 +1,262 @@
+"""Denoising diffusion: noise schedule, the per-example loss with noise multiplicity, DDIM sampling, EMA.
+
+We use the DDPM objective of the paper (Section 2.2, Eq. 2; Ho et al., 2020) in
+continuous time with the cosine schedule of Nichol & Dhariwal (2021). For a clean
+image x0 in [-1, 1], time t ~ U(0, 1) and noise eps ~ N(0, I):
+
+    alpha_bar(t) = cos^2(((t + s) / (1 + s)) * pi / 2) / cos^2((s / (1 + s)) * pi / 2),   s = 0.008
+    x_t          = sqrt(alpha_bar(t)) * x0 + sqrt(1 - alpha_bar(t)) * eps
+    L(x0, y)     = E_{t, eps} || eps - eps_theta(x_t, t, y) ||^2                          (Eq. 2)
+
+With noise multiplicity K (Dockhorn et al., 2023, DPDM Section 3.2) each image's
+loss is the mean of K independent (t, eps) draws. The K draws share one image,
+so the per-example gradient is still that of a single example: clipping it costs
+no extra privacy, and it has lower variance than a single draw.
+
+Sampling is deterministic DDIM (Song et al., 2021, Eq. 12 with eta = 0), with
+classifier-free guidance (Ho & Salimans, 2021): the network also learns the
+unconditional model from labels replaced by the null class ``num_classes``
+with probability ``label_dropout``, and sampling mixes
+``eps = (1 + w) * eps(x, t, y) - w * eps(x, t, null)``.
+
+Non-private sampling needs no privacy accounting: it only uses the trained model.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from privimage.errors import ConfigError
+
+# Offset s of the cosine schedule, and the smallest alpha_bar (t = 1 gives a log-SNR of about -9.2).
+COSINE_OFFSET = 0.008
+MIN_ALPHA_BAR = 1e-4
+
+
+def alpha_bar(times: torch.Tensor) -> torch.Tensor:
+    """Signal fraction alpha_bar(t) of the cosine schedule, for t in [0, 1] (alpha_bar(0) = 1)."""
+    angle = (times + COSINE_OFFSET) / (1 + COSINE_OFFSET) * (math.pi / 2)
+    start = math.cos(COSINE_OFFSET / (1 + COSINE_OFFSET) * (math.pi / 2)) ** 2
+    return (torch.cos(angle) ** 2 / start).clamp(MIN_ALPHA_BAR, 1.0)
+
+
+def draw_diffusion_noise(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    noise_multiplicity: int,
+    label_dropout: float,
+    num_classes: int,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Draw the K noise draws of every image: noise, times and (possibly dropped) labels.
+
+    Kept apart from the loss so that a test, or the per-sample gradient code, can
+    replay exactly the same draws.
+
+    Args:
+        images: clean images, B x C x H x W (only shape, device and dtype are used).
+        labels: classes, shape B, in [0, num_classes).
+        noise_multiplicity: K >= 1 draws per image.
+        label_dropout: probability of replacing a draw's label by the null class.
+        num_classes: number of real classes (the null class is ``num_classes``).
+        generator: optional torch generator for reproducible draws.
+
+    Returns:
+        ``(noise, times, conditioning_labels)`` of shapes B x K x C x H x W, B x K and B x K.
+    """
+    if noise_multiplicity < 1:
+        raise ConfigError(f"noise_multiplicity must be at least 1, got {noise_multiplicity}")
+    if not 0.0 <= label_dropout <= 1.0:
+        raise ConfigError(f"label_dropout must lie in [0, 1], got {label_dropout}")
+    batch = images.shape[0]
+    device = images.device
+    noise = torch.randn((batch, noise_multiplicity, *images.shape[1:]), generator=generator,
+                        device=device, dtype=images.dtype)
+    times = torch.rand((batch, noise_multiplicity), generator=generator, device=device, dtype=images.dtype)
+    # Classifier-free guidance: some draws see the null class instead of the label.
+    dropped = torch.rand((batch, noise_multiplicity), generator=generator, device=device) < label_dropout
+    conditioning_labels = torch.where(dropped, num_classes, labels[:, None].expand(-1, noise_multiplicity))
+    return noise, times, conditioning_labels
+
+
+def diffusion_loss_from_noise(
+    model: Callable[..., torch.Tensor],
+    images: torch.Tensor,
+    noise: torch.Tensor,
+    times: torch.Tensor,
+    conditioning_labels: torch.Tensor,
+) -> torch.Tensor:
+    """Eq. 2 per image, averaged over its K given noise draws.
+
+    The B x K noisy rows go through the model as one batch. This is the
+    ``per_example_loss_fn`` that `privimage.dp.compute_per_sample_gradients`
+    takes, with ``noise``, ``times`` and ``conditioning_labels`` from
+    `draw_diffusion_noise`.
+
+    Args:
+        model: ``model(x, t, labels) -> predicted noise`` (a `UNet` or a functional call of one).
+        images: clean images in [-1, 1], B x C x H x W.
+        noise: B x K x C x H x W standard normal noise.
+        times: B x K diffusion times in [0, 1].
+        conditioning_labels: B x K labels in [0, num_classes] (``num_classes`` = null).
+
+    Returns:
+        Loss per image, shape B (mean squared error over pixels and draws).
+    """
+    batch, multiplicity = times.shape
+    signal = alpha_bar(times).view(batch, multiplicity, *([1] * (images.dim() - 1)))
+    noisy = signal.sqrt() * images[:, None] + (1 - signal).sqrt() * noise
+    predicted = model(noisy.flatten(0, 1), times.flatten(), conditioning_labels.flatten())
+    squared_error = (predicted - noise.flatten(0, 1)) ** 2
+    return squared_error.flatten(1).mean(dim=1).view(batch, multiplicity).mean(dim=1)
+
+
+def diffusion_loss_per_example(
+    model: Callable[..., torch.Tensor],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    noise_multiplicity: int,
+    label_dropout: float,
+    num_classes: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Each image's denoising loss (Eq. 2) averaged over K fresh noise draws.
+
+    Args:
+        model: ``model(x, t, labels) -> predicted noise``.
+        images: clean images in [-1, 1], B x C x H x W.
+        labels: classes, shape B, in [0, num_classes).
+        noise_multiplicity: K draws of (t, eps) per image.
+        label_dropout: probability of the null label per draw (classifier-free guidance).
+        num_classes: number of real classes.
+        generator: optional torch generator for the draws.
+
+    Returns:
+        Loss per image, shape B.
+    """
+    noise, times, conditioning_labels = draw_diffusion_noise(
+        images, labels, noise_multiplicity=noise_multiplicity, label_dropout=label_dropout,
+        num_classes=num_classes, generator=generator,
+    )
+    return diffusion_loss_from_noise(model, images, noise, times, conditioning_labels)
+
+
+@torch.no_grad()
+def ddim_sample(
+    model: nn.Module,
+    *,
+    labels: torch.Tensor,
+    image_shape: tuple[int, int, int],
+    num_classes: int,
+    steps: int = 50,
+    guidance_scale: float = 0.0,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Deterministic DDIM sampling (eta = 0) from pure noise to images.
+
+    Args:
+        model: the trained noise-prediction network (its EMA copy, usually).
+        labels: class of each image to generate, shape N, in [0, num_classes).
+        image_shape: (C, H, W) of one image.
+        num_classes: number of real classes (the null class for guidance is ``num_classes``).
+        steps: number of network evaluations (times 2 with guidance).
+        guidance_scale: w of classifier-free guidance; 0 samples the conditional model alone.
+        generator: optional torch generator for the initial noise.
+        progress: show a tqdm bar over the steps.
+
+    Returns:
+        Images in [-1, 1], N x C x H x W, on the device of ``labels``.
+    """
+    if steps < 1:
+        raise ConfigError(f"sampling steps must be at least 1, got {steps}")
+    if guidance_scale < 0:
+        raise ConfigError(f"guidance_scale must be non-negative, got {guidance_scale}")
+    device = labels.device
+    count = labels.shape[0]
+    x = torch.randn((count, *image_shape), generator=generator, device=device)
+    times = torch.linspace(1.0, 0.0, steps + 1, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        for index in tqdm(range(steps), desc="DDIM", disable=not progress, leave=False):
+            t_now, t_next = times[index], times[index + 1]
+            eps = _guided_noise(model, x, t_now.expand(count), labels, num_classes, guidance_scale)
+            signal_now, signal_next = alpha_bar(t_now), alpha_bar(t_next)
+            # Predict the clean image, clip it to the data range and re-derive the noise from it.
+            x0 = ((x - (1 - signal_now).sqrt() * eps) / signal_now.sqrt()).clamp(-1.0, 1.0)
+            eps = (x - signal_now.sqrt() * x0) / (1 - signal_now).sqrt()
+            # DDIM update (Song et al., 2021, Eq. 12 with sigma = 0).
+            x = signal_next.sqrt() * x0 + (1 - signal_next).sqrt() * eps
+    finally:
+        model.train(was_training)
+    return x.clamp(-1.0, 1.0)
+
+
+def _guided_noise(model, x, times, labels, num_classes, guidance_scale):
+    """eps(x, t, y), or the classifier-free guided mix when guidance_scale > 0 (one batched call)."""
+    if guidance_scale == 0:
+        return model(x, times, labels)
+    null = torch.full_like(labels, num_classes)
+    both = model(torch.cat([x, x]), torch.cat([times, times]), torch.cat([labels, null]))
+    conditional, unconditional = both.chunk(2)
+    return (1 + guidance_scale) * conditional - guidance_scale * unconditional
+
+
+class ExponentialMovingAverage:
+    """An exponential moving average of a model's weights, kept in a separate copy (``ema.model``).
+
+    ``ema.update(model)`` after every optimizer step sets
+    ``ema_weight = decay * ema_weight + (1 - decay) * weight``; sample from
+    ``ema.model``. Buffers (none in our networks) are copied as they are.
+
+    Args:
+        model: the model being trained; copied once here.
+        decay: weight of the past, in [0, 1).
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        if not 0.0 <= decay < 1.0:
+            raise ConfigError(f"ema_decay must lie in [0, 1), got {decay}")
+        self.decay = decay
+        self.num_updates = 0
+        self.model = copy.deepcopy(model).eval()
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+            # Per-sample gradients of the live model are not part of its average.
+            if hasattr(parameter, "grad_sample"):
+                del parameter.grad_sample
+            parameter.grad = None
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Move the average one step towards ``model``'s current weights."""
+        for average, current in zip(self.model.parameters(), model.parameters()):
+            average.lerp_(current.detach(), 1.0 - self.decay)
+        for average, current in zip(self.model.buffers(), model.buffers()):
+            average.copy_(current)
+        self.num_updates += 1
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        """Overwrite ``model``'s weights with the average."""
+        for average, target in zip(self.model.parameters(), model.parameters()):
+            target.copy_(average)
+        for average, target in zip(self.model.buffers(), model.buffers()):
+            target.copy_(average)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decay": self.decay, "num_updates": self.num_updates, "model": self.model.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.decay = float(state["decay"])
+        self.num_updates = int(state["num_updates"])
+        self.model.load_state_dict(state["model"])

@@ -1,0 +1,167 @@
+"""Per-sample gradients with noise multiplicity, in the form opacus' DPOptimizer consumes.
+
+DP-SGD (paper Algorithm 1) clips each example's gradient. For diffusion models
+the example's loss is averaged over K noise draws first (DPDM's noise
+multiplicity), so we need one gradient per *image* of a loss that touches K
+rows. Opacus' hooks compute one gradient per *row*, which for K draws means a
+B*K expanded batch and B*K per-sample gradients in memory before averaging
+groups of K (`compute_per_sample_gradients_opacus`, kept as the baseline).
+
+`compute_per_sample_gradients` instead maps ``torch.func.grad`` over the images
+with ``vmap``: each image's call runs its K noisy rows as one small batch, so
+activations cover B*K rows but only B per-sample gradients are ever stored.
+The result goes to ``p.grad_sample`` (B x *p.shape), where opacus'
+`DPOptimizer` clips, sums, noises and scales it exactly as it would after a
+`GradSampleModule` backward pass.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from opacus.grad_sample import GradSampleModule
+from opacus.validators import ModuleValidator
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from privimage.errors import PrivacyError
+
+PerExampleLoss = Callable[..., torch.Tensor]
+
+
+def compute_per_sample_gradients(
+    model: nn.Module,
+    per_example_loss_fn: PerExampleLoss,
+    *inputs: torch.Tensor,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """Per-example gradients of ``per_example_loss_fn`` into ``p.grad_sample``, one per example.
+
+    ``per_example_loss_fn(model_call, *batched_inputs) -> Tensor[b]`` is the same
+    function the non-private step uses (e.g.
+    `privimage.diffusion.diffusion_loss_from_noise` or
+    `privimage.models.discriminator_loss_per_row`): here it receives a callable
+    that runs ``model`` with the parameters being differentiated, and each
+    example's inputs with a leading batch dimension of 1 (for diffusion: one
+    image and its K noise draws).
+
+    Every ``p.grad_sample`` gets shape ``[B, *p.shape]``: the gradient of example
+    b's own loss (not divided by B), as opacus' `GradSampleModule` with
+    ``loss_reduction="sum"`` leaves it. Like opacus, a second call before
+    ``optimizer.zero_grad()`` appends to a list (an accumulated iteration).
+
+    Args:
+        model: the network; its trainable parameters get ``grad_sample``; not modified otherwise.
+        per_example_loss_fn: maps (model_call, *inputs with leading dim b) to losses of shape b.
+        *inputs: tensors whose leading dimension B indexes examples.
+        chunk_size: process this many examples at a time (bounds activation memory);
+            None processes all B at once.
+
+    Returns:
+        The per-example losses, shape B (detached).
+    """
+    if not inputs:
+        raise PrivacyError("compute_per_sample_gradients needs at least one input tensor")
+    batch = inputs[0].shape[0]
+    if any(x.shape[0] != batch for x in inputs):
+        raise PrivacyError(f"inputs disagree on the number of examples: {[tuple(x.shape) for x in inputs]}")
+    trainable = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+    frozen = {name: p.detach() for name, p in model.named_parameters() if not p.requires_grad}
+    buffers = dict(model.named_buffers())
+
+    def example_loss(parameters, *example):
+        # One example, with a batch dimension of 1, through the same loss the non-private step uses.
+        def model_call(*args, **kwargs):
+            return functional_call(model, (parameters, frozen, buffers), args, kwargs)
+
+        return per_example_loss_fn(model_call, *(x.unsqueeze(0) for x in example)).squeeze(0)
+
+    # randomness="different": dropout masks differ between examples, as in a normal batch.
+    per_example = vmap(
+        grad_and_value(example_loss),
+        in_dims=(None,) + (0,) * len(inputs),
+        randomness="different",
+        chunk_size=chunk_size,
+    )
+    grads, losses = per_example(trainable, *inputs)
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            _store_grad_sample(parameter, grads[name])
+    return losses.detach()
+
+
+def compute_per_sample_gradients_opacus(
+    model: nn.Module,
+    per_row_loss_fn: PerExampleLoss,
+    *rows: torch.Tensor,
+    rows_per_example: int = 1,
+) -> torch.Tensor:
+    """Baseline: opacus hooks over an expanded batch, then the mean over each example's rows.
+
+    With noise multiplicity K the caller expands B images into B*K rows (the K
+    rows of an example contiguous, each with one draw); opacus computes B*K
+    per-row gradients, which are averaged in groups of K. Same result as
+    `compute_per_sample_gradients`, at K times its gradient memory.
+
+    Args:
+        model: the network (wrapped in a `GradSampleModule` for this call only).
+        per_row_loss_fn: maps (model, *rows) to one loss per row, shape B*K.
+        *rows: tensors with leading dimension B*K.
+        rows_per_example: K.
+
+    Returns:
+        The per-example losses (mean over each example's rows), shape B.
+    """
+    total = rows[0].shape[0]
+    if total % rows_per_example:
+        raise PrivacyError(f"{total} rows do not split into groups of {rows_per_example}")
+    batch = total // rows_per_example
+    wrapped = GradSampleModule(model, batch_first=True, loss_reduction="sum")
+    try:
+        losses = per_row_loss_fn(wrapped, *rows)
+        losses.sum().backward()
+        per_row = {p: p.grad_sample for p in model.parameters() if p.requires_grad}
+    finally:
+        # Remove the hooks; this also deletes the per-row grad_sample attributes.
+        wrapped._close()
+    for parameter, grad_sample in per_row.items():
+        parameter.grad = None
+        _store_grad_sample(parameter, grad_sample.view(batch, rows_per_example, *parameter.shape).mean(dim=1))
+    return losses.detach().view(batch, rows_per_example).mean(dim=1)
+
+
+def _store_grad_sample(parameter: nn.Parameter, grad_sample: torch.Tensor) -> None:
+    """Set ``parameter.grad_sample`` the way opacus' GradSampleModule does (a list when accumulating)."""
+    existing = getattr(parameter, "grad_sample", None)
+    if existing is None:
+        parameter.grad_sample = grad_sample
+    elif isinstance(existing, list):
+        existing.append(grad_sample)
+    else:
+        parameter.grad_sample = [existing, grad_sample]
+
+
+def check_dp_compatible(model: nn.Module) -> None:
+    """Refuse a model with a layer that mixes samples, so per-sample gradients would be wrong.
+
+    Runs opacus' `ModuleValidator` (BatchNorm, LSTM, MultiheadAttention, ...)
+    and also rejects every BatchNorm variant even without trainable parameters,
+    which opacus' validator skips although its batch statistics still mix samples.
+
+    Args:
+        model: the network to be trained with DP-SGD.
+
+    Raises:
+        PrivacyError: naming the first offending layer.
+    """
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            raise PrivacyError(
+                f"layer '{name}' ({type(module).__name__}) mixes samples in a batch; "
+                "DP-SGD needs GroupNorm or another per-sample layer"
+            )
+    # Opacus also insists on training mode, which is a state, not a property of the architecture.
+    errors = [e for e in ModuleValidator.validate(model, strict=False) if "training mode" not in str(e)]
+    if errors:
+        raise PrivacyError(f"model is not DP-SGD compatible: {str(errors[0]).splitlines()[0]}")
