@@ -65,22 +65,33 @@ class SemanticQueryConfig:
 
 @dataclass(frozen=True)
 class DiffusionModelConfig:
-    """Class-conditional UNet (DPDM style, GroupNorm only)."""
+    """Class-conditional UNet (DPDM style, GroupNorm only; `privimage.models.build_unet`).
 
-    # A named size preset ("1.8M", "6.1M", ...) or "custom" to use the fields below.
+    ``preset`` names a size of `privimage.models.presets` whose shape replaces the
+    four shape fields: "tiny" (smoke tests), the CIFAR-10 sweep "1.8M", "4.0M",
+    "6.1M", "15.7M", "27.9M", PDP-Diffusion's "80M", and the MNIST sweep "1.75M",
+    "6.99M", "27.9M", "62.7M", "112M", "251M". "custom" uses the fields below.
+    """
+
     preset: str = "custom"
     base_channels: int = 32
     channel_mult: tuple[int, ...] = (1, 2, 2)
     num_res_blocks: int = 1
+    # Feature-map sizes (e.g. [16]) with self-attention; the lowest resolution always has it.
     attention_resolutions: tuple[int, ...] = ()
     dropout: float = 0.0
 
 
 @dataclass(frozen=True)
 class GANModelConfig:
-    """Class-conditional GAN (GroupNorm, DP on the discriminator only)."""
+    """Class-conditional GAN (GroupNorm, DP on the discriminator only; `privimage.models.build_gan`).
+
+    At 32x32, generator_width 128 and discriminator_width 60 give the sizes of
+    the paper's Table 6 (9.5M and 2.4M parameters).
+    """
 
     latent_dim: int = 64
+    # Channels at the image resolution; doubled at each coarser level down to 4x4.
     generator_width: int = 64
     discriminator_width: int = 32
     # Discriminator updates per generator update (paper Table 6).
