@@ -1,0 +1,242 @@
+"""The semantic query function (SQF): a ResNet trained on public labels only (paper Section 3.2).
+
+The SQF maps an image to a probability over the public dataset's semantics
+(its class labels). It is trained with cross-entropy (paper Eq. 4) on the public
+training split and the checkpoint is chosen on the public validation split
+(paper Appendix C.2); the sensitive data never reaches it during training
+(`refuse_sensitive`). The paper uses ResNet50 at 32x32; the quick and smoke
+profiles use a width/depth-scaled CIFAR-style ResNet so that training fits a CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from privimage.cache import atomic_torch_save, atomic_write_json, stage_dir
+from privimage.config import SemanticQueryConfig, config_hash
+from privimage.data.base import ImageDataset, refuse_sensitive
+from privimage.errors import ConfigError
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block (two 3x3 convs and a shortcut)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.norm1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.norm2 = nn.BatchNorm2d(out_channels)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.norm1(self.conv1(x)))
+        out = self.norm2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class SmallResNet(nn.Module):
+    """A CIFAR-style ResNet: 3x3 stem, stages of basic blocks doubling width, global pooling.
+
+    BatchNorm is fine here: the SQF trains on public data only and is queried on
+    sensitive images in eval mode, where no statistic mixes samples.
+    """
+
+    def __init__(self, *, in_channels: int, num_classes: int, width: int, blocks: tuple[int, ...]) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        layers = []
+        channels = width
+        for stage, num_blocks in enumerate(blocks):
+            out_channels = width * (2**stage)
+            for block in range(num_blocks):
+                stride = 2 if (stage > 0 and block == 0) else 1
+                layers.append(BasicBlock(channels, out_channels, stride))
+                channels = out_channels
+        self.layers = nn.Sequential(*layers)
+        self.feature_dim = channels
+        self.head = nn.Linear(channels, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled penultimate features (used for Fréchet distances and as an FID backbone)."""
+        return F.adaptive_avg_pool2d(self.layers(self.stem(x)), 1).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class ResNet50At32(nn.Module):
+    """torchvision's ResNet50 with a 3x3 stride-1 stem and no max-pool, for 32x32 inputs (paper C.2)."""
+
+    def __init__(self, *, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        import torchvision
+
+        net = torchvision.models.resnet50(weights=None, num_classes=num_classes)
+        net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+        net.maxpool = nn.Identity()
+        self.feature_dim = net.fc.in_features
+        self.head = net.fc
+        net.fc = nn.Identity()
+        self.trunk = net
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trunk(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def build_query_function(config: SemanticQueryConfig, *, in_channels: int, num_classes: int) -> nn.Module:
+    """The SQF architecture named by ``config.sqf_arch``."""
+    if config.sqf_arch == "resnet50":
+        return ResNet50At32(in_channels=in_channels, num_classes=num_classes)
+    if config.sqf_arch == "resnet_small":
+        return SmallResNet(in_channels=in_channels, num_classes=num_classes, width=config.sqf_width, blocks=config.sqf_blocks)
+    raise ConfigError(f"semantics.sqf_arch must be 'resnet50' or 'resnet_small', got '{config.sqf_arch}'")
+
+
+@dataclass
+class QueryFunction:
+    """A trained SQF with what it was trained on."""
+
+    model: nn.Module
+    public_name: str
+    public_class_names: tuple[str, ...]
+    public_val_accuracy: float
+    train_seconds: float
+    cache_dir: str
+
+    @torch.no_grad()
+    def probabilities(self, dataset: ImageDataset, batch_size: int = 512) -> np.ndarray:
+        """P(semantic | image) for every image (N x num_public_classes), in eval mode."""
+        self.model.eval()
+        outputs = []
+        for start in range(0, len(dataset), batch_size):
+            batch = torch.from_numpy(dataset.images[start : start + batch_size]).float() / 127.5 - 1.0
+            outputs.append(F.softmax(self.model(batch), dim=1).numpy())
+        return np.concatenate(outputs) if outputs else np.zeros((0, len(self.public_class_names)))
+
+    @torch.no_grad()
+    def features(self, dataset: ImageDataset, batch_size: int = 512) -> np.ndarray:
+        """Penultimate features for every image (float64, N x feature_dim)."""
+        self.model.eval()
+        outputs = []
+        for start in range(0, len(dataset), batch_size):
+            batch = torch.from_numpy(dataset.images[start : start + batch_size]).float() / 127.5 - 1.0
+            outputs.append(self.model.features(batch).double().numpy())
+        return np.concatenate(outputs)
+
+
+def _accuracy(model: nn.Module, dataset: ImageDataset, batch_size: int = 512) -> float:
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            batch = torch.from_numpy(dataset.images[start : start + batch_size]).float() / 127.5 - 1.0
+            labels = torch.from_numpy(dataset.labels[start : start + batch_size])
+            correct += int((model(batch).argmax(1) == labels).sum())
+    return correct / max(len(dataset), 1)
+
+
+def _random_translate(batch: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> torch.Tensor:
+    """Shift each image by up to ``max_shift`` pixels: cheap augmentation against over-fitting the renderer."""
+    padded = F.pad(batch, (max_shift,) * 4)
+    size = batch.shape[-1]
+    shifts = torch.randint(0, 2 * max_shift + 1, (2,), generator=generator).tolist()
+    return padded[..., shifts[0] : shifts[0] + size, shifts[1] : shifts[1] + size]
+
+
+def train_query_function(
+    *,
+    public_train: ImageDataset,
+    public_val: ImageDataset,
+    config: SemanticQueryConfig,
+    seed: int = 0,
+    progress: bool = True,
+) -> QueryFunction:
+    """Train (or load from the cache) the SQF on public data (paper Eq. 4, Appendix C.2).
+
+    Args:
+        public_train: public training split; the sensitive set is refused.
+        public_val: public validation split, used to choose the checkpoint.
+        config: the ``semantics`` section (architecture, epochs, batch size, lr).
+        seed: seed of initialisation and shuffling (public data only; not DP noise).
+        progress: show a tqdm bar per epoch.
+
+    Returns:
+        The trained `QueryFunction` (best public-val checkpoint).
+    """
+    refuse_sensitive(public_train, "the semantic query function")
+    refuse_sensitive(public_val, "the semantic query function")
+    training_keys = {
+        "arch": config.sqf_arch, "width": config.sqf_width, "blocks": list(config.sqf_blocks),
+        "epochs": config.sqf_epochs, "batch_size": config.sqf_batch_size, "lr": config.sqf_lr, "seed": seed,
+        "train": public_train.content_hash(), "val": public_val.content_hash(),
+    }
+    directory = stage_dir("sqf", config_hash(training_keys))
+    model = build_query_function(config, in_channels=public_train.image_shape[0], num_classes=public_train.num_classes)
+
+    # Load the cached stage when this exact configuration was trained before.
+    checkpoint_path, report_path = directory / "sqf.pt", directory / "report.json"
+    if checkpoint_path.is_file() and report_path.is_file():
+        model.load_state_dict(torch.load(checkpoint_path, weights_only=True))
+        report = json.loads(report_path.read_text())
+        model.eval()
+        return QueryFunction(
+            model, public_train.name, public_train.class_names, report["public_val_accuracy"],
+            report["train_seconds"], str(directory),
+        )
+
+    # Cross-entropy on public labels, SGD with momentum and a cosine schedule (paper Table 7).
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.sqf_lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    steps_per_epoch = max(1, len(public_train) // config.sqf_batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.sqf_lr, total_steps=steps_per_epoch * config.sqf_epochs, pct_start=0.15
+    )
+    images = torch.from_numpy(public_train.images)
+    labels = torch.from_numpy(public_train.labels)
+    best_accuracy, best_state = -1.0, None
+    start_time = time.perf_counter()
+    for epoch in range(config.sqf_epochs):
+        model.train()
+        order = torch.randperm(len(public_train), generator=generator)
+        bar = tqdm(range(steps_per_epoch), desc=f"SQF epoch {epoch + 1}/{config.sqf_epochs}", disable=not progress, leave=False)
+        for step in bar:
+            index = order[step * config.sqf_batch_size : (step + 1) * config.sqf_batch_size]
+            batch = _random_translate(images[index].float() / 127.5 - 1.0, generator)
+            loss = F.cross_entropy(model(batch), labels[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        # Checkpoint selection on the public validation split only (Appendix C.2).
+        accuracy = _accuracy(model, public_val)
+        if accuracy > best_accuracy:
+            best_accuracy, best_state = accuracy, copy.deepcopy(model.state_dict())
+    train_seconds = time.perf_counter() - start_time
+    model.load_state_dict(best_state)
+    model.eval()
+
+    atomic_torch_save(checkpoint_path, best_state)
+    atomic_write_json(report_path, {
+        "public_val_accuracy": best_accuracy, "train_seconds": train_seconds, "config": training_keys,
+        "public": public_train.name, "num_public_classes": public_train.num_classes,
+    })
+    return QueryFunction(model, public_train.name, public_train.class_names, best_accuracy, train_seconds, str(directory))

@@ -1,0 +1,140 @@
+"""The selection stage as the pipeline and the CLI run it: SQF -> noisy query -> selection -> files.
+
+Writes into an output folder:
+
+- ``selection.json``: the selected public semantics per sensitive class, the
+  requested and achieved selection ratio, a summary of the noisy histogram, the
+  SQF's public-val accuracy, and the privacy ledger of the query;
+- ``noisy_histogram.npz``: the released noisy histogram (rows x public semantics).
+
+The selection is a DP release. When several runs reuse one cached selection
+(methods share it), each run's ledger carries the query's entry, so the
+release is accounted in every run that depends on it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from privimage.cache import atomic_save_npz, atomic_write_json
+from privimage.config import Config
+from privimage.data import load_dataset, load_sensitive_train
+from privimage.data.base import ImageDataset
+from privimage.errors import PrivImageError
+from privimage.privacy import PrivacyLedger
+from privimage.semantics.query import query_semantic_distribution
+from privimage.semantics.query_function import QueryFunction, train_query_function
+from privimage.semantics.selection import Selection, build_selection
+
+
+@dataclass
+class SelectionResult:
+    selection: Selection
+    query_function: QueryFunction
+    ledger: PrivacyLedger
+    summary: dict
+
+
+def load_public(config: Config, *, data_root: Path | None = None) -> tuple[ImageDataset, ImageDataset]:
+    """The public dataset's train and validation splits."""
+    name = config.data.public
+    val_split = "val"
+    return (
+        load_dataset(name, "train", data_root=data_root, config=config.data),
+        load_dataset(name, val_split, data_root=data_root, config=config.data),
+    )
+
+
+def check_compatible(public: ImageDataset, sensitive: ImageDataset) -> None:
+    """Public and sensitive images must share channels and size (the SQF sees both)."""
+    if public.image_shape != sensitive.image_shape:
+        raise PrivImageError(
+            f"public '{public.name}' images are {list(public.image_shape)} but sensitive '{sensitive.name}' "
+            f"images are {list(sensitive.image_shape)}; they must match (grayscale vs RGB, size)"
+        )
+
+
+def trained_query_function(config: Config, *, data_root: Path | None = None, progress: bool = True) -> QueryFunction:
+    """The SQF for this config's public dataset (trained once, then cached)."""
+    public_train, public_val = load_public(config, data_root=data_root)
+    return train_query_function(
+        public_train=public_train, public_val=public_val, config=config.semantics, seed=config.seed, progress=progress
+    )
+
+
+def run_selection(
+    config: Config,
+    *,
+    ledger: PrivacyLedger,
+    out_dir: Path,
+    data_root: Path | None = None,
+    sensitive: ImageDataset | None = None,
+    progress: bool = True,
+) -> SelectionResult:
+    """Train/load the SQF, query the sensitive data under DP, select, and save."""
+    semantics = config.semantics
+    sensitive = sensitive if sensitive is not None else load_sensitive_train(config, data_root=data_root)
+    public_train, public_val = load_public(config, data_root=data_root)
+    check_compatible(public_train, sensitive)
+    query_function = train_query_function(
+        public_train=public_train, public_val=public_val, config=semantics, seed=config.seed, progress=progress
+    )
+
+    start = time.perf_counter()
+    distribution = query_semantic_distribution(
+        query_function=query_function,
+        sensitive=sensitive,
+        k=semantics.k,
+        query_noise_multiplier=semantics.query_noise_multiplier,
+        ledger=ledger,
+        secure_mode=config.finetune.secure_mode,
+    )
+    selection = build_selection(distribution=distribution, public=public_train, selection_ratio=semantics.selection_ratio)
+    seconds = time.perf_counter() - start
+
+    # Frequencies of the selected public semantics, for SDS (paper Eq. 5).
+    public_counts = np.bincount(public_train.labels, minlength=public_train.num_classes)
+    name_to_index = {name: i for i, name in enumerate(public_train.class_names)}
+    selected_counts = {
+        name: int(public_counts[name_to_index[name]]) for names in selection.selected.values() for name in names
+    }
+    noisy = distribution.noisy_histogram
+    summary = {
+        "public": public_train.name,
+        "sensitive": sensitive.name,
+        "k": semantics.k,
+        "query_noise_multiplier": semantics.query_noise_multiplier,
+        "noise_std": semantics.query_noise_multiplier * float(np.sqrt(semantics.k)),
+        "semantics_per_class": selection.per_row,
+        "selection_ratio_requested": selection.selection_ratio_requested,
+        "selection_ratio": selection.selection_ratio_achieved,
+        "num_selected_images": len(selection.dataset),
+        "num_public_images": len(public_train),
+        "selected": selection.selected,
+        "selected_counts": selected_counts,
+        "noisy_histogram_summary": {
+            "shape": list(noisy.shape),
+            "row_totals": {name: float(total) for name, total in zip(distribution.row_names, noisy.sum(axis=1))},
+            "top_values": {
+                name: [float(v) for v in np.sort(noisy[row])[::-1][: selection.per_row]]
+                for row, name in enumerate(distribution.row_names)
+            },
+        },
+        "noise_generator": distribution.generator,
+        "sqf": {
+            "arch": semantics.sqf_arch,
+            "public_val_accuracy": query_function.public_val_accuracy,
+            "train_seconds": query_function.train_seconds,
+        },
+        "query_seconds": seconds,
+        "ledger": ledger.to_dict(),
+    }
+    out_dir = Path(out_dir)
+    atomic_save_npz(out_dir / "noisy_histogram.npz", noisy_histogram=noisy,
+                    row_names=np.array(distribution.row_names), semantic_names=np.array(distribution.semantic_names))
+    atomic_write_json(out_dir / "selection.json", summary)
+    return SelectionResult(selection=selection, query_function=query_function, ledger=ledger, summary=summary)
