@@ -19,6 +19,7 @@ rate 1 and noise multiplier z, and reports the upper end of its error interval.
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from typing import Iterable, Sequence
 
@@ -112,7 +113,10 @@ def _prv_epsilon(runs: list[tuple[float, float, int]], queries: list[float], del
     prv.history = history
     try:
         # Sample rate 1 makes opacus evaluate log(1 - q) = log(0) = -inf, which is the right limit.
-        with np.errstate(divide="ignore"):
+        # opacus sizes the PRV domain with an RDP bound at a tiny delta, whose "largest alpha"
+        # warning only concerns that (conservative) domain size, not the epsilon we report.
+        with np.errstate(divide="ignore"), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
             return float(prv.get_epsilon(delta=delta, eps_error=PRV_EPS_ERROR))
     except (RuntimeError, ValueError) as exc:
         raise PrivacyError(f"the PRV accountant cannot bound this composition ({exc})") from None
