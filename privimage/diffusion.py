@@ -41,9 +41,11 @@ MIN_ALPHA_BAR = 1e-4
 
 def alpha_bar(times: torch.Tensor) -> torch.Tensor:
     """Signal fraction alpha_bar(t) of the cosine schedule, for t in [0, 1] (alpha_bar(0) = 1)."""
-    angle = (times + COSINE_OFFSET) / (1 + COSINE_OFFSET) * (math.pi / 2)
-    start = math.cos(COSINE_OFFSET / (1 + COSINE_OFFSET) * (math.pi / 2)) ** 2
-    return (torch.cos(angle) ** 2 / start).clamp(MIN_ALPHA_BAR, 1.0)
+    def unnormalised(t: torch.Tensor) -> torch.Tensor:
+        return torch.cos((t + COSINE_OFFSET) / (1 + COSINE_OFFSET) * (math.pi / 2)) ** 2
+
+    # Normalising by the same computation at t = 0 makes alpha_bar(0) exactly 1 in any precision.
+    return (unnormalised(times) / unnormalised(torch.zeros_like(times))).clamp(MIN_ALPHA_BAR, 1.0)
 
 
 def draw_diffusion_noise(

@@ -17,6 +17,7 @@ The result goes to ``p.grad_sample`` (B x *p.shape), where opacus'
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import torch
@@ -120,7 +121,10 @@ def compute_per_sample_gradients_opacus(
     wrapped = GradSampleModule(model, batch_first=True, loss_reduction="sum")
     try:
         losses = per_row_loss_fn(wrapped, *rows)
-        losses.sum().backward()
+        with warnings.catch_warnings():
+            # Opacus' hooks on the first layer warn that the images need no gradient; they do not.
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            losses.sum().backward()
         per_row = {p: p.grad_sample for p in model.parameters() if p.requires_grad}
     finally:
         # Remove the hooks; this also deletes the per-row grad_sample attributes.

@@ -34,10 +34,9 @@ def group_norm(channels: int) -> nn.GroupNorm:
 def timestep_embedding(noise_level: torch.Tensor, dim: int) -> torch.Tensor:
     """Sinusoidal embedding of the noise level t in [0, 1] (DDPM's positional encoding of 1000 t)."""
     half = dim // 2
-    frequencies = torch.exp(
-        -math.log(10000.0) * torch.arange(half, device=noise_level.device, dtype=torch.float32) / half
-    )
-    angles = 1000.0 * noise_level.float()[:, None] * frequencies[None, :]
+    dtype = noise_level.dtype if noise_level.is_floating_point() else torch.float32
+    frequencies = torch.exp(-math.log(10000.0) * torch.arange(half, device=noise_level.device, dtype=dtype) / half)
+    angles = 1000.0 * noise_level.to(dtype)[:, None] * frequencies[None, :]
     embedding = torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
     if dim % 2:
         embedding = F.pad(embedding, (0, 1))

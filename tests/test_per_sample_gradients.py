@@ -1,0 +1,187 @@
+"""Per-sample gradients with noise multiplicity equal the one-example-at-a-time reference.
+
+Computed in float64 so that "equal" means equal up to rounding, for every
+parameter of every layer type the UNet and the discriminator use (Conv2d,
+Linear, GroupNorm, Embedding, attention).
+"""
+
+import pytest
+import torch
+from opacus.optimizers import DPOptimizer
+from torch import nn
+
+from privimage.config import DiffusionModelConfig, GANModelConfig
+from privimage.diffusion import diffusion_loss_from_noise, draw_diffusion_noise
+from privimage.dp import check_dp_compatible, compute_per_sample_gradients, compute_per_sample_gradients_opacus
+from privimage.errors import PrivacyError
+from privimage.models import build_gan, build_unet, discriminator_loss_per_row
+
+torch.set_num_threads(2)
+NUM_CLASSES = 3
+
+
+def small_unet(seed=0):
+    torch.manual_seed(seed)
+    # Attention at 8x8 and in the middle: every UNet layer type is present.
+    config = DiffusionModelConfig(base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(8,))
+    return build_unet(config, image_channels=1, image_size=8, num_classes=NUM_CLASSES).double()
+
+
+def diffusion_batch(batch, multiplicity, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.rand(batch, 1, 8, 8, generator=generator, dtype=torch.float64) * 2 - 1
+    labels = torch.randint(0, NUM_CLASSES, (batch,), generator=generator)
+    noise, times, conditioning = draw_diffusion_noise(
+        images, labels, noise_multiplicity=multiplicity, label_dropout=0.3, num_classes=NUM_CLASSES,
+        generator=generator,
+    )
+    return images, noise, times, conditioning
+
+
+def reference_gradients(model, loss_fn, *inputs):
+    """One example at a time: autograd of that example's loss alone."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    per_example = []
+    for index in range(inputs[0].shape[0]):
+        loss = loss_fn(model, *(x[index:index + 1] for x in inputs)).sum()
+        per_example.append(torch.autograd.grad(loss, params))
+    return [torch.stack(column) for column in zip(*per_example)]
+
+
+def assert_grad_samples_equal(model, expected):
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert len(params) == len(expected)
+    for (name, parameter), reference in zip(model.named_parameters(), expected):
+        assert parameter.grad_sample.shape == reference.shape, name
+        assert torch.allclose(parameter.grad_sample, reference, rtol=1e-9, atol=1e-12), name
+        # A reference of zeros would make the comparison empty.
+        assert reference.abs().max() > 0, name
+
+
+@pytest.mark.parametrize("multiplicity", [1, 8])
+def test_unet_per_sample_gradients_match_one_at_a_time_reference(multiplicity):
+    model = small_unet()
+    inputs = diffusion_batch(batch=3, multiplicity=multiplicity)
+    losses = compute_per_sample_gradients(model, diffusion_loss_from_noise, *inputs)
+    expected_losses = diffusion_loss_from_noise(model, *inputs)
+    assert torch.allclose(losses, expected_losses, rtol=1e-10)
+    assert_grad_samples_equal(model, reference_gradients(model, diffusion_loss_from_noise, *inputs))
+
+
+def test_per_sample_gradient_with_k_draws_is_the_mean_of_single_draw_gradients():
+    model = small_unet()
+    images, noise, times, conditioning = diffusion_batch(batch=2, multiplicity=4)
+    compute_per_sample_gradients(model, diffusion_loss_from_noise, images, noise, times, conditioning)
+    averaged = {name: p.grad_sample.clone() for name, p in model.named_parameters()}
+    singles = []
+    for draw in range(4):
+        for p in model.parameters():
+            del p.grad_sample
+        compute_per_sample_gradients(model, diffusion_loss_from_noise, images, noise[:, draw:draw + 1],
+                                     times[:, draw:draw + 1], conditioning[:, draw:draw + 1])
+        singles.append({name: p.grad_sample.clone() for name, p in model.named_parameters()})
+    for name, value in averaged.items():
+        mean_of_singles = torch.stack([single[name] for single in singles]).mean(dim=0)
+        assert torch.allclose(value, mean_of_singles, rtol=1e-9, atol=1e-12), name
+    # The draws differ, so one draw's gradient is not the average.
+    assert not torch.allclose(averaged["input_conv.weight"], singles[0]["input_conv.weight"])
+
+
+def test_chunked_computation_equals_unchunked():
+    model = small_unet()
+    inputs = diffusion_batch(batch=5, multiplicity=2)
+    compute_per_sample_gradients(model, diffusion_loss_from_noise, *inputs)
+    whole = [p.grad_sample.clone() for p in model.parameters()]
+    for p in model.parameters():
+        del p.grad_sample
+    compute_per_sample_gradients(model, diffusion_loss_from_noise, *inputs, chunk_size=2)
+    for reference, p in zip(whole, model.parameters()):
+        assert torch.allclose(p.grad_sample, reference, rtol=1e-10, atol=1e-13)
+
+
+def test_opacus_hooks_over_expanded_batch_give_the_same_gradients():
+    model = small_unet()
+    images, noise, times, conditioning = diffusion_batch(batch=3, multiplicity=4)
+    losses = compute_per_sample_gradients(model, diffusion_loss_from_noise, images, noise, times, conditioning)
+    ours = [p.grad_sample.clone() for p in model.parameters()]
+    for p in model.parameters():
+        del p.grad_sample
+    # B*K rows, each with one draw; opacus sees them as B*K independent samples.
+    rows = (images.repeat_interleave(4, dim=0), noise.flatten(0, 1)[:, None], times.flatten()[:, None],
+            conditioning.flatten()[:, None])
+    baseline_losses = compute_per_sample_gradients_opacus(model, diffusion_loss_from_noise, *rows, rows_per_example=4)
+    assert torch.allclose(losses, baseline_losses, rtol=1e-10)
+    for reference, (name, p) in zip(ours, model.named_parameters()):
+        assert torch.allclose(p.grad_sample, reference, rtol=1e-8, atol=1e-12), name
+    # The hooks are gone afterwards: a plain forward leaves no per-row gradients behind.
+    for p in model.parameters():
+        del p.grad_sample
+    diffusion_loss_from_noise(model, images, noise, times, conditioning).sum().backward()
+    assert all(not hasattr(p, "grad_sample") for p in model.parameters())
+
+
+def test_discriminator_per_row_gradients_match_reference_on_mixed_real_and_fake_rows():
+    torch.manual_seed(0)
+    _, discriminator = build_gan(GANModelConfig(discriminator_width=4), image_channels=3, image_size=8,
+                                 num_classes=NUM_CLASSES)
+    discriminator = discriminator.double()
+    images = torch.rand(4, 3, 8, 8, dtype=torch.float64) * 2 - 1
+    labels = torch.tensor([0, 1, 2, 1])
+    is_real = torch.tensor([True, True, False, False])
+    losses = compute_per_sample_gradients(discriminator, discriminator_loss_per_row, images, labels, is_real)
+    assert torch.allclose(losses, discriminator_loss_per_row(discriminator, images, labels, is_real))
+    assert_grad_samples_equal(
+        discriminator, reference_gradients(discriminator, discriminator_loss_per_row, images, labels, is_real)
+    )
+
+
+def test_a_second_call_appends_like_opacus_accumulation():
+    model = small_unet()
+    inputs = diffusion_batch(batch=2, multiplicity=1)
+    compute_per_sample_gradients(model, diffusion_loss_from_noise, *inputs)
+    compute_per_sample_gradients(model, diffusion_loss_from_noise, *inputs)
+    grad_sample = model.input_conv.weight.grad_sample
+    assert isinstance(grad_sample, list) and len(grad_sample) == 2
+    assert torch.equal(grad_sample[0], grad_sample[1])
+
+
+def test_dp_optimizer_clips_and_averages_our_grad_samples():
+    """With zero noise, opacus' DPOptimizer step is -lr * sum_i clip(g_i) / B on our per-sample gradients."""
+    model = small_unet()
+    inputs = diffusion_batch(batch=4, multiplicity=2)
+    max_grad_norm = 1e-3
+    optimizer = DPOptimizer(torch.optim.SGD(model.parameters(), lr=1.0), noise_multiplier=0.0,
+                            max_grad_norm=max_grad_norm, expected_batch_size=4)
+    before = [p.detach().clone() for p in model.parameters()]
+    compute_per_sample_gradients(model, diffusion_loss_from_noise, *inputs)
+    expected = reference_gradients(model, diffusion_loss_from_noise, *inputs)
+    norms = torch.sqrt(sum(g.flatten(1).pow(2).sum(dim=1) for g in expected))
+    assert (norms > max_grad_norm).all()  # every example is actually clipped
+    factors = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+    optimizer.step()
+    for start, p, g in zip(before, model.parameters(), expected):
+        update = torch.einsum("b,b...->...", factors, g) / 4
+        assert torch.allclose(start - p.detach(), update, rtol=1e-6, atol=1e-12)
+    optimizer.zero_grad()
+    assert all(p.grad_sample is None for p in model.parameters())
+
+
+def test_validator_accepts_our_models_and_rejects_batchnorm():
+    check_dp_compatible(small_unet())
+    generator, discriminator = build_gan(GANModelConfig(), image_channels=1, image_size=32, num_classes=10)
+    check_dp_compatible(discriminator)
+    check_dp_compatible(generator)
+    with pytest.raises(PrivacyError, match="BatchNorm2d"):
+        check_dp_compatible(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4)))
+    # Without affine parameters opacus' validator would not look, yet batch statistics still mix samples.
+    with pytest.raises(PrivacyError, match="BatchNorm1d"):
+        check_dp_compatible(nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4, affine=False)))
+    with pytest.raises(PrivacyError, match="not DP-SGD compatible"):
+        check_dp_compatible(nn.Sequential(nn.LSTM(2, 4)))
+
+
+def test_mismatched_inputs_are_refused():
+    model = small_unet()
+    images, noise, times, conditioning = diffusion_batch(batch=3, multiplicity=2)
+    with pytest.raises(PrivacyError, match="disagree"):
+        compute_per_sample_gradients(model, diffusion_loss_from_noise, images, noise[:2], times, conditioning)
