@@ -90,3 +90,31 @@ def query_semantic_distribution(
         generator=generator_name,
         sensitive_hash=sensitive.content_hash(),
     )
+
+
+def exact_semantic_distribution(
+    *, query_function: QueryFunction, sensitive: ImageDataset, k: int, class_conditional: bool = True
+) -> NoisySemanticDistribution:
+    """The histogram WITHOUT noise, for the NonPrivD/NonPrivG ablation (paper Section 6.1).
+
+    This reads the sensitive data with no privacy protection at all. It exists
+    only to measure what DP costs; results built on it carry no guarantee and
+    their run folders say so (``generator`` is ``"none (non-private)"``).
+    """
+    num_semantics = len(query_function.public_class_names)
+    if not 1 <= k <= num_semantics:
+        raise PrivacyError(f"k must lie in [1, {num_semantics}] (the public semantics), got {k}")
+    probabilities = query_function.probabilities(sensitive)
+    top_k = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    labels = sensitive.labels if class_conditional else None
+    num_rows = sensitive.num_classes if class_conditional else 1
+    counts = semantic_histogram(top_k, labels, num_semantics=num_semantics, num_rows=num_rows)
+    return NoisySemanticDistribution(
+        noisy_histogram=counts,
+        row_names=tuple(sensitive.class_names if class_conditional else ("all",)),
+        semantic_names=tuple(query_function.public_class_names),
+        k=k,
+        query_noise_multiplier=0.0,
+        generator="none (non-private)",
+        sensitive_hash=sensitive.content_hash(),
+    )

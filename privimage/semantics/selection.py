@@ -75,22 +75,41 @@ def build_selection(
     )
     chosen = select_semantics(distribution.noisy_histogram, per_row=per_row)
 
-    # Map each selected public class to the sensitive row that took it.
+    selected = {distribution.row_names[row]: [public.class_names[s] for s in sem] for row, sem in enumerate(chosen)}
+    dataset = relabel_selected(public=public, selected=selected)
+    return Selection(
+        selected=selected,
+        dataset=dataset,
+        selection_ratio_requested=selection_ratio,
+        selection_ratio_achieved=len(dataset) / max(len(public), 1),
+        per_row=per_row,
+    )
+
+
+def relabel_selected(*, public: ImageDataset, selected: dict[str, list[str]]) -> ImageDataset:
+    """The public images of the selected semantics, labelled by the sensitive class that chose them.
+
+    Args:
+        public: the public training split.
+        selected: sensitive class name -> public class names, in sensitive label order.
+
+    Returns:
+        An `ImageDataset` whose class names are the sensitive classes.
+    """
+    index_of = {name: i for i, name in enumerate(public.class_names)}
     new_label = np.full(public.num_classes, -1, dtype=np.int64)
-    for row, semantics in enumerate(chosen):
-        new_label[semantics] = row
+    for row, names in enumerate(selected.values()):
+        for name in names:
+            if name not in index_of:
+                raise PrivImageError(f"selected semantic '{name}' is not a class of '{public.name}'")
+            if new_label[index_of[name]] >= 0:
+                raise PrivImageError(f"semantic '{name}' is selected by two classes")
+            new_label[index_of[name]] = row
     keep = np.flatnonzero(new_label[public.labels] >= 0)
-    dataset = ImageDataset(
+    return ImageDataset(
         name=f"{public.name}-selected",
         split=public.split,
         images=public.images[keep],
         labels=new_label[public.labels[keep]],
-        class_names=distribution.row_names,
-    )
-    return Selection(
-        selected={distribution.row_names[row]: [public.class_names[s] for s in sem] for row, sem in enumerate(chosen)},
-        dataset=dataset,
-        selection_ratio_requested=selection_ratio,
-        selection_ratio_achieved=len(keep) / max(len(public), 1),
-        per_row=per_row,
+        class_names=tuple(selected),
     )

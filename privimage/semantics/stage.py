@@ -26,7 +26,7 @@ from privimage.data import load_dataset, load_sensitive_train
 from privimage.data.base import ImageDataset
 from privimage.errors import PrivImageError
 from privimage.privacy import PrivacyLedger
-from privimage.semantics.query import query_semantic_distribution
+from privimage.semantics.query import exact_semantic_distribution, query_semantic_distribution
 from privimage.semantics.query_function import QueryFunction, train_query_function
 from privimage.semantics.selection import Selection, build_selection
 
@@ -69,13 +69,18 @@ def trained_query_function(config: Config, *, data_root: Path | None = None, pro
 def run_selection(
     config: Config,
     *,
-    ledger: PrivacyLedger,
+    ledger: PrivacyLedger | None,
     out_dir: Path,
+    private: bool = True,
     data_root: Path | None = None,
     sensitive: ImageDataset | None = None,
     progress: bool = True,
 ) -> SelectionResult:
-    """Train/load the SQF, query the sensitive data under DP, select, and save."""
+    """Train/load the SQF, query the sensitive data under DP, select, and save.
+
+    ``private=False`` (the NonPriv ablation only) uses the exact histogram, has no
+    ledger and no guarantee; ``selection.json`` then says so.
+    """
     semantics = config.semantics
     sensitive = sensitive if sensitive is not None else load_sensitive_train(config, data_root=data_root)
     public_train, public_val = load_public(config, data_root=data_root)
@@ -85,14 +90,19 @@ def run_selection(
     )
 
     start = time.perf_counter()
-    distribution = query_semantic_distribution(
-        query_function=query_function,
-        sensitive=sensitive,
-        k=semantics.k,
-        query_noise_multiplier=semantics.query_noise_multiplier,
-        ledger=ledger,
-        secure_mode=config.finetune.secure_mode,
-    )
+    if private:
+        if ledger is None:
+            raise PrivImageError("a private selection needs the run's privacy ledger")
+        distribution = query_semantic_distribution(
+            query_function=query_function,
+            sensitive=sensitive,
+            k=semantics.k,
+            query_noise_multiplier=semantics.query_noise_multiplier,
+            ledger=ledger,
+            secure_mode=config.finetune.secure_mode,
+        )
+    else:
+        distribution = exact_semantic_distribution(query_function=query_function, sensitive=sensitive, k=semantics.k)
     selection = build_selection(distribution=distribution, public=public_train, selection_ratio=semantics.selection_ratio)
     seconds = time.perf_counter() - start
 
@@ -107,8 +117,9 @@ def run_selection(
         "public": public_train.name,
         "sensitive": sensitive.name,
         "k": semantics.k,
-        "query_noise_multiplier": semantics.query_noise_multiplier,
-        "noise_std": semantics.query_noise_multiplier * float(np.sqrt(semantics.k)),
+        "private": private,
+        "query_noise_multiplier": distribution.query_noise_multiplier,
+        "noise_std": distribution.query_noise_multiplier * float(np.sqrt(semantics.k)),
         "semantics_per_class": selection.per_row,
         "selection_ratio_requested": selection.selection_ratio_requested,
         "selection_ratio": selection.selection_ratio_achieved,
@@ -131,7 +142,7 @@ def run_selection(
             "train_seconds": query_function.train_seconds,
         },
         "query_seconds": seconds,
-        "ledger": ledger.to_dict(),
+        "ledger": ledger.to_dict() if private else None,
     }
     out_dir = Path(out_dir)
     atomic_save_npz(out_dir / "noisy_histogram.npz", noisy_histogram=noisy,

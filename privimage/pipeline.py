@@ -1,0 +1,398 @@
+"""One method run, end to end: selection -> pre-training -> fine-tuning -> sampling -> evaluation.
+
+``run_method`` is what ``privimage run`` and the notebooks call. Data flows one
+way through cached stages (STYLE.md rule 4):
+
+- ``cache/selection/<key>/``: the semantic query's release and what it selected
+  (key: sensitive data, SQF settings, k, z, ratio, seed). A DP release, reused
+  by every method and epsilon of one seed; each run's ledger carries its entry;
+- ``cache/pretrain/<key>/``: the pre-trained generator (key: generator family,
+  model and pre-training settings, pre-training data, seed), shared by methods
+  that pre-train on the same data;
+- the run folder: everything touched by fine-tuning on the sensitive data.
+
+A run folder holds ``config.json`` (resolved config), ``run.json`` (method,
+epsilon, seed), ``ledger.json`` (every mechanism that read the sensitive data;
+absent for the non-private ablations, which have no guarantee and say so in
+``privacy.json``), ``synthetic.npz`` (uint8 images ``x`` and labels ``y``),
+``samples.png`` (a grid per class), ``metrics.json`` (FID and CA, reporting
+only) and ``resources.json`` (time and peak memory per stage). Re-running the
+same command resumes: finished stages are read back, fine-tuning continues from
+its last checkpoint with its privacy journal.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from privimage.cache import atomic_save_npz, atomic_torch_save, atomic_write_json, cache_root, stage_dir
+from privimage.config import Config, config_hash
+from privimage.data import dataset_info, load_dataset, load_sensitive_train
+from privimage.data.base import ImageDataset
+from privimage.errors import PrivImageError
+from privimage.methods import Method, get_method
+
+RUN_FILES = ("config.json", "run.json", "synthetic.npz", "samples.png", "metrics.json", "resources.json")
+
+
+@dataclass
+class RunResult:
+    """Where a run's outputs are and its headline numbers."""
+
+    run_dir: Path
+    method: str
+    epsilon: float | None
+    metrics: dict[str, Any]
+    privacy: dict[str, Any]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def default_run_dir(*, method: Method, config: Config, epsilon: float | None) -> Path:
+    """``runs/<profile>/<method>-<sensitive>-eps<E>-seed<S>-<config hash>``."""
+    tag = "nonprivate" if epsilon is None else f"eps{epsilon:g}"
+    name = f"{method.name}-{config.data.sensitive}-{tag}-seed{config.seed}-{config_hash(_run_identity(config))[:8]}"
+    return cache_root().parent / "runs" / config.profile / name if _in_checkout() else Path("runs") / name
+
+
+def _in_checkout() -> bool:
+    return (cache_root().parent / "pyproject.toml").is_file()
+
+
+def _run_identity(config: Config) -> dict[str, Any]:
+    """The config a run depends on (the experiment grid section does not change one run)."""
+    identity = config.to_dict()
+    identity.pop("experiment", None)
+    return identity
+
+
+def _image_geometry(dataset_or_info) -> tuple[int, int]:
+    shape = dataset_or_info.image_shape if isinstance(dataset_or_info, ImageDataset) else dataset_or_info["image_shape"]
+    return int(shape[0]), int(shape[-1])
+
+
+def check_epsilon(method: Method, epsilon: float | None) -> float | None:
+    """A private method needs a positive finite epsilon; a non-private one takes none."""
+    if not method.private:
+        return None
+    if epsilon is None:
+        raise PrivImageError(f"method '{method.name}' is differentially private and needs --epsilon")
+    if not (isinstance(epsilon, (int, float)) and math.isfinite(epsilon) and epsilon > 0):
+        raise PrivImageError(f"epsilon must be a positive finite number, got {epsilon}")
+    return float(epsilon)
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def selection_stage(
+    *, method: Method, config: Config, sensitive: ImageDataset, ledger, data_root: Path | None, progress: bool
+) -> tuple[ImageDataset, dict[str, Any]]:
+    """The selected public subset, from the cache or a fresh (noisy) query.
+
+    The ledger gets the query's entry either way: reusing a cached release is
+    post-processing of it, and this run depends on it.
+    """
+    from privimage.privacy import PrivacyLedger
+    from privimage.semantics.selection import relabel_selected
+    from privimage.semantics.stage import run_selection
+
+    semantics = config.semantics
+    key = config_hash({
+        "private": method.private, "sensitive": sensitive.content_hash(), "public": config.data.public,
+        "data": dataclasses.asdict(config.data), "semantics": dataclasses.asdict(semantics),
+        "delta": config.finetune.delta, "secure_mode": config.finetune.secure_mode, "seed": config.seed,
+    })
+    directory = stage_dir("selection", key)
+    summary_path = directory / "selection.json"
+    if not summary_path.is_file():
+        query_ledger = (
+            PrivacyLedger(delta=ledger.delta, dataset_hash=ledger.dataset_hash, num_examples=ledger.num_examples)
+            if method.private else None
+        )
+        run_selection(config, ledger=query_ledger, out_dir=directory, data_root=data_root, sensitive=sensitive,
+                      private=method.private, progress=progress)
+    summary = json.loads(summary_path.read_text())
+    if method.private:
+        cached = PrivacyLedger.from_dict(summary["ledger"])
+        ledger.merge(cached)
+    public = load_dataset(config.data.public, "train", data_root=data_root, config=config.data)
+    selected = relabel_selected(public=public, selected=summary["selected"])
+    return selected, summary
+
+
+def pretraining_data(
+    *, method: Method, config: Config, sensitive: ImageDataset, ledger, data_root: Path | None, progress: bool
+) -> tuple[ImageDataset | None, str, dict[str, Any] | None]:
+    """The method's pre-training data, a name for it (for the cache key) and the selection summary."""
+    if method.pretrain_data == "none":
+        return None, "none", None
+    if method.pretrain_data == "all":
+        public = load_dataset(config.data.public, "train", data_root=data_root, config=config.data)
+        return public, f"all:{public.content_hash()}", None
+    selected, summary = selection_stage(
+        method=method, config=config, sensitive=sensitive, ledger=ledger, data_root=data_root, progress=progress
+    )
+    return selected, f"selected:{selected.content_hash()}", summary
+
+
+def _build_diffusion(config: Config, *, image_channels: int, image_size: int, num_classes: int):
+    from privimage.diffusion import ExponentialMovingAverage
+    from privimage.models import build_unet
+
+    model = build_unet(config.diffusion, image_channels=image_channels, image_size=image_size, num_classes=num_classes)
+    return model, ExponentialMovingAverage(model, config.pretrain.ema_decay)
+
+
+def pretrain_stage(
+    *, method: Method, config: Config, public: ImageDataset | None, data_key: str, image_channels: int,
+    image_size: int, num_classes: int, progress: bool,
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The pre-trained diffusion model (cached), or a fresh one when the method pre-trains on nothing."""
+    from privimage.training.diffusion_training import pretrain_diffusion
+
+    torch.manual_seed(config.seed)
+    model, ema = _build_diffusion(config, image_channels=image_channels, image_size=image_size, num_classes=num_classes)
+    if public is None:
+        return model, {"stage": "pretraining", "skipped": True}
+    public_is_all = data_key.startswith("all:")
+    key = config_hash({
+        "generator": method.generator, "model": dataclasses.asdict(config.diffusion),
+        "pretrain": dataclasses.asdict(config.pretrain), "data": data_key, "seed": config.seed,
+        "num_classes": num_classes, "unconditional": public_is_all,
+    })
+    directory = stage_dir("pretrain", key)
+    final_path = directory / "pretrained.pt"
+    if final_path.is_file():
+        state = torch.load(final_path, weights_only=True)
+        model.load_state_dict(state["ema_model"])
+        return model, state["stats"]
+    # All public data has public labels, not the sensitive classes: pre-train on the
+    # null class (unconditional) as PDP-Diffusion does; the selected subset is relabelled.
+    stats = pretrain_diffusion(
+        model=model, ema=ema, public=public, config=config, run_dir=directory,
+        unconditional=public_is_all, progress=progress,
+    )
+    ema.copy_to(model)
+    atomic_torch_save(final_path, {"ema_model": model.state_dict(), "stats": _plain(stats)})
+    return model, stats
+
+
+def _plain(value: Any) -> Any:
+    """JSON-able primitives only (what ``torch.load(weights_only=True)`` accepts back)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def sample_stage(
+    *, model: torch.nn.Module, config: Config, class_names: tuple[str, ...], image_shape: tuple[int, int, int],
+    run_dir: Path, progress: bool,
+) -> ImageDataset:
+    """A class-balanced synthetic set (``synthetic.npz``) and a grid per class (``samples.png``)."""
+    from tqdm.auto import tqdm
+
+    from privimage.diffusion import ddim_sample
+    from privimage.evaluation import save_class_grid
+
+    path = run_dir / "synthetic.npz"
+    num_classes = len(class_names)
+    if path.is_file():
+        with np.load(path) as archive:
+            return ImageDataset("synthetic", "all", archive["x"], archive["y"], class_names)
+    sampling = config.sampling
+    per_class = max(1, sampling.num_samples // num_classes)
+    labels = np.repeat(np.arange(num_classes), per_class)
+    # Sampling only post-processes the trained model: a seeded generator is fine here.
+    generator = torch.Generator().manual_seed(config.seed)
+    chunks = []
+    for start in tqdm(range(0, len(labels), sampling.batch_size), desc="sampling", disable=not progress, leave=False):
+        batch_labels = torch.from_numpy(labels[start : start + sampling.batch_size])
+        images = ddim_sample(
+            model, labels=batch_labels, image_shape=image_shape, num_classes=num_classes,
+            steps=sampling.ddim_steps, guidance_scale=sampling.guidance_scale, generator=generator,
+        )
+        chunks.append(((images + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy())
+    synthetic = ImageDataset("synthetic", "all", np.concatenate(chunks), labels.astype(np.int64), class_names)
+    save_class_grid(dataset=synthetic, path=run_dir / "samples.png", samples_per_class=10, seed=config.seed)
+    atomic_save_npz(path, x=synthetic.images, y=synthetic.labels)
+    return synthetic
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run_method(
+    *,
+    method: str,
+    config: Config,
+    epsilon: float | None,
+    out_dir: Path | None = None,
+    data_root: Path | None = None,
+    evaluate: bool = True,
+    progress: bool = True,
+) -> RunResult:
+    """Run (or resume) one method on the config's sensitive and public data.
+
+    Args:
+        method: a name from `privimage.methods.METHODS`.
+        config: the resolved config (``seed`` included).
+        epsilon: the run's total privacy budget (query + DP-SGD) at ``config.finetune.delta``;
+            None for the non-private ablations.
+        out_dir: the run folder (default: `default_run_dir`).
+        data_root: folder of real datasets.
+        evaluate: compute ``metrics.json`` (FID, CA) after sampling.
+        progress: show progress bars.
+
+    Returns:
+        The `RunResult`.
+    """
+    from privimage.evaluation import measure_stage
+    from privimage.privacy import PrivacyLedger
+
+    recipe = get_method(method)
+    if recipe.generator != "diffusion":
+        raise PrivImageError(f"method '{method}' uses a GAN, which 'privimage run' does not train yet")
+    epsilon = check_epsilon(recipe, epsilon)
+    run_dir = Path(out_dir) if out_dir is not None else default_run_dir(method=recipe, config=config, epsilon=epsilon)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _check_same_run(run_dir, method=recipe.name, epsilon=epsilon, config=config)
+    atomic_write_json(run_dir / "config.json", config.to_dict())
+    atomic_write_json(run_dir / "run.json", {"method": recipe.name, "epsilon": epsilon, "seed": config.seed,
+                                             "delta": config.finetune.delta if recipe.private else None})
+    resources: list[dict] = []
+
+    # The sensitive training set: read only by the query and DP-SGD below.
+    sensitive = load_sensitive_train(config, data_root=data_root)
+    ledger = None
+    if recipe.private:
+        ledger = PrivacyLedger(delta=config.finetune.delta, dataset_hash=sensitive.content_hash(),
+                               num_examples=len(sensitive), config_hash=config_hash(_run_identity(config)))
+
+    with measure_stage("selection", log=resources):
+        public, data_key, selection = pretraining_data(
+            method=recipe, config=config, sensitive=sensitive, ledger=ledger, data_root=data_root, progress=progress
+        )
+    image_channels, image_size = _image_geometry(sensitive)
+    with measure_stage("pretraining", log=resources):
+        model, pretrain_stats = pretrain_stage(
+            method=recipe, config=config, public=public, data_key=data_key, image_channels=image_channels,
+            image_size=image_size, num_classes=sensitive.num_classes, progress=progress,
+        )
+
+    # Fine-tuning: DP-SGD to the run's budget, or plain SGD for the ablation.
+    from privimage.diffusion import ExponentialMovingAverage
+    from privimage.training.diffusion_training import dp_finetune_diffusion, finetune_nonprivate_diffusion
+
+    ema = ExponentialMovingAverage(model, config.finetune.ema_decay)
+    with measure_stage("finetuning", log=resources):
+        if recipe.private:
+            finetune_stats = dp_finetune_diffusion(
+                model=model, ema=ema, sensitive=sensitive, ledger=ledger, config=config,
+                run_dir=run_dir / "finetune", target_epsilon=epsilon, progress=progress,
+            )
+        else:
+            finetune_stats = finetune_nonprivate_diffusion(
+                model=model, ema=ema, sensitive=sensitive, config=config, run_dir=run_dir / "finetune",
+                progress=progress,
+            )
+    ema_model = copy.deepcopy(model)
+    ema.copy_to(ema_model)
+
+    # The privacy record is complete once fine-tuning is: write it before any derived artifact.
+    if recipe.private:
+        ledger.save(run_dir / "ledger.json")
+        privacy = {"guarantee": "differential privacy", "epsilon": ledger.epsilon(),
+                   "epsilon_prv": ledger.epsilon(accountant="prv"), "delta": ledger.delta,
+                   "target_epsilon": epsilon, "neighbouring": "add/remove one sensitive image"}
+    else:
+        privacy = {"guarantee": "none", "reason": f"{recipe.name} is the non-private ablation (paper Section 6.1)"}
+    atomic_write_json(run_dir / "privacy.json", privacy)
+
+    with measure_stage("sampling", log=resources):
+        synthetic = sample_stage(model=ema_model, config=config, class_names=sensitive.class_names,
+                                 image_shape=sensitive.image_shape, run_dir=run_dir, progress=progress)
+
+    metrics: dict[str, Any] = {}
+    if evaluate:
+        from privimage.evaluation import evaluate_synthetic
+
+        metrics_path = run_dir / "metrics.json"
+        if metrics_path.is_file():
+            metrics = json.loads(metrics_path.read_text())
+        else:
+            metrics = evaluate_synthetic(synthetic=synthetic, config=config, data_root=data_root, progress=progress)
+            metrics["reporting_only"] = "FID and accuracy use the sensitive test split: outside the DP guarantee"
+            atomic_write_json(metrics_path, metrics)
+
+    atomic_write_json(run_dir / "resources.json", {
+        "stages": resources, "pretraining": _plain(pretrain_stats), "finetuning": _plain(finetune_stats),
+        "selection": _plain({k: v for k, v in (selection or {}).items() if k in ("sqf", "query_seconds")}),
+    })
+    return RunResult(run_dir=run_dir, method=recipe.name, epsilon=epsilon, metrics=metrics, privacy=privacy)
+
+
+def _check_same_run(run_dir: Path, *, method: str, epsilon: float | None, config: Config) -> None:
+    """Refuse to resume a folder that holds another run (different method, budget or config)."""
+    run_json, config_json = run_dir / "run.json", run_dir / "config.json"
+    if run_json.is_file():
+        previous = json.loads(run_json.read_text())
+        if previous.get("method") != method or previous.get("epsilon") != epsilon or previous.get("seed") != config.seed:
+            raise PrivImageError(
+                f"{run_dir} holds a run of {previous.get('method')} at epsilon {previous.get('epsilon')} "
+                f"seed {previous.get('seed')}; choose another --out"
+            )
+    if config_json.is_file() and json.loads(config_json.read_text()) != config.to_dict():
+        raise PrivImageError(f"{run_dir} was run with another config; choose another --out")
+
+
+# --------------------------------------------------------------------------- dry run
+
+
+def dry_run(*, method: str, config: Config, epsilon: float | None, data_root: Path | None = None) -> dict[str, Any]:
+    """Resolve a run without training: the DP-SGD schedule, calibrated sigma and model size.
+
+    Works without the dataset files: sizes come from the registry.
+    """
+    from privimage.models import build_unet, count_parameters
+    from privimage.privacy import PrivacyLedger
+    from privimage.training.dpsgd import calibrate_to_ledger, finetune_schedule
+
+    recipe = get_method(method)
+    epsilon = check_epsilon(recipe, epsilon)
+    info = dataset_info(config.data.sensitive, "train", data_root=data_root, config=config.data)
+    num_examples = int(info["num_images"])
+    image_channels, image_size = _image_geometry(info)
+    model = build_unet(config.diffusion, image_channels=image_channels, image_size=image_size,
+                       num_classes=int(info["num_classes"]), device="meta")
+    sample_rate, steps = finetune_schedule(
+        num_examples=num_examples, batch_size=config.finetune.batch_size, epochs=config.finetune.epochs
+    )
+    result: dict[str, Any] = {
+        "method": recipe.name, "sensitive": config.data.sensitive, "num_examples": num_examples,
+        "dataset_available": bool(info.get("available", False)), "sample_rate": sample_rate, "steps": steps,
+        "batch_size": config.finetune.batch_size, "epochs": config.finetune.epochs,
+        "num_parameters": count_parameters(model), "diffusion_preset": config.diffusion.preset,
+        "noise_multiplicity": config.finetune.noise_multiplicity,
+    }
+    if not recipe.private:
+        return {**result, "private": False, "epsilon": None}
+    ledger = PrivacyLedger(delta=config.finetune.delta, dataset_hash="0" * 64, num_examples=num_examples)
+    if recipe.uses_query:
+        ledger.record_semantic_query(query_noise_multiplier=config.semantics.query_noise_multiplier,
+                                     k=config.semantics.k, generator="secure" if config.finetune.secure_mode else "os-entropy")
+    sigma = calibrate_to_ledger(ledger=ledger, target_epsilon=epsilon, sample_rate=sample_rate, steps=steps)
+    ledger.record_dpsgd_steps(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps)
+    return {
+        **result, "private": True, "target_epsilon": epsilon, "delta": config.finetune.delta,
+        "query_noise_multiplier": config.semantics.query_noise_multiplier if recipe.uses_query else None,
+        "noise_multiplier": sigma, "epsilon": ledger.epsilon(), "epsilon_prv": ledger.epsilon(accountant="prv"),
+    }
