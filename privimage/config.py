@@ -39,9 +39,11 @@ class DataConfig:
     # Glyphs-1k size: images rendered per class for the train and val splits.
     glyphs_train_per_class: int = 64
     glyphs_val_per_class: int = 8
-    # Seed of the public corpus rendering and of the fixed sensitive train/test split.
-    # It never controls DP noise.
+    # Seed of the Glyphs-1k rendering. It never controls DP noise.
     dataset_seed: int = 0
+    # CelebA has attributes, not classes: "" gives one class ("face"); an
+    # attribute name (e.g. "Male") gives two, "not male" and "male".
+    celeba_attribute: str = ""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,360 @@
+"""Glyphs-1k: the embedded public corpus, 1,000 Unicode glyph classes (DESIGN.md).
+
+An ImageNet-shaped stand-in that installs with matplotlib: every class is one
+Unicode character, named by ``unicodedata.name`` ("DIGIT SEVEN", "GREEK SMALL
+LETTER ALPHA", ...), drawn from the TrueType faces matplotlib ships (DejaVu
+Sans/Serif/Sans Mono and STIX General, four styles each).
+
+Each image imitates a handwritten character the way NIST digits were written
+and then normalised into MNIST:
+
+1. a random face draws the character large (anti-aliased, PIL);
+2. a random affine map (rotation within +-15 degrees, slant, aspect ratio) and
+   an elastic distortion (Simard et al., 2003) bend it like a hand would;
+3. the strokes are made thinner or thicker to a random pen width (MNIST strokes
+   are 2-3 px in a 20 px digit), from the distance transform of the glyph;
+4. MNIST's own preprocessing: the bounding box is fitted into 20x20 keeping its
+   aspect ratio, the result is centred by centre of mass in 28x28 and padded to
+   32x32, white on black — so public and sensitive images share one format, as
+   ImageNet32 and CIFAR-10 do in the paper.
+
+Generation is deterministic by ``dataset_seed`` (each class draws from its own
+seeded stream, so the worker count does not change a pixel), runs once, and is
+cached atomically under ``cache_root()/glyphs1k/<hash of the settings>/``.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import time
+import unicodedata
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
+
+from privimage.cache import atomic_save_npz, atomic_write_json, cache_root
+from privimage.config import DataConfig, config_hash
+from privimage.data.base import ImageDataset
+from privimage.errors import DataError
+
+NAME = "glyphs1k"
+SPLITS = ("train", "val")
+NUM_CLASSES = 1000
+# Bump when the rendering changes, so that old caches are not reused.
+GENERATOR_VERSION = 1
+# Faces that cover Unicode text (the Display, NonUni, size-variant, Computer
+# Modern and LastResort faces are symbol or placeholder fonts).
+FACE_PREFIXES = ("DejaVuSans", "DejaVuSerif", "STIXGeneral")
+# A character must be drawn by at least this many of the 16 faces ("most of them").
+MIN_FACES = 12
+DIGIT_NAMES = tuple(unicodedata.name(str(d)) for d in range(10))
+
+# Rendering canvas: large enough that the 20x20 fit averages over many pixels
+# (anti-aliasing, as the NIST scans were averaged down).
+CANVAS = 64
+FONT_SIZE = 34
+# Geometry of the handwriting imitation, in canvas pixels and radians.
+MAX_ROTATION = np.deg2rad(15.0)
+MAX_SHEAR = 0.3
+ASPECT_RANGE = (0.75, 1.3)
+# Simard et al. use alpha=34, sigma=4 on 28x28; scaled here to the canvas.
+ELASTIC_ALPHA_RANGE = (0.0, 34.0 * CANVAS / 28)
+ELASTIC_SIGMA = 4.0 * CANVAS / 28
+# Pen width as a fraction of the glyph's longer side (MNIST: ~2.5 px of 20).
+PEN_WIDTH_RANGE = (0.08, 0.2)
+
+
+# ------------------------------------------------------------------ the 1,000 classes
+
+
+def font_dir() -> Path:
+    """matplotlib's folder of shipped TrueType fonts."""
+    import matplotlib
+
+    return Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+
+
+@functools.lru_cache(maxsize=1)
+def font_files() -> tuple[Path, ...]:
+    """The text faces used for rendering, in a fixed order."""
+    files = tuple(
+        sorted(
+            path for path in font_dir().glob("*.ttf")
+            if path.stem.startswith(FACE_PREFIXES) and "Display" not in path.stem
+        )
+    )
+    if not files:
+        raise DataError(f"glyphs1k: no DejaVu/STIX .ttf fonts found in matplotlib's folder {font_dir()}")
+    return files
+
+
+def is_eligible(character: str) -> bool:
+    """A character that is a semantic of its own: named, visible, not a variant of another.
+
+    Refused: marks, controls, spaces and private use (categories M, C, Z);
+    Braille and box drawing/block elements (patterns rather than semantics);
+    compatibility and precomposed characters, whose NFKD form differs
+    (superscript digits, circled digits, accented letters: each would be a
+    near copy of another class after the 20x20 normalisation); the
+    replacement character.
+    """
+    codepoint = ord(character)
+    if unicodedata.category(character)[0] in "MCZ":
+        return False
+    if 0x2800 <= codepoint <= 0x28FF or 0x2500 <= codepoint <= 0x259F or codepoint == 0xFFFD:
+        return False
+    if unicodedata.normalize("NFKD", character) != character:
+        return False
+    return bool(unicodedata.name(character, ""))
+
+
+@functools.lru_cache(maxsize=1)
+def glyph_table() -> tuple[tuple[str, ...], tuple[tuple[int, ...], ...]]:
+    """The 1,000 characters (in code point order) and, for each, the faces that draw it.
+
+    Characters are ranked by how many faces draw them with a non-empty bitmap,
+    ties broken by code point, and the first 1,000 taken; the ten digits are
+    always among them (every face draws them).
+    """
+    from matplotlib import ft2font
+
+    files = font_files()
+    faces_of: dict[str, list[int]] = {}
+    fonts = [ImageFont.truetype(str(path), FONT_SIZE) for path in files]
+    for face_index, path in enumerate(files):
+        for codepoint in ft2font.FT2Font(str(path)).get_charmap():
+            character = chr(codepoint)
+            if not is_eligible(character):
+                continue
+            # A mapped code point can still have an empty outline.
+            left, top, right, bottom = fonts[face_index].getbbox(character)
+            if right > left and bottom > top:
+                faces_of.setdefault(character, []).append(face_index)
+    ranked = sorted(
+        (c for c, faces in faces_of.items() if len(faces) >= MIN_FACES),
+        key=lambda c: (-len(faces_of[c]), ord(c)),
+    )
+    if len(ranked) < NUM_CLASSES:
+        raise DataError(
+            f"glyphs1k: matplotlib's fonts in {font_dir()} draw only {len(ranked)} eligible characters, "
+            f"{NUM_CLASSES} needed (is the matplotlib installation complete?)"
+        )
+    chosen = sorted(ranked[:NUM_CLASSES], key=ord)
+    return tuple(chosen), tuple(tuple(faces_of[c]) for c in chosen)
+
+
+def class_names() -> tuple[str, ...]:
+    """The 1,000 class names, ``unicodedata.name`` of each character, in label order."""
+    characters, _ = glyph_table()
+    return tuple(unicodedata.name(c) for c in characters)
+
+
+# ------------------------------------------------------------------ one image
+
+
+@functools.lru_cache(maxsize=None)
+def _font(face_index: int) -> ImageFont.FreeTypeFont:
+    return ImageFont.truetype(str(font_files()[face_index]), FONT_SIZE)
+
+
+def _draw(character: str, face_index: int) -> np.ndarray:
+    """The character as float coverage in [0, 1], centred on the canvas."""
+    image = Image.new("L", (CANVAS, CANVAS), 0)
+    ImageDraw.Draw(image).text((CANVAS / 2, CANVAS / 2), character, font=_font(face_index), fill=255, anchor="mm")
+    return np.asarray(image, dtype=np.float32) / 255.0
+
+
+def _warp(coverage: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random rotation, slant, aspect ratio and elastic distortion, in one resampling."""
+    size = coverage.shape[0]
+    angle = rng.uniform(-MAX_ROTATION, MAX_ROTATION)
+    shear = rng.uniform(-MAX_SHEAR, MAX_SHEAR)
+    aspect = rng.uniform(*ASPECT_RANGE)
+    # Output pixel (row, col) samples input pixel matrix @ (row, col) about the centre.
+    cos, sin = np.cos(angle), np.sin(angle)
+    rotation = np.array([[cos, -sin], [sin, cos]])
+    slant = np.array([[1.0, 0.0], [shear, 1.0]])
+    stretch = np.diag([1.0, 1.0 / aspect])
+    matrix = rotation @ slant @ stretch
+    rows, cols = np.mgrid[0:size, 0:size].astype(np.float32) - (size - 1) / 2
+    source = np.einsum("ij,jhw->ihw", matrix, np.stack([rows, cols])) + (size - 1) / 2
+    # Elastic distortion: a smoothed random displacement field (Simard et al., 2003).
+    alpha = rng.uniform(*ELASTIC_ALPHA_RANGE)
+    for axis in range(2):
+        field = ndimage.gaussian_filter(rng.uniform(-1, 1, (size, size)), ELASTIC_SIGMA, mode="constant")
+        source[axis] += alpha * field
+    return ndimage.map_coordinates(coverage, source, order=1, mode="constant", cval=0.0)
+
+
+def _set_pen_width(coverage: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Thin or thicken the strokes to a random pen width (fraction of the longer side)."""
+    ink = coverage > 0.5
+    if not ink.any():
+        return coverage
+    rows, cols = np.nonzero(ink)
+    longer_side = max(np.ptp(rows), np.ptp(cols)) + 1
+    # Half the stroke width now: the distance transform's typical ridge height.
+    inside = ndimage.distance_transform_edt(ink)
+    half_width = float(np.percentile(inside[ink], 90))
+    target_half_width = 0.5 * rng.uniform(*PEN_WIDTH_RANGE) * longer_side
+    if target_half_width >= half_width:
+        # Thicken: everything within the extra radius of the ink (soft edge).
+        outside = ndimage.distance_transform_edt(~ink)
+        grown = np.clip(target_half_width - half_width + 0.5 - outside, 0.0, 1.0)
+        return np.maximum(coverage, grown)
+    # Thin, but never by more than half a stroke, so hairlines survive.
+    erosion = min(half_width - target_half_width, 0.5 * half_width)
+    return np.clip(inside - erosion + 0.5, 0.0, 1.0) * (inside > 0)
+
+
+def mnist_format(coverage: np.ndarray) -> np.ndarray:
+    """MNIST's normalisation: fit into 20x20 keeping aspect, centre of mass in 28x28, pad to 32x32.
+
+    Args:
+        coverage: a white-on-black image, float in [0, 1], any size.
+
+    Returns:
+        32x32 uint8.
+    """
+    ink = coverage > 0.05
+    out = np.zeros((32, 32), dtype=np.uint8)
+    if not ink.any():
+        return out
+    rows, cols = np.nonzero(ink)
+    crop = coverage[rows.min(): rows.max() + 1, cols.min(): cols.max() + 1]
+    # Fit the longer side to 20 px; the anti-aliased resize produces MNIST's grey levels.
+    scale = 20.0 / max(crop.shape)
+    height, width = (max(1, round(s * scale)) for s in crop.shape)
+    small = Image.fromarray((crop * 255).astype(np.uint8)).resize((width, height), Image.Resampling.LANCZOS)
+    small = np.asarray(small)
+    # Centre by centre of mass in 28x28 (LeCun et al.), then pad by 2 to 32x32.
+    centre_row, centre_col = ndimage.center_of_mass(small.astype(np.float64))
+    top = int(round(14 - centre_row))
+    left = int(round(14 - centre_col))
+    top = min(max(top, 0), 28 - height)
+    left = min(max(left, 0), 28 - width)
+    out[2 + top: 2 + top + height, 2 + left: 2 + left + width] = small
+    return out
+
+
+def render_glyph(character: str, face_index: int, rng: np.random.Generator) -> np.ndarray:
+    """One handwriting-like 32x32 uint8 image of ``character`` in the given face."""
+    coverage = _warp(_draw(character, face_index), rng)
+    coverage = _set_pen_width(coverage, rng)
+    return mnist_format(coverage)
+
+
+# ------------------------------------------------------------------ the dataset
+
+
+def generation_settings(config: DataConfig) -> dict:
+    """Everything the rendered pixels depend on (the cache key)."""
+    characters, faces = glyph_table()
+    return {
+        "generator_version": GENERATOR_VERSION,
+        "dataset_seed": config.dataset_seed,
+        "train_per_class": config.glyphs_train_per_class,
+        "val_per_class": config.glyphs_val_per_class,
+        "characters": "".join(characters),
+        "faces": [font_files()[i].name for i in range(len(font_files()))],
+    }
+
+
+def cache_dir(config: DataConfig) -> Path:
+    """Where this config's Glyphs-1k lives: ``cache_root()/glyphs1k/<settings hash>/``."""
+    return cache_root() / NAME / config_hash(generation_settings(config))
+
+
+def _render_class(task: tuple[int, int, int, int]) -> np.ndarray:
+    """All images of one class in one split; a seeded stream per (seed, split, class)."""
+    seed, split_index, label, count = task
+    characters, faces = glyph_table()
+    rng = np.random.default_rng([seed, split_index, label])
+    images = np.empty((count, 1, 32, 32), dtype=np.uint8)
+    for i in range(count):
+        images[i, 0] = render_glyph(characters[label], int(rng.choice(faces[label])), rng)
+    return images
+
+
+def generate(config: DataConfig, *, workers: int = 2, progress: bool = True) -> Path:
+    """Render both splits of Glyphs-1k into the cache (once) and return the folder.
+
+    Args:
+        config: sizes (``glyphs_train_per_class``, ``glyphs_val_per_class``) and ``dataset_seed``.
+        workers: processes rendering classes in parallel.
+        progress: show a progress bar.
+
+    Returns:
+        The cache folder holding ``train.npz``, ``val.npz`` and ``settings.json``.
+    """
+    per_class = {"train": config.glyphs_train_per_class, "val": config.glyphs_val_per_class}
+    if min(per_class.values()) < 1:
+        raise DataError(f"glyphs1k needs at least one image per class in each split, got {per_class}")
+    folder = cache_dir(config)
+    if all((folder / f"{split}.npz").is_file() for split in SPLITS):
+        return folder
+    from tqdm.auto import tqdm
+
+    started = time.perf_counter()
+    names = class_names()
+    tasks = [
+        (config.dataset_seed, split_index, label, per_class[split])
+        for split_index, split in enumerate(SPLITS)
+        for label in range(NUM_CLASSES)
+    ]
+    # Processes, not threads: rendering is Python- and numpy-bound per small image.
+    context = multiprocessing.get_context("fork" if hasattr(__import__("os"), "fork") else "spawn")
+    with context.Pool(workers) if workers > 1 else _Serial() as pool:
+        chunks = list(tqdm(pool.imap(_render_class, tasks, chunksize=8), total=len(tasks),
+                           desc="rendering glyphs1k", unit="class", disable=not progress))
+    for split_index, split in enumerate(SPLITS):
+        images = np.concatenate(chunks[split_index * NUM_CLASSES:(split_index + 1) * NUM_CLASSES])
+        labels = np.repeat(np.arange(NUM_CLASSES, dtype=np.int64), per_class[split])
+        atomic_save_npz(folder / f"{split}.npz", images=images, labels=labels, class_names=np.array(names))
+    atomic_write_json(folder / "settings.json", {**generation_settings(config),
+                                                 "seconds": round(time.perf_counter() - started, 1)})
+    if progress:
+        print(f"glyphs1k rendered in {time.perf_counter() - started:.0f} s -> {folder}")
+    return folder
+
+
+class _Serial:
+    """A stand-in for a one-worker pool (no process start-up)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    @staticmethod
+    def imap(function, items, chunksize=1):
+        return map(function, items)
+
+
+def load_glyphs1k(split: str, config: DataConfig | None = None, *, progress: bool = True) -> ImageDataset:
+    """Load a split of Glyphs-1k, rendering and caching it on first use.
+
+    Args:
+        split: ``train`` or ``val``.
+        config: sizes and seed (default: `DataConfig()`, the quick size).
+        progress: show a progress bar while rendering.
+
+    Returns:
+        1x32x32 uint8 images, 1,000 classes.
+    """
+    if split not in SPLITS:
+        raise DataError(f"glyphs1k has no split '{split}' (splits: {', '.join(SPLITS)})")
+    config = config or DataConfig()
+    path = generate(config, progress=progress) / f"{split}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            images, labels = archive["images"], archive["labels"]
+            names = tuple(str(n) for n in archive["class_names"])
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise DataError(f"glyphs1k: cached file {path} is unreadable ({exc}); delete {path.parent} to re-render it") from None
+    return ImageDataset(name=NAME, split=split, images=images, labels=labels, class_names=names)

@@ -1,0 +1,129 @@
+"""Glyphs-1k: 1,000 named Unicode classes, MNIST-format images, deterministic and cached."""
+
+import unicodedata
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from privimage.config import DataConfig
+from privimage.data import glyphs
+from privimage.data.glyphs import class_names, generate, glyph_table, is_eligible, load_glyphs1k, render_glyph
+from privimage.errors import DataError
+
+TINY = DataConfig(glyphs_train_per_class=2, glyphs_val_per_class=1, dataset_seed=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory):
+    """A private cache holding one tiny rendering (3,000 images), shared by this module."""
+    root = tmp_path_factory.mktemp("cache")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("PRIVIMAGE_CACHE", str(root))
+    generate(TINY, workers=2, progress=False)
+    yield root
+    patch.undo()
+
+
+def test_thousand_named_classes_include_the_digits():
+    names = class_names()
+    assert len(names) == len(set(names)) == 1000
+    digits = [unicodedata.name(str(d)) for d in range(10)]
+    assert set(digits) <= set(names)
+    characters, faces = glyph_table()
+    assert [unicodedata.name(c) for c in characters] == list(names)
+    # "Most faces": each class is drawn by at least 12 of the 16 text faces.
+    assert min(len(f) for f in faces) >= glyphs.MIN_FACES and len(glyphs.font_files()) == 16
+
+
+@pytest.mark.parametrize(
+    "character, eligible",
+    [("7", True), ("A", True), ("\u03b1", True), ("\u2192", True),
+     ("\u0301", False),  # combining acute accent
+     ("\u2847", False),  # Braille
+     ("\u2502", False),  # box drawing
+     ("\u00b2", False),  # superscript two: a compatibility copy of a digit
+     ("\u00e9", False),  # precomposed e + acute
+     (" ", False), ("\ue000", False)],
+)
+def test_eligibility(character, eligible):
+    assert is_eligible(character) is eligible
+
+
+def test_no_class_is_a_mark_braille_box_or_variant():
+    for character in glyph_table()[0]:
+        assert is_eligible(character), unicodedata.name(character)
+
+
+def test_render_follows_mnist_format():
+    """Fit into 20x20 (longer side 20), centre of mass near the centre of 28x28, inside the 2-px pad."""
+    characters, faces = glyph_table()
+    rng = np.random.default_rng(0)
+    for character in "0123456789AxQ":
+        label = characters.index(character)
+        image = render_glyph(character, faces[label][0], rng)
+        assert image.dtype == np.uint8 and image.shape == (32, 32)
+        rows, cols = np.nonzero(image > 0)
+        assert max(np.ptp(rows), np.ptp(cols)) + 1 in (20, 21)
+        centre = ndimage.center_of_mass(image.astype(float))
+        assert abs(centre[0] - 15.5) < 1.5 and abs(centre[1] - 15.5) < 1.5, character
+        assert image[:2].max() == image[-2:].max() == image[:, :2].max() == image[:, -2:].max() == 0
+        assert image.max() > 200  # white ink on black
+
+
+def test_splits_sizes_and_determinism(tiny_cache):
+    train = load_glyphs1k("train", TINY, progress=False)
+    val = load_glyphs1k("val", TINY, progress=False)
+    assert train.images.shape == (2000, 1, 32, 32) and len(val) == 1000
+    assert np.bincount(train.labels).tolist() == [2] * 1000
+    assert train.class_names == class_names()
+    # Train and val come from different streams.
+    assert not np.array_equal(train.images[::2], val.images)
+    # The same seed renders the same pixels whatever the worker count.
+    labels = [0, 500, 999]
+    serial = [glyphs._render_class((TINY.dataset_seed, 0, label, 2)) for label in labels]
+    for label, images in zip(labels, serial):
+        np.testing.assert_array_equal(train.images[train.labels == label], images)
+
+
+def test_another_seed_renders_other_images(tiny_cache):
+    other = glyphs._render_class((TINY.dataset_seed + 1, 0, 17, 2))
+    same = glyphs._render_class((TINY.dataset_seed, 0, 17, 2))
+    assert not np.array_equal(other, same)
+
+
+def test_rendered_once_then_read_from_cache(tiny_cache, monkeypatch):
+    folder = glyphs.cache_dir(TINY)
+    assert folder.parent.parent == tiny_cache and (folder / "settings.json").is_file()
+    assert not list(folder.glob(".*.tmp"))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("re-rendered a cached split")
+
+    monkeypatch.setattr(glyphs, "_render_class", refuse)
+    assert len(load_glyphs1k("val", TINY, progress=False)) == 1000
+
+
+def test_cache_key_covers_sizes_and_seed():
+    keys = {glyphs.cache_dir(config).name for config in (
+        TINY, DataConfig(glyphs_train_per_class=3, glyphs_val_per_class=1, dataset_seed=3),
+        DataConfig(glyphs_train_per_class=2, glyphs_val_per_class=1, dataset_seed=4))}
+    assert len(keys) == 3
+
+
+def test_unreadable_cache_is_a_clear_error(tiny_cache):
+    path = glyphs.cache_dir(TINY) / "val.npz"
+    original = path.read_bytes()
+    try:
+        path.write_bytes(b"broken")
+        with pytest.raises(DataError, match="delete .* to re-render"):
+            load_glyphs1k("val", TINY, progress=False)
+    finally:
+        path.write_bytes(original)
+
+
+def test_bad_split_and_sizes():
+    with pytest.raises(DataError, match="glyphs1k has no split 'test'"):
+        load_glyphs1k("test", TINY)
+    with pytest.raises(DataError, match="at least one image per class"):
+        generate(DataConfig(glyphs_val_per_class=0), progress=False)
