@@ -1,0 +1,103 @@
+"""``privimage data list|info|show``: which datasets exist, what they hold, what they look like."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from privimage.cli.common import add_data_root, add_json, add_profile, emit, resolve_data_root
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    data = subparsers.add_parser(
+        "data",
+        help="list datasets, describe one, or draw a grid of its images",
+        description="Datasets of the registry: the embedded mnist5k and glyphs1k, real datasets under the data "
+        "root (cifar10, celeba32/64, mnist, fashionmnist, imagenet32/64, imagenet32/64-folder), and your own "
+        "images as folder:PATH or npz:PATH (relative to the data root).",
+    )
+    commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    commands.required = True
+
+    listing = commands.add_parser("list", help="every dataset, whether it is available here, and where it is expected")
+    add_data_root(listing)
+    add_json(listing)
+    listing.set_defaults(func=_list)
+
+    info = commands.add_parser("info", help="size, shape and class names of one split (works without the files)")
+    _add_dataset_arguments(info)
+    info.set_defaults(func=_info)
+
+    show = commands.add_parser("show", help="write a PNG grid of images labelled with their class names")
+    _add_dataset_arguments(show)
+    show.add_argument("--n", type=int, default=64, help="number of images (default: 64)")
+    show.add_argument("--match", default=None, help="only classes whose name contains this text, e.g. digit")
+    show.add_argument("--seed", type=int, default=0, help="which images are drawn (display only)")
+    show.add_argument("--out", type=Path, required=True, help="the PNG file to write")
+    show.set_defaults(func=_show)
+
+
+def _add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", help="a dataset name (see 'privimage data list'), folder:PATH or npz:PATH")
+    parser.add_argument("--split", default="train", help="split (default: train)")
+    parser.add_argument("--download", action="store_true", help="download a missing real dataset (needs a network)")
+    add_profile(parser)
+    add_data_root(parser)
+    add_json(parser)
+
+
+def _data_config(args: argparse.Namespace):
+    from privimage.config import load_config
+
+    return load_config(args.profile).data
+
+
+def _list(args: argparse.Namespace) -> int:
+    from privimage.data import list_datasets
+
+    data_root = resolve_data_root(args)
+    rows = list_datasets(data_root)
+    lines = [f"data root: {data_root}"]
+    for row in rows:
+        status = "available" if row["available"] else (
+            "partial: " + ", ".join(row["available_splits"]) if row["available_splits"] else "missing")
+        lines.append(f"{row['name']:<18} {status:<18} {row['expected_path']}")
+    lines.append("own data: folder:PATH (PATH/<split>/<class>/<image>) or npz:PATH (PATH/<split>.npz), "
+                 "relative to the data root")
+    emit({"data_root": str(data_root), "datasets": rows}, args.json, human="\n".join(lines))
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from privimage.data import dataset_info, load_dataset
+
+    data_root = resolve_data_root(args)
+    config = _data_config(args)
+    if args.download:
+        load_dataset(args.name, args.split, data_root=data_root, config=config, download=True)
+    info = dataset_info(args.name, args.split, data_root=data_root, config=config)
+    names = info["class_names"]
+    shown = "(from the files)" if names is None else ", ".join(names[:12]) + (
+        f", ... ({len(names) - 12} more)" if len(names) > 12 else "")
+    human = "\n".join([
+        f"{info['name']} / {info['split']}: {info['description']}",
+        f"  images:    {info['num_images']:,} ({info['source']})",
+        f"  shape:     {' x '.join(str(s) for s in info['image_shape'])} (C x H x W)",
+        f"  classes:   {info['num_classes']}: {shown}",
+        f"  splits:    {', '.join(info['splits'])}",
+        f"  available: {'yes' if info['available'] else 'no'} ({info['expected_path']})",
+    ])
+    emit(info, args.json, human=human)
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from privimage.data import load_dataset
+    from privimage.data.preview import save_labelled_grid
+
+    dataset = load_dataset(args.name, args.split, data_root=resolve_data_root(args), config=_data_config(args),
+                           download=args.download)
+    path = save_labelled_grid(dataset=dataset, path=args.out, n=args.n, seed=args.seed, match=args.match)
+    emit({"name": dataset.name, "split": dataset.split, "out": str(path), "num_shown": min(args.n, len(dataset))},
+         args.json, human=f"wrote {path}")
+    return 0
