@@ -102,32 +102,55 @@ class GANModelConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """Non-private pre-training on public data (same step budget for every method)."""
+    """Non-private pre-training on public data (Section 3.4; Tables 5-6).
 
+    The step budget is fixed whatever the size of the public data, so methods
+    that pre-train on all, a selected part, or none of it compare at equal cost.
+    """
+
+    # Diffusion: AdamW steps, batch size, learning rate (Table 5).
     steps: int = 2000
     batch_size: int = 64
+    # Largest chunk run at once (gradients accumulate over chunks); 0: the whole batch.
+    physical_batch_size: int = 0
     lr: float = 2e-4
+    weight_decay: float = 0.0
     ema_decay: float = 0.999
     # Probability of dropping the label, for classifier-free guidance.
     label_dropout: float = 0.1
+    # GAN: discriminator steps, batch size and learning rate of both networks (Table 6).
+    gan_steps: int = 2000
+    gan_batch_size: int = 64
+    gan_lr: float = 2e-4
+    # Steps between crash-safe checkpoints (a killed run resumes from the latest).
+    checkpoint_every: int = 500
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """DP-SGD fine-tuning on the sensitive data (Algorithm 1, Appendix E)."""
+    """DP-SGD fine-tuning on the sensitive data (Algorithm 1, Appendix E; Tables 5-6)."""
 
     delta: float = 1e-5
     # Expected (logical) batch size of Poisson sampling; physical batches fit memory.
     batch_size: int = 256
     physical_batch_size: int = 64
+    # Passes over the sensitive data: steps = ceil(epochs / q) with q = batch_size / N.
     epochs: float = 20.0
     lr: float = 3e-4
+    weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     # K: diffusion noise draws averaged per image before clipping.
     noise_multiplicity: int = 4
     ema_decay: float = 0.999
-    # Draw DP noise from a cryptographically seeded generator (slower).
+    # Probability of dropping the label, for classifier-free guidance (as in pre-training).
+    label_dropout: float = 0.1
+    # GAN: epochs of discriminator DP-SGD steps and the learning rate of both networks (Table 6).
+    gan_epochs: float = 10.0
+    gan_lr: float = 2e-4
+    # Draw DP noise with opacus's floating-point-attack mitigation (slower).
     secure_mode: bool = False
+    # Logical steps between crash-safe checkpoints (each one also saves the ledger).
+    checkpoint_every: int = 20
 
 
 @dataclass(frozen=True)
