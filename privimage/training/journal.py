@@ -1,0 +1,98 @@
+"""An append-only, fsynced journal of the DP-SGD steps a run has released.
+
+Why a journal and not only the ledger inside each checkpoint: a run killed
+between two checkpoints has already applied noisy updates computed from the
+sensitive data, and on resume it re-runs those steps from the last checkpoint
+with fresh batches. Restoring the checkpoint's ledger would forget the lost
+steps and under-count the budget. So every logical DP-SGD step is written here
+(and fsynced) *before* its noisy update is applied, and on resume the run is
+charged for every step the journal lists: the lost steps are paid for twice
+(once lost, once re-done) rather than forgotten. The epsilon of a resumed run
+is therefore never below that of an uninterrupted one, and equal when the kill
+came right after a checkpoint.
+
+A partial last line (a crash during the write) still counts as a step: the
+journal errs towards charging too much, never too little.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from privimage.errors import PrivacyError
+
+JOURNAL_NAME = "dpsgd_journal.jsonl"
+
+
+class DPStepJournal:
+    """The DP-SGD steps released in one run folder.
+
+    Args:
+        path: the journal file (created with ``header`` as its first line if missing).
+        header: what identifies the run and its mechanism (stage, config and
+            dataset hashes, noise multiplier, sample rate); an existing journal
+            with another header is refused.
+    """
+
+    def __init__(self, path: Path, *, header: Mapping[str, Any]) -> None:
+        self.path = Path(path)
+        self.header = json.loads(json.dumps(dict(header)))
+        if self.path.exists():
+            self._steps = self._read_existing()
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._append_line({"header": self.header})
+            self._steps = 0
+
+    def _read_existing(self) -> int:
+        text = self.path.read_text()
+        lines = text.splitlines()
+        try:
+            stored = json.loads(lines[0])["header"] if lines else None
+        except (json.JSONDecodeError, KeyError, TypeError):
+            stored = None
+        if stored is None:
+            raise PrivacyError(f"{self.path}: not a DP-SGD journal (no header line); refusing to guess the budget spent")
+        for key, wanted in self.header.items():
+            if not _same(stored.get(key), wanted):
+                raise PrivacyError(
+                    f"{self.path} belongs to another run: its {key} is {stored.get(key)!r}, "
+                    f"this run's is {wanted!r} (use a fresh run folder)"
+                )
+        # Every non-empty line after the header is one released step, a torn last line included.
+        return sum(1 for line in lines[1:] if line.strip())
+
+    def _append_line(self, record: Mapping[str, Any]) -> None:
+        with open(self.path, "ab") as handle:
+            # A torn previous write must not glue onto this record.
+            if handle.tell() > 0 and not self._ends_with_newline():
+                handle.write(b"\n")
+            handle.write((json.dumps(record, sort_keys=True) + "\n").encode())
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def _ends_with_newline(self) -> bool:
+        with open(self.path, "rb") as handle:
+            handle.seek(-1, os.SEEK_END)
+            return handle.read(1) == b"\n"
+
+    @property
+    def steps(self) -> int:
+        """Logical DP-SGD steps released so far, re-done ones included."""
+        return self._steps
+
+    def record_step(self, *, step: int) -> None:
+        """Durably note that the noisy update of logical step ``step`` is about to be applied."""
+        self._append_line({"step": int(step)})
+        self._steps += 1
+
+
+def _same(stored: Any, wanted: Any) -> bool:
+    # Floats survive JSON exactly, but compare with a tolerance in case of re-derivation.
+    if isinstance(stored, float) and isinstance(wanted, float):
+        return math.isclose(stored, wanted, rel_tol=1e-9, abs_tol=0.0)
+    return stored == wanted
