@@ -1,0 +1,45 @@
+"""``privimage audit``: re-derive a run's privacy guarantee from its own records and check every claim.
+
+    privimage audit --run runs/smoke/privimage-d-mnist5k-eps10-seed0-... --json
+
+Exit status: 0 every check passed; 1 a check failed; 3 a non-private ablation
+(no guarantee to verify); 4 an incomplete run (nothing derived from the
+sensitive data yet); 2 the folder is not a readable run folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from privimage.cli.common import add_data_root, add_json, emit, resolve_data_root
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "audit",
+        help="check a run folder's privacy record: epsilon (RDP and PRV), coverage, calibration, dataset hash",
+        description="Re-derive epsilon from the run's ledger with the RDP and PRV accountants, and check that the "
+        "ledger covers the semantic query (when the method makes one) and every DP-SGD step the fine-tuning "
+        "journal released, that the recorded noise multipliers are the ones config.json calibrates, that the "
+        "ledger names the sensitive training set (by hash), that epsilon stays within run.json's target, and "
+        "that no artifact derived from the sensitive data lacks a ledger. Exit status: 0 pass, 1 a check "
+        "failed, 3 non-private run (no guarantee), 4 incomplete run, 2 unreadable run folder.",
+    )
+    parser.add_argument("--run", type=Path, required=True, help="the run folder written by 'privimage run'")
+    add_data_root(parser)
+    add_json(parser)
+    parser.set_defaults(func=_audit)
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from privimage.privacy_audit import audit_run
+
+    audit = audit_run(run_dir=args.run, data_root=resolve_data_root(args))
+    lines = [f"{'PASS' if check.passed else 'FAIL'}  {check.name:<28} {check.detail}" for check in audit.checks]
+    if audit.epsilon_rdp is not None:
+        lines.append(f"epsilon {audit.epsilon_rdp:.4f} (RDP), {audit.epsilon_prv:.4f} (PRV) at delta {audit.delta:g}; "
+                     f"target {audit.target_epsilon:g}")
+    lines.append(f"{audit.status}: {audit.method} run in {audit.run_dir}")
+    emit(audit.to_dict(), args.json, "\n".join(lines))
+    return audit.exit_code

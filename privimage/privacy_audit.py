@@ -1,0 +1,442 @@
+"""Audit a finished run folder: does its privacy record prove the guarantee it claims?
+
+``privimage audit --run DIR`` calls `audit_run`. It trusts nothing the run
+computed about itself and re-derives every number from the run's own records
+(DESIGN.md, Privacy; paper Section 3.3 and Appendix E):
+
+- epsilon of the whole ledger with both accountants (RDP, which calibration
+  uses, and PRV as a cross-check), against what ``ledger.json`` and
+  ``privacy.json`` report and against the target in ``run.json``;
+- coverage: the ledger lists the semantic query exactly when the method makes
+  one (with the config's z and k), and as many DP-SGD steps as the fine-tuning
+  journal says were released (steps lost to a crash and re-done included);
+- calibration: sigma re-computed from ``config.json``, the ledger's query entry
+  and the fine-tuning schedule equals the sigma every DP-SGD entry records;
+- identity: the ledger's dataset hash and size equal the sensitive training
+  set's (loaded only to hash it), and its config hash equals ``config.json``'s;
+- custody: no artifact derived from the sensitive data (synthetic images,
+  samples, metrics, fine-tuning checkpoints) exists without a ledger, and every
+  checkpoint carries a ledger consistent with the journal. Checkpoints are read
+  with ``weights_only`` loading: one that holds pickled code is refused, never run.
+
+A non-private ablation has nothing to verify: it is reported as ``no guarantee``,
+a status of its own. A folder where nothing derived from the sensitive data
+exists yet (a refused or interrupted run) is ``incomplete``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from privimage.errors import PrivacyError, PrivImageError
+
+# What `RunAudit.status` can be, and the exit code `privimage audit` returns for each.
+EXIT_CODES = {"pass": 0, "fail": 1, "no guarantee": 3, "incomplete": 4}
+# Files of a run folder that are computed from the sensitive data (pipeline.py writes them after the ledger).
+DERIVED_FILES = ("synthetic.npz", "samples.png", "metrics.json", "privacy.json")
+FINETUNE_DIR = "finetune"
+# Accountants are deterministic: a recorded epsilon that differs by more than this was not computed from this ledger.
+RECORDED_EPSILON_RTOL = 1e-6
+# Calibration is a deterministic bisection: the same inputs give the same sigma up to float noise.
+SIGMA_RTOL = 1e-9
+
+
+@dataclass(frozen=True)
+class AuditCheck:
+    """One verified claim about a run: its name, whether it holds, and the numbers behind the verdict."""
+
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass
+class RunAudit:
+    """The verdict on one run folder.
+
+    ``status`` is ``"pass"`` (every check holds), ``"fail"`` (some check does
+    not), ``"no guarantee"`` (a non-private ablation) or ``"incomplete"``
+    (nothing derived from the sensitive data exists yet).
+    """
+
+    run_dir: Path
+    method: str
+    status: str
+    checks: list[AuditCheck] = field(default_factory=list)
+    epsilon_rdp: float | None = None
+    epsilon_prv: float | None = None
+    delta: float | None = None
+    target_epsilon: float | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.status]
+
+    @property
+    def failed(self) -> list[AuditCheck]:
+        return [check for check in self.checks if not check.passed]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_dir": str(self.run_dir),
+            "method": self.method,
+            "status": self.status,
+            "passed": self.status == "pass",
+            "epsilon_rdp": self.epsilon_rdp,
+            "epsilon_prv": self.epsilon_prv,
+            "delta": self.delta,
+            "target_epsilon": self.target_epsilon,
+            "checks": [asdict(check) for check in self.checks],
+        }
+
+
+# --------------------------------------------------------------------------- reading the run
+
+
+def _read_json(path: Path, what: str) -> Any:
+    """A JSON file of the run folder; an unreadable one is a `PrivImageError` naming it."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PrivImageError(f"{path} not found: {what}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PrivImageError(f"{path} is not readable JSON ({exc.__class__.__name__})") from None
+
+
+def _read_run(run_dir: Path):
+    """(run.json dict, Config, Method) of a run folder, or a one-line error."""
+    from privimage.config import config_from_dict
+    from privimage.methods import get_method
+
+    if not run_dir.is_dir():
+        raise PrivImageError(f"run folder not found: {run_dir}")
+    run = _read_json(run_dir / "run.json", "not a run folder written by 'privimage run'")
+    if not isinstance(run, dict) or not isinstance(run.get("method"), str):
+        raise PrivImageError(f"{run_dir / 'run.json'} does not name a method")
+    config_dict = _read_json(run_dir / "config.json", "the run's resolved config is missing")
+    if not isinstance(config_dict, dict):
+        raise PrivImageError(f"{run_dir / 'config.json'} is not a config mapping")
+    config = config_from_dict(config_dict, source=str(run_dir / "config.json"))
+    return run, config, get_method(run["method"])
+
+
+def _derived_artifacts(run_dir: Path) -> list[str]:
+    """Artifacts of the run folder computed from the sensitive data, relative to it."""
+    from privimage.training.checkpoint import list_checkpoints
+
+    found = [name for name in DERIVED_FILES if (run_dir / name).exists()]
+    found += [str(path.relative_to(run_dir)) for path in reversed(list_checkpoints(run_dir / FINETUNE_DIR))]
+    return found
+
+
+def _ledger_content(entry: dict[str, Any]) -> dict[str, Any]:
+    """An entry without its timestamps, for comparing two records of the same mechanism."""
+    return {key: value for key, value in entry.items() if "time" not in key}
+
+
+def _close(a: float, b: float, rtol: float) -> bool:
+    return math.isclose(float(a), float(b), rel_tol=rtol, abs_tol=0.0)
+
+
+class _Checks:
+    """Collects checks; a check whose code raises a `PrivImageError` fails with that message."""
+
+    def __init__(self) -> None:
+        self.items: list[AuditCheck] = []
+
+    def add(self, name: str, passed: bool, detail: str) -> None:
+        self.items.append(AuditCheck(name=name, passed=bool(passed), detail=detail))
+
+    def run(self, name: str, check: Callable[[], tuple[bool, str]]) -> None:
+        try:
+            passed, detail = check()
+        except PrivImageError as exc:
+            passed, detail = False, str(exc).splitlines()[0]
+        self.add(name, passed, detail)
+
+
+# --------------------------------------------------------------------------- the audit
+
+
+def audit_run(*, run_dir: Path, data_root: Path | None = None) -> RunAudit:
+    """Re-derive and check the privacy claims of a run folder written by ``privimage run``.
+
+    Args:
+        run_dir: the run folder (holds ``run.json``, ``config.json`` and, for a
+            private run, ``ledger.json``).
+        data_root: folder of real datasets, as given to the run (the sensitive set
+            is loaded only to compare its hash and size with the ledger's).
+
+    Returns:
+        The `RunAudit`: every check with its verdict and detail, both epsilons, delta and status.
+
+    Raises:
+        PrivImageError: the folder is not a readable run folder (no or corrupt
+            ``run.json`` / ``config.json``, unknown method).
+    """
+    run_dir = Path(run_dir)
+    run, config, method = _read_run(run_dir)
+    derived = _derived_artifacts(run_dir)
+    ledger_path = run_dir / "ledger.json"
+    audit = RunAudit(run_dir=run_dir, method=method.name, status="pass")
+    checks = _Checks()
+
+    # Non-private ablations: there is no guarantee to verify, only that the folder does not claim one.
+    if not method.private:
+        _audit_nonprivate(run_dir=run_dir, ledger_path=ledger_path, checks=checks)
+        audit.checks = checks.items
+        audit.status = "fail" if audit.failed else "no guarantee"
+        return audit
+
+    target = run.get("epsilon")
+    audit.target_epsilon = float(target) if isinstance(target, (int, float)) else None
+    # Custody: anything computed from the sensitive data must sit beside the ledger that accounts for it.
+    if not ledger_path.exists():
+        if not derived:
+            checks.add("artifacts_covered_by_ledger", True,
+                       "no ledger.json and nothing derived from the sensitive data yet (refused or unfinished run)")
+            audit.checks = checks.items
+            audit.status = "incomplete"
+            return audit
+        checks.add("artifacts_covered_by_ledger", False,
+                   f"ledger.json is missing but {', '.join(derived)} exist: they are derived from the sensitive "
+                   "data with no privacy record")
+        audit.checks = checks.items
+        audit.status = "fail"
+        return audit
+    checks.add("artifacts_covered_by_ledger", True,
+               f"ledger.json covers {', '.join(derived) if derived else 'the run (no derived artifacts yet)'}")
+
+    from privimage.privacy import PrivacyLedger
+
+    try:
+        ledger = PrivacyLedger.load(ledger_path)
+    except PrivImageError as exc:
+        checks.add("ledger_valid", False, str(exc).splitlines()[0])
+        audit.checks = checks.items
+        audit.status = "fail"
+        return audit
+    checks.add("ledger_valid", True, f"{len(ledger.entries)} entries, delta {ledger.delta:g}, "
+                                     f"N={ledger.num_examples}, add/remove-one neighbouring")
+    audit.delta = ledger.delta
+
+    # Epsilon from the ledger with both accountants (paper Theorem E.2).
+    audit.epsilon_rdp = ledger.epsilon(accountant="rdp")
+    audit.epsilon_prv = ledger.epsilon(accountant="prv")
+    checks.run("epsilon_recorded", lambda: _check_recorded_epsilon(run_dir, audit, ledger_path))
+    checks.run("epsilon_within_target", lambda: _check_target(audit))
+    checks.run("delta_matches_run", lambda: _check_delta(run, config, ledger))
+    checks.run("dataset_hash", lambda: _check_dataset(config, ledger, data_root))
+    checks.run("config_hash", lambda: _check_config_hash(config, ledger))
+    checks.run("semantic_query_recorded", lambda: _check_query(method, config, ledger))
+    journal = _Journal.read(run_dir / FINETUNE_DIR)
+    checks.run("dpsgd_steps_match_journal", lambda: _check_journal(journal, ledger))
+    checks.run("noise_multiplier_calibrated", lambda: _check_calibration(audit, config, ledger, journal))
+    checks.run("noise_generator", lambda: _check_generators(config, ledger))
+    checks.run("checkpoints_carry_ledger", lambda: _check_checkpoints(run_dir / FINETUNE_DIR, ledger, journal))
+    audit.checks = checks.items
+    audit.status = "fail" if audit.failed else "pass"
+    return audit
+
+
+def _audit_nonprivate(*, run_dir: Path, ledger_path: Path, checks: _Checks) -> None:
+    """A non-private run must say it has no guarantee, and must not look like a private one."""
+    privacy_path = run_dir / "privacy.json"
+    if privacy_path.exists():
+        privacy = _read_json(privacy_path, "")
+        guarantee = privacy.get("guarantee") if isinstance(privacy, dict) else None
+        checks.add("privacy_json_says_no_guarantee", guarantee == "none",
+                   f"privacy.json states guarantee {guarantee!r} (a non-private ablation must state 'none')")
+    if ledger_path.exists():
+        checks.add("no_ledger_for_nonprivate_run", False,
+                   "ledger.json exists in a non-private run: its epsilon would not describe what this run did")
+
+
+def _check_recorded_epsilon(run_dir: Path, audit: RunAudit, ledger_path: Path) -> tuple[bool, str]:
+    """The epsilons the run wrote down are the ones its ledger gives."""
+    recorded: list[tuple[str, Any, float]] = []
+    stored = _read_json(ledger_path, "")
+    recorded.append(("ledger.json epsilon_rdp", stored.get("epsilon_rdp"), audit.epsilon_rdp))
+    privacy_path = run_dir / "privacy.json"
+    if privacy_path.exists():
+        privacy = _read_json(privacy_path, "")
+        if not isinstance(privacy, dict) or privacy.get("guarantee") != "differential privacy":
+            return False, "privacy.json does not state the differential-privacy guarantee of a private method"
+        recorded.append(("privacy.json epsilon", privacy.get("epsilon"), audit.epsilon_rdp))
+        recorded.append(("privacy.json epsilon_prv", privacy.get("epsilon_prv"), audit.epsilon_prv))
+    wrong = [f"{name} = {value!r}, recomputed {fresh:.6g}" for name, value, fresh in recorded
+             if not isinstance(value, (int, float)) or not _close(value, fresh, RECORDED_EPSILON_RTOL)]
+    if wrong:
+        return False, "; ".join(wrong)
+    return True, f"recomputed epsilon_rdp {audit.epsilon_rdp:.6g} and epsilon_prv {audit.epsilon_prv:.6g} " \
+                 f"equal {', '.join(name for name, _, _ in recorded)}"
+
+
+def _check_target(audit: RunAudit) -> tuple[bool, str]:
+    """Both accountants keep the run within its target (calibration uses RDP; PRV cross-checks)."""
+    if audit.target_epsilon is None:
+        return False, "run.json names no target epsilon"
+    within = audit.epsilon_rdp <= audit.target_epsilon and audit.epsilon_prv <= audit.target_epsilon
+    return within, (f"epsilon_rdp {audit.epsilon_rdp:.6g}, epsilon_prv {audit.epsilon_prv:.6g} "
+                    f"{'<=' if within else 'EXCEED'} target {audit.target_epsilon:g} at delta {audit.delta:g}")
+
+
+def _check_delta(run: dict, config, ledger) -> tuple[bool, str]:
+    """One delta everywhere: run.json, config.json and the ledger (already below 1/N by construction)."""
+    values = {"ledger": ledger.delta, "config finetune.delta": config.finetune.delta, "run.json": run.get("delta")}
+    same = all(isinstance(v, (int, float)) and _close(v, ledger.delta, 1e-12) for v in values.values())
+    detail = ", ".join(f"{name} {value!r}" for name, value in values.items())
+    return same, f"{detail}; 1/N = {1.0 / ledger.num_examples:.3g}"
+
+
+def _check_dataset(config, ledger, data_root: Path | None) -> tuple[bool, str]:
+    """The ledger accounts for this sensitive set: same content hash and size (only the hash is read)."""
+    from privimage.data import load_sensitive_train
+
+    sensitive = load_sensitive_train(config, data_root=data_root)
+    actual = sensitive.content_hash()
+    same = actual == ledger.dataset_hash and len(sensitive) == ledger.num_examples
+    return same, (f"ledger {ledger.dataset_hash[:16]} (N={ledger.num_examples}), "
+                  f"{config.data.sensitive}/train {actual[:16]} (N={len(sensitive)})")
+
+
+def _check_config_hash(config, ledger) -> tuple[bool, str]:
+    """The ledger was written for the config saved beside it."""
+    from privimage.config import config_hash
+    from privimage.pipeline import _run_identity
+
+    expected = config_hash(_run_identity(config))
+    return ledger.config_hash == expected, f"ledger {ledger.config_hash or '(none)'}, config.json {expected}"
+
+
+def _check_query(method, config, ledger) -> tuple[bool, str]:
+    """Exactly one semantic query when the method selects public data by it, none otherwise (Theorem 3.1)."""
+    queries = [e for e in ledger.entries if e["mechanism"] == "semantic_query"]
+    if not method.uses_query:
+        return not queries, f"method {method.name} makes no semantic query; the ledger lists {len(queries)}"
+    if len(queries) != 1:
+        return False, f"method {method.name} makes one semantic query; the ledger lists {len(queries)}"
+    query = queries[0]
+    wanted = (config.semantics.query_noise_multiplier, config.semantics.k)
+    same = _close(query["query_noise_multiplier"], wanted[0], 1e-12) and query["k"] == wanted[1]
+    return same, (f"ledger z={query['query_noise_multiplier']:g} k={query['k']}; "
+                  f"config z={wanted[0]:g} k={wanted[1]}")
+
+
+@dataclass(frozen=True)
+class _Journal:
+    """What a fine-tuning folder's DP-SGD journal says: its header and the steps it released."""
+
+    path: Path
+    header: dict[str, Any] | None
+    steps: int
+    error: str | None = None
+
+    @classmethod
+    def read(cls, folder: Path) -> "_Journal":
+        from privimage.training.journal import JOURNAL_NAME, DPStepJournal
+
+        path = folder / JOURNAL_NAME
+        if not path.is_file():
+            return cls(path=path, header=None, steps=0, error=f"{path} not found")
+        try:
+            lines = path.read_text().splitlines()
+            header = json.loads(lines[0])["header"] if lines else None
+            if not isinstance(header, dict):
+                raise PrivacyError(f"{path}: not a DP-SGD journal (no header line)")
+            # The journal's own reader counts steps (a torn last line counts, as training counts it).
+            steps = DPStepJournal(path, header=header).steps
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, PrivImageError) as exc:
+            return cls(path=path, header=None, steps=0, error=f"{path}: unreadable journal ({exc})")
+        return cls(path=path, header=header, steps=steps)
+
+
+def _dpsgd_entries(ledger) -> list[dict[str, Any]]:
+    return [e for e in ledger.entries if e["mechanism"] == "dp_sgd"]
+
+
+def _check_journal(journal: _Journal, ledger) -> tuple[bool, str]:
+    """Every released DP-SGD step is charged, and nothing else is: ledger steps == journal steps."""
+    charged = sum(e["steps"] for e in _dpsgd_entries(ledger))
+    if journal.error:
+        return False, f"{journal.error}; the ledger charges {charged} DP-SGD steps that nothing corroborates"
+    if journal.header.get("dataset_hash") != ledger.dataset_hash:
+        return False, f"{journal.path} is for another sensitive dataset than the ledger"
+    return charged == journal.steps, f"ledger charges {charged} DP-SGD steps, the journal released {journal.steps}"
+
+
+def _check_calibration(audit: RunAudit, config, ledger, journal: _Journal) -> tuple[bool, str]:
+    """Re-run Appendix E's calibration from config.json and the ledger's query; compare sigma and q."""
+    from privimage.privacy import PrivacyLedger
+    from privimage.training.dpsgd import calibrate_to_ledger, finetune_schedule
+
+    entries = _dpsgd_entries(ledger)
+    if not entries:
+        return False, "the ledger holds no DP-SGD steps"
+    sample_rate, steps = finetune_schedule(num_examples=ledger.num_examples, batch_size=config.finetune.batch_size,
+                                           epochs=config.finetune.epochs)
+    # The ledger as fine-tuning saw it: the query (if any), no DP-SGD yet.
+    before = PrivacyLedger(delta=ledger.delta, dataset_hash=ledger.dataset_hash, num_examples=ledger.num_examples)
+    for query in (e for e in ledger.entries if e["mechanism"] == "semantic_query"):
+        before.record_semantic_query(query_noise_multiplier=query["query_noise_multiplier"], k=query["k"],
+                                     generator=query["generator"])
+    if audit.target_epsilon is None:
+        return False, "run.json names no target epsilon to calibrate to"
+    sigma = calibrate_to_ledger(ledger=before, target_epsilon=audit.target_epsilon, sample_rate=sample_rate,
+                                steps=steps)
+    recorded = [(e["noise_multiplier"], e["sample_rate"]) for e in entries]
+    if journal.header is not None:
+        recorded.append((journal.header.get("noise_multiplier"), journal.header.get("sample_rate")))
+    wrong = [(s, q) for s, q in recorded
+             if not isinstance(s, (int, float)) or not isinstance(q, (int, float))
+             or not _close(s, sigma, SIGMA_RTOL) or not _close(q, sample_rate, 1e-12)]
+    planned = journal.header.get("total_steps") if journal.header is not None else None
+    if planned is not None and planned != steps:
+        return False, f"the journal planned {planned} DP-SGD steps, config.json's schedule gives {steps}"
+    detail = (f"calibrated sigma {sigma:.6g} at q={sample_rate:g}, T={steps} for target {audit.target_epsilon:g}; "
+              f"recorded {', '.join(f'sigma {s!r} q {q!r}' for s, q in dict.fromkeys(recorded))}")
+    return not wrong, detail
+
+
+def _check_generators(config, ledger) -> tuple[bool, str]:
+    """Every mechanism drew its noise from the generator secure_mode asks for."""
+    from privimage.training.dpsgd import noise_generator_name
+
+    wanted = noise_generator_name(secure_mode=config.finetune.secure_mode)
+    used = sorted({e["generator"] for e in ledger.entries})
+    return used == [wanted], f"finetune.secure_mode={config.finetune.secure_mode} asks for {wanted!r}; ledger: {used}"
+
+
+def _check_checkpoints(folder: Path, ledger, journal: _Journal) -> tuple[bool, str]:
+    """Each fine-tuning checkpoint carries a ledger: the run's query plus the steps released by then."""
+    from privimage.privacy import PrivacyLedger
+    from privimage.training.checkpoint import CheckpointUnreadable, list_checkpoints, load_checkpoint
+
+    paths = list_checkpoints(folder)
+    if not paths:
+        return True, "no fine-tuning checkpoints"
+    queries = [_ledger_content(e) for e in ledger.entries if e["mechanism"] == "semantic_query"]
+    problems = []
+    for path in paths:
+        try:
+            # weights_only loading: a checkpoint holding pickled code is refused without running it.
+            payload = load_checkpoint(path)
+            stored = PrivacyLedger.from_dict(payload.get("ledger"))
+        except (PrivImageError, CheckpointUnreadable) as exc:
+            problems.append(str(exc).splitlines()[0])
+            continue
+        steps = sum(e["steps"] for e in _dpsgd_entries(stored))
+        if stored.dataset_hash != ledger.dataset_hash:
+            problems.append(f"{path.name}: ledger of another sensitive dataset")
+        elif [_ledger_content(e) for e in stored.entries if e["mechanism"] == "semantic_query"] != queries:
+            problems.append(f"{path.name}: its ledger's semantic query differs from ledger.json's")
+        elif steps != payload.get("journal_steps") or steps > journal.steps:
+            problems.append(f"{path.name}: its ledger charges {steps} steps, the journal listed "
+                            f"{payload.get('journal_steps')} then and {journal.steps} now")
+    if problems:
+        return False, "; ".join(problems)
+    return True, f"{len(paths)} checkpoint(s) read weights-only, each with a consistent ledger"

@@ -1,0 +1,326 @@
+"""``privimage audit``: a faithful run folder passes; each way a privacy record can be wrong fails.
+
+The run folders are written with the same library pieces ``privimage run``
+uses (ledger, DP-SGD journal, checkpoints, calibration), without training, so
+each test takes seconds; one slow test audits a real smoke run end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from privimage.cache import atomic_save_npz, atomic_write_json
+from privimage.cli import main
+from privimage.config import config_hash, load_config
+from privimage.data import load_sensitive_train
+from privimage.pipeline import _run_identity
+from privimage.privacy import PrivacyLedger
+from privimage.privacy_audit import audit_run
+from privimage.training.checkpoint import save_checkpoint
+from privimage.training.dpsgd import calibrate_to_ledger, finetune_schedule
+from privimage.training.journal import JOURNAL_NAME, DPStepJournal
+
+EPSILON = 10.0
+
+
+def _write_run(run_dir: Path, *, method: str, sensitive, config, epsilon: float | None) -> None:
+    """What ``privimage run`` leaves after a complete run of ``method`` (private: ledger, journal, checkpoint)."""
+    run_dir.mkdir(parents=True)
+    atomic_write_json(run_dir / "config.json", config.to_dict())
+    private = epsilon is not None
+    atomic_write_json(run_dir / "run.json", {"method": method, "epsilon": epsilon, "seed": config.seed,
+                                             "delta": config.finetune.delta if private else None})
+    atomic_save_npz(run_dir / "synthetic.npz", x=np.zeros((10, 1, 32, 32), np.uint8), y=np.arange(10))
+    if not private:
+        atomic_write_json(run_dir / "privacy.json", {"guarantee": "none", "reason": "non-private ablation"})
+        return
+    ledger = PrivacyLedger(delta=config.finetune.delta, dataset_hash=sensitive.content_hash(),
+                           num_examples=len(sensitive), config_hash=config_hash(_run_identity(config)))
+    if method == "privimage-d":
+        ledger.record_semantic_query(query_noise_multiplier=config.semantics.query_noise_multiplier,
+                                     k=config.semantics.k, generator="os-entropy")
+    sample_rate, steps = finetune_schedule(num_examples=len(sensitive), batch_size=config.finetune.batch_size,
+                                           epochs=config.finetune.epochs)
+    sigma = calibrate_to_ledger(ledger=ledger, target_epsilon=epsilon, sample_rate=sample_rate, steps=steps)
+    finetune = run_dir / "finetune"
+    journal = DPStepJournal(finetune / JOURNAL_NAME, header={
+        "stage": "dp_finetune_diffusion", "run_hash": "0" * 16, "dataset_hash": sensitive.content_hash(),
+        "noise_multiplier": sigma, "sample_rate": sample_rate, "total_steps": steps})
+    for step in range(1, steps + 1):
+        journal.record_step(step=step)
+        ledger.record_dpsgd_steps(noise_multiplier=sigma, sample_rate=sample_rate, steps=1, generator="os-entropy")
+    save_checkpoint(run_dir=finetune, step=steps, payload={
+        "stage": "dp_finetune_diffusion", "journal_steps": journal.steps, "ledger": ledger.to_dict(),
+        "model": {"weight": torch.zeros(2)}})
+    ledger.save(run_dir / "ledger.json")
+    atomic_write_json(run_dir / "privacy.json", {
+        "guarantee": "differential privacy", "epsilon": ledger.epsilon(), "epsilon_prv": ledger.epsilon(accountant="prv"),
+        "delta": ledger.delta, "target_epsilon": epsilon, "neighbouring": "add/remove one sensitive image"})
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Pristine run folders of a private method with a query, one without, and a non-private ablation."""
+    config = load_config("smoke")
+    sensitive = load_sensitive_train(config)
+    root = tmp_path_factory.mktemp("pristine")
+    _write_run(root / "privimage-d", method="privimage-d", sensitive=sensitive, config=config, epsilon=EPSILON)
+    _write_run(root / "dpdm", method="dpdm", sensitive=sensitive, config=config, epsilon=EPSILON)
+    _write_run(root / "nonpriv-d", method="nonpriv-d", sensitive=sensitive, config=config, epsilon=None)
+    return root
+
+
+@pytest.fixture
+def copy_run(runs, tmp_path):
+    def copy(name: str) -> Path:
+        return Path(shutil.copytree(runs / name, tmp_path / name))
+    return copy
+
+
+def audit_cli(capsys, run_dir: Path) -> tuple[int, dict]:
+    code = main(["audit", "--run", str(run_dir), "--json"])
+    captured = capsys.readouterr()
+    return code, json.loads(captured.out.strip().splitlines()[-1])
+
+
+def verdicts(result: dict) -> dict[str, bool]:
+    return {check["name"]: check["passed"] for check in result["checks"]}
+
+
+def edit_json(path: Path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+# --------------------------------------------------------------------------- faithful runs
+
+
+def test_a_faithful_private_run_passes_with_both_accountants(capsys, runs):
+    code, result = audit_cli(capsys, runs / "privimage-d")
+    assert code == 0 and result["status"] == "pass", result
+    assert all(verdicts(result).values())
+    assert {"semantic_query_recorded", "dpsgd_steps_match_journal", "noise_multiplier_calibrated",
+            "dataset_hash", "epsilon_within_target", "checkpoints_carry_ledger"} <= set(verdicts(result))
+    ledger = PrivacyLedger.load(runs / "privimage-d" / "ledger.json")
+    assert result["epsilon_rdp"] == pytest.approx(ledger.epsilon())
+    assert result["epsilon_prv"] == pytest.approx(ledger.epsilon(accountant="prv"))
+    # Calibration spends the target to within its tolerance; PRV is the tighter bound.
+    assert 0.99 * EPSILON <= result["epsilon_rdp"] <= EPSILON
+    assert result["epsilon_prv"] < result["epsilon_rdp"]
+    assert result["delta"] == 1e-5
+
+
+def test_a_method_without_query_passes_without_one(capsys, runs):
+    code, result = audit_cli(capsys, runs / "dpdm")
+    assert code == 0, result
+    assert "no semantic query" in {c["name"]: c["detail"] for c in result["checks"]}["semantic_query_recorded"]
+
+
+def test_human_output_lists_every_check(capsys, runs):
+    assert main(["audit", "--run", str(runs / "dpdm")]) == 0
+    out = capsys.readouterr().out
+    assert "PASS  noise_multiplier_calibrated" in out and out.strip().splitlines()[-1].startswith("pass:")
+
+
+def test_a_nonprivate_ablation_has_its_own_status(capsys, runs):
+    code, result = audit_cli(capsys, runs / "nonpriv-d")
+    assert code == 3 and result["status"] == "no guarantee"
+    assert result["epsilon_rdp"] is None and result["passed"] is False
+
+
+def test_a_nonprivate_run_claiming_a_guarantee_fails(capsys, copy_run):
+    run_dir = copy_run("nonpriv-d")
+    edit_json(run_dir / "privacy.json", lambda d: d.update(guarantee="differential privacy"))
+    code, result = audit_cli(capsys, run_dir)
+    assert code == 1 and verdicts(result) == {"privacy_json_says_no_guarantee": False}
+
+
+# --------------------------------------------------------------------------- custody of derived artifacts
+
+
+def test_derived_artifacts_without_a_ledger_fail(capsys, copy_run):
+    run_dir = copy_run("privimage-d")
+    (run_dir / "ledger.json").unlink()
+    code, result = audit_cli(capsys, run_dir)
+    assert code == 1 and result["status"] == "fail"
+    detail = result["checks"][0]["detail"]
+    assert "synthetic.npz" in detail and "finetune/ckpt-" in detail
+
+
+def test_checkpoints_alone_without_a_ledger_fail(capsys, copy_run):
+    run_dir = copy_run("dpdm")
+    for name in ("ledger.json", "privacy.json", "synthetic.npz"):
+        (run_dir / name).unlink()
+    code, result = audit_cli(capsys, run_dir)
+    assert code == 1 and not result["checks"][0]["passed"]
+
+
+def test_a_folder_with_nothing_derived_is_incomplete(capsys, copy_run):
+    run_dir = copy_run("dpdm")
+    shutil.rmtree(run_dir / "finetune")
+    for name in ("ledger.json", "privacy.json", "synthetic.npz"):
+        (run_dir / name).unlink()
+    code, result = audit_cli(capsys, run_dir)
+    assert code == 4 and result["status"] == "incomplete"
+
+
+def test_a_checkpoint_holding_code_is_refused_not_run(capsys, copy_run, tmp_path):
+    run_dir = copy_run("dpdm")
+    marker = tmp_path / "code-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.mkdir, (str(marker),))
+
+    payload = {"format": "privimage-checkpoint/1", "ledger": Payload()}
+    (run_dir / "finetune" / "ckpt-99.pt").write_bytes(pickle.dumps(payload, protocol=2))
+    code, result = audit_cli(capsys, run_dir)
+    assert not marker.exists()
+    assert code == 1 and verdicts(result)["checkpoints_carry_ledger"] is False
+    assert "pickled code" in {c["name"]: c["detail"] for c in result["checks"]}["checkpoints_carry_ledger"]
+
+
+# --------------------------------------------------------------------------- the ledger disagrees with the run
+
+
+def test_uncharged_released_steps_fail(capsys, copy_run):
+    run_dir = copy_run("privimage-d")
+    # Two steps released after the last checkpoint of a killed run, and a ledger that forgot them.
+    with open(run_dir / "finetune" / JOURNAL_NAME, "a") as journal:
+        journal.write('{"step": 13}\n{"step": 14}\n')
+    code, result = audit_cli(capsys, run_dir)
+    assert code == 1 and verdicts(result)["dpsgd_steps_match_journal"] is False
+    assert verdicts(result)["noise_multiplier_calibrated"] is True
+
+
+def test_a_missing_journal_fails(capsys, copy_run):
+    run_dir = copy_run("dpdm")
+    (run_dir / "finetune" / JOURNAL_NAME).unlink()
+    code, result = audit_cli(capsys, run_dir)
+    assert code == 1 and verdicts(result)["dpsgd_steps_match_journal"] is False
+
+
+def test_a_noise_multiplier_other_than_the_calibrated_one_fails(capsys, copy_run):
+    run_dir = copy_run("dpdm")
+
+    def double_sigma(ledger):
+        for entry in ledger["entries"]:
+            entry["noise_multiplier"] *= 2
+
+    edit_json(run_dir / "ledger.json", double_sigma)
+    code, result = audit_cli(capsys, run_dir)
+    checks = verdicts(result)
+    assert code == 1 and checks["noise_multiplier_calibrated"] is False
+    # The doubled sigma spends less than recorded: the recorded epsilon no longer matches either.
+    assert checks["epsilon_recorded"] is False and checks["epsilon_within_target"] is True
+
+
+def test_a_ledger_without_the_query_of_a_querying_method_fails(capsys, copy_run):
+    run_dir = copy_run("privimage-d")
+    edit_json(run_dir / "ledger.json",
+              lambda d: d.update(entries=[e for e in d["entries"] if e["mechanism"] != "semantic_query"]))
+    code, result = audit_cli(capsys, run_dir)
+    checks = verdicts(result)
+    assert code == 1 and checks["semantic_query_recorded"] is False
+    assert result["epsilon_rdp"] < json.loads((run_dir / "privacy.json").read_text())["epsilon"]
+
+
+def test_a_query_with_other_parameters_than_the_config_fails(capsys, copy_run):
+    run_dir = copy_run("privimage-d")
+
+    def weaker_query(ledger):
+        query = ledger["entries"][0]
+        query["query_noise_multiplier"] = 500.0
+        query["noise_std"] = 500.0
+
+    edit_json(run_dir / "ledger.json", weaker_query)
+    code, result = audit_cli(capsys, run_dir)
+    assert code == 1 and verdicts(result)["semantic_query_recorded"] is False
+
+
+def test_a_ledger_of_another_dataset_fails(capsys, copy_run):
+    run_dir = copy_run("dpdm")
+
+    def other_dataset(ledger):
+        ledger["dataset_hash"] = "f" * 64
+        for entry in ledger["entries"]:
+            entry["dataset_hash"] = "f" * 64
+
+    edit_json(run_dir / "ledger.json", other_dataset)
+    code, result = audit_cli(capsys, run_dir)
+    checks = verdicts(result)
+    assert code == 1 and checks["dataset_hash"] is False
+    # The journal and checkpoints name the real dataset, so they disagree with this ledger too.
+    assert checks["dpsgd_steps_match_journal"] is False and checks["checkpoints_carry_ledger"] is False
+
+
+def test_epsilon_above_the_target_fails(capsys, copy_run):
+    run_dir = copy_run("dpdm")
+    edit_json(run_dir / "run.json", lambda d: d.update(epsilon=5.0))
+    code, result = audit_cli(capsys, run_dir)
+    checks = verdicts(result)
+    assert code == 1 and checks["epsilon_within_target"] is False
+    assert result["epsilon_rdp"] > 5.0 and result["target_epsilon"] == 5.0
+
+
+def test_a_misreported_epsilon_fails(capsys, copy_run):
+    run_dir = copy_run("dpdm")
+    edit_json(run_dir / "privacy.json", lambda d: d.update(epsilon=1.0))
+    code, result = audit_cli(capsys, run_dir)
+    assert code == 1 and verdicts(result) == {**{k: True for k in verdicts(result)}, "epsilon_recorded": False}
+
+
+def test_a_tampered_ledger_is_a_failed_check(capsys, copy_run):
+    run_dir = copy_run("privimage-d")
+    edit_json(run_dir / "ledger.json", lambda d: d["entries"][0].update(noise_std=1.0))
+    code, result = audit_cli(capsys, run_dir)
+    assert code == 1 and verdicts(result)["ledger_valid"] is False and result["epsilon_rdp"] is None
+
+
+# --------------------------------------------------------------------------- unreadable input
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbled", "unknown method"])
+def test_an_unreadable_run_folder_is_a_one_line_error(capsys, copy_run, damage):
+    run_dir = copy_run("dpdm")
+    if damage == "missing":
+        (run_dir / "run.json").unlink()
+    elif damage == "garbled":
+        (run_dir / "run.json").write_text('{"method": "dp')
+    else:
+        edit_json(run_dir / "run.json", lambda d: d.update(method="dp-magic"))
+    code = main(["audit", "--run", str(run_dir), "--json"])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert captured.err.startswith("error: ") and captured.err.count("\n") == 1
+
+
+def test_audit_run_library_call_matches_the_command(runs):
+    audit = audit_run(run_dir=runs / "dpdm")
+    assert audit.status == "pass" and audit.exit_code == 0 and not audit.failed
+
+
+# --------------------------------------------------------------------------- a real run
+
+
+@pytest.mark.slow
+def test_a_real_smoke_run_passes_its_audit(capsys, tmp_path):
+    torch.set_num_threads(2)
+    out = tmp_path / "dpdm"
+    assert main(["run", "--profile", "smoke", "--method", "dpdm", "--epsilon", "5", "--no-evaluate",
+                 "--out", str(out), "--json"]) == 0
+    capsys.readouterr()
+    code, result = audit_cli(capsys, out)
+    assert code == 0 and result["status"] == "pass", result
+    privacy = json.loads((out / "privacy.json").read_text())
+    assert result["epsilon_rdp"] == pytest.approx(privacy["epsilon"])
+    assert result["epsilon_rdp"] <= 5.0
