@@ -1,0 +1,467 @@
+"""DP-SGD with opacus: one logical step, and the crash-safe loop of a fine-tuning run.
+
+Paper Algorithm 1 and Appendix E, as DESIGN.md restores them:
+
+- Poisson sampling: every sensitive example joins a logical batch independently
+  with probability q = batch_size / N (opacus ``UniformWithReplacementSampler``),
+  so batch sizes vary; T = ceil(epochs / q) logical steps.
+- One per-sample gradient per image (the diffusion loss averaged over K noise
+  draws before clipping, `privimage.dp.per_sample.compute_per_sample_gradients`),
+  clipped to norm C, summed, Gaussian noise of std sigma * C added once per
+  logical step and the sum divided by the *expected* batch size (opacus
+  ``DPOptimizer`` with ``loss_reduction="mean"``). A logical batch larger than
+  memory allows is split into physical chunks whose clipped gradients are
+  accumulated before the single noise draw (opacus's BatchMemoryManager
+  protocol: ``signal_skip_step``).
+- sigma is calibrated so that the whole ledger -- the semantic query already
+  in it plus the T planned steps -- meets the target epsilon (Theorem E.3).
+- Every logical step is written to the run's journal and ledger *before* its
+  noisy update is applied (see `privimage.training.journal` for why), and a
+  checkpoint holding the ledger is written every ``checkpoint_every`` steps.
+
+Randomness of the mechanism (which examples a batch holds, the gradient noise)
+comes from fresh OS-entropy generators, never from the experiment seed, and is
+never checkpointed; on resume new generators are drawn, which is as private.
+Nothing computed from the sensitive data outside the noisy gradient is
+reported either (no training loss, no realised batch sizes): those would be
+releases the ledger does not account for.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from opacus.optimizers import DPOptimizer
+from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
+from privimage.config import FinetuneConfig, config_hash
+from privimage.data.base import ImageDataset
+from privimage.dp import check_dp_compatible
+from privimage.errors import ConfigError, PrivacyError
+from privimage.training.checkpoint import load_latest_checkpoint, save_checkpoint
+from privimage.training.common import (
+    progress_bar,
+    restore_rng_state,
+    rng_state,
+    seed_training_randomness,
+    stage_seed,
+    write_resources,
+)
+from privimage.training.journal import JOURNAL_NAME, DPStepJournal
+
+# Per-example loss: (model call, *inputs) -> one loss per example (shape B), as
+# `privimage.dp.compute_per_sample_gradients` takes it.
+PerExampleLoss = Callable[..., torch.Tensor]
+# Inputs of the per-example loss for given rows of the sensitive set.
+LoadInputs = Callable[[np.ndarray], Sequence[torch.Tensor]]
+
+
+def finetune_schedule(*, num_examples: int, batch_size: int, epochs: float) -> tuple[float, int]:
+    """Poisson sample rate and number of logical steps of a fine-tuning run.
+
+    Args:
+        num_examples: N, the size of the sensitive training set.
+        batch_size: expected logical batch size.
+        epochs: passes over the data.
+
+    Returns:
+        ``(q, T)`` with q = batch_size / N and T = ceil(epochs / q).
+    """
+    if num_examples < 1:
+        raise PrivacyError("the sensitive dataset is empty")
+    if batch_size < 1 or batch_size > num_examples:
+        raise ConfigError(f"finetune.batch_size must lie in [1, N={num_examples}], got {batch_size}")
+    if not epochs > 0:
+        raise ConfigError(f"finetune epochs must be > 0, got {epochs}")
+    sample_rate = batch_size / num_examples
+    # Rounding guards against 0.2 / 0.016 = 12.500000000000002 becoming 13 steps.
+    return sample_rate, max(1, math.ceil(round(epochs / sample_rate, 9)))
+
+
+def calibrate_to_ledger(*, ledger, target_epsilon: float, sample_rate: float, steps: int) -> float:
+    """The DP-SGD noise multiplier that makes the ledger plus ``steps`` DP-SGD steps meet the target.
+
+    Args:
+        ledger: the run's `PrivacyLedger`, holding the semantic query when the
+            method made one, and no DP-SGD steps yet.
+        target_epsilon: epsilon of the whole run at the ledger's delta.
+        sample_rate: Poisson rate q.
+        steps: planned logical steps T.
+
+    Returns:
+        sigma (paper Theorem E.3).
+    """
+    from privimage.privacy.calibration import calibrate_noise_multiplier
+
+    entries = ledger.entries
+    spent_steps = sum(e["steps"] for e in entries if e["mechanism"] == "dp_sgd")
+    if spent_steps:
+        raise PrivacyError(
+            f"the ledger passed to fine-tuning already holds {spent_steps} DP-SGD steps; "
+            "pass the run's ledger as it was before fine-tuning (resuming reads the run folder's journal)"
+        )
+    queries = [e for e in entries if e["mechanism"] == "semantic_query"]
+    if len(queries) > 1:
+        raise PrivacyError(f"the ledger holds {len(queries)} semantic queries; a run makes at most one")
+    query = queries[0] if queries else None
+    return calibrate_noise_multiplier(
+        target_epsilon=target_epsilon,
+        delta=ledger.delta,
+        sample_rate=sample_rate,
+        steps=steps,
+        query_noise_multiplier=query["query_noise_multiplier"] if query else None,
+        k=query["k"] if query else 1,
+    )
+
+
+def noise_generator_name(*, secure_mode: bool) -> str:
+    """What the ledger records as the source of the DP-SGD noise."""
+    return "secure" if secure_mode else "os-entropy"
+
+
+def make_dp_optimizer(
+    *,
+    parameters,
+    lr: float,
+    weight_decay: float,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    expected_batch_size: int,
+    secure_mode: bool,
+    device: torch.device,
+    betas: tuple[float, float] = (0.9, 0.999),
+) -> DPOptimizer:
+    """AdamW wrapped in opacus's ``DPOptimizer`` with a fresh, unseeded noise generator.
+
+    Args:
+        parameters: the parameters DP-SGD updates.
+        lr, weight_decay, betas: AdamW settings.
+        noise_multiplier: sigma; the noise std on the clipped sum is sigma * max_grad_norm.
+        max_grad_norm: C, the per-sample clipping norm.
+        expected_batch_size: the divisor of the noisy sum (not the realised batch size).
+        secure_mode: opacus's floating-point-attack mitigation for the noise.
+        device: where the parameters live (the noise generator must be there too).
+
+    Returns:
+        The ``DPOptimizer``.
+    """
+    from privimage.privacy.noise import torch_noise_generator
+
+    if not max_grad_norm > 0:
+        raise ConfigError(f"finetune.max_grad_norm must be > 0, got {max_grad_norm}")
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay, betas=betas)
+    return DPOptimizer(
+        optimizer,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        expected_batch_size=expected_batch_size,
+        loss_reduction="mean",
+        generator=torch_noise_generator(secure=secure_mode, device=str(device)),
+        secure_mode=secure_mode,
+    )
+
+
+def poisson_sampler(*, num_examples: int, sample_rate: float, steps: int) -> UniformWithReplacementSampler:
+    """opacus's Poisson sampler over ``steps`` logical batches, from a fresh OS-entropy generator."""
+    from privimage.privacy.noise import torch_noise_generator
+
+    return UniformWithReplacementSampler(
+        num_samples=num_examples, sample_rate=sample_rate, steps=steps, generator=torch_noise_generator()
+    )
+
+
+def dp_sgd_step(
+    *,
+    model: torch.nn.Module,
+    optimizer: DPOptimizer,
+    per_example_loss: PerExampleLoss,
+    batch_indices: Sequence[int],
+    load_inputs: LoadInputs,
+    physical_batch_size: int,
+    before_release: Callable[[], None] | None = None,
+) -> None:
+    """One logical DP-SGD step (Algorithm 1): clip per sample, sum over chunks, one noise draw, update.
+
+    Args:
+        model: the module whose per-sample gradients are taken (the parameters
+            ``optimizer`` updates).
+        optimizer: a ``DPOptimizer``.
+        per_example_loss: ``(model call, *inputs) -> losses of shape (B,)``.
+        batch_indices: rows of the logical batch (the Poisson-sampled sensitive rows,
+            plus whatever rows the caller's ``load_inputs`` understands); may be empty.
+        load_inputs: maps rows to the loss's input tensors.
+        physical_batch_size: largest chunk that is run at once.
+        before_release: called once, right before the noisy update is applied
+            (the journal and the ledger record the step here).
+    """
+    from privimage.dp.per_sample import compute_per_sample_gradients
+
+    indices = np.asarray(batch_indices, dtype=np.int64)
+    # An empty Poisson batch is still a noisy step: noise on a zero sum.
+    chunks = np.array_split(indices, math.ceil(len(indices) / physical_batch_size)) if len(indices) else [indices]
+    for position, chunk in enumerate(chunks):
+        is_last = position == len(chunks) - 1
+        if len(chunk):
+            compute_per_sample_gradients(model, per_example_loss, *load_inputs(chunk))
+        else:
+            for parameter in optimizer.params:
+                parameter.grad_sample = torch.zeros((0, *parameter.shape), device=parameter.device,
+                                                    dtype=parameter.dtype)
+        # Chunks before the last only clip and accumulate (opacus BatchMemoryManager protocol).
+        optimizer.signal_skip_step(do_skip=not is_last)
+        if is_last and before_release is not None:
+            before_release()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def run_dp_sgd(
+    *,
+    stage: str,
+    model: torch.nn.Module,
+    ema: Any | None,
+    per_example_loss: PerExampleLoss,
+    load_inputs: LoadInputs,
+    sensitive: ImageDataset,
+    ledger,
+    settings: FinetuneConfig,
+    lr: float,
+    epochs: float,
+    target_epsilon: float,
+    run_dir: Path,
+    seed: int,
+    identity: Mapping[str, Any],
+    extra_state: Mapping[str, Any] | None = None,
+    after_step: Callable[[int], None] | None = None,
+    batch_rows: Callable[[list[int]], np.ndarray] | None = None,
+    betas: tuple[float, float] = (0.9, 0.999),
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The DP-SGD fine-tuning loop with journal, ledger, checkpoints and resume.
+
+    Re-running the same call with the same ``run_dir`` resumes from the newest
+    readable checkpoint; the ledger is charged for every step in the journal,
+    including steps released after that checkpoint and now re-done.
+
+    Args:
+        stage: name of the stage (checkpoints of another stage are refused).
+        model: the module trained with DP-SGD (the diffusion model, or a GAN's discriminator).
+        ema: an exponential moving average of ``model`` with ``update(model)``,
+            ``state_dict()`` and ``load_state_dict()``, or None.
+        per_example_loss: ``(model call, *inputs) -> (B,)`` losses.
+        load_inputs: rows of ``sensitive`` -> the loss's inputs.
+        sensitive: the sensitive training set.
+        ledger: the run's `PrivacyLedger`, before fine-tuning; it is charged in place.
+        settings: fine-tuning settings (batch sizes, clipping, secure mode, ...).
+        lr: learning rate of AdamW.
+        epochs: passes over the sensitive data.
+        target_epsilon: epsilon of the whole run (query plus DP-SGD).
+        run_dir: where checkpoints, the journal and ``resources.json`` go.
+        seed: experiment seed of the non-private randomness (never of DP noise).
+        identity: config that must match for a checkpoint to be resumed.
+        extra_state: other objects with ``state_dict``/``load_state_dict`` to checkpoint
+            (a GAN's generator and its optimizer).
+        after_step: called with the number of completed steps after each logical step.
+        batch_rows: maps the Poisson-sampled rows to the rows ``load_inputs`` receives
+            (the GAN adds a fixed number of generated rows); identity if None.
+        betas: AdamW betas.
+        progress: show a tqdm bar.
+
+    Returns:
+        Statistics of the run (steps, sigma, q, epsilon, time, memory, ...).
+    """
+    from privimage.evaluation.resources import measure_stage
+
+    run_dir = Path(run_dir)
+    extra_state = dict(extra_state or {})
+    batch_rows = batch_rows or (lambda rows: np.asarray(rows, dtype=np.int64))
+    num_examples = len(sensitive)
+    dataset_hash = sensitive.content_hash()
+    _check_ledger_matches(ledger, sensitive=sensitive, delta=settings.delta)
+    check_dp_compatible(model)
+    if settings.physical_batch_size < 1:
+        raise ConfigError(f"finetune.physical_batch_size must be >= 1, got {settings.physical_batch_size}")
+    if settings.checkpoint_every < 1:
+        raise ConfigError(f"finetune.checkpoint_every must be >= 1, got {settings.checkpoint_every}")
+
+    # Appendix E: sigma from the target, given the query already in the ledger.
+    sample_rate, total_steps = finetune_schedule(
+        num_examples=num_examples, batch_size=settings.batch_size, epochs=epochs
+    )
+    noise_multiplier = calibrate_to_ledger(
+        ledger=ledger, target_epsilon=target_epsilon, sample_rate=sample_rate, steps=total_steps
+    )
+    ledger_before = ledger.to_dict()
+    generator = noise_generator_name(secure_mode=settings.secure_mode)
+    run_hash = config_hash({"stage": stage, "seed": seed, "target_epsilon": target_epsilon, **identity})
+    expect = {"stage": stage, "run_hash": run_hash, "dataset_hash": dataset_hash}
+
+    records: list[dict] = []
+    session_start = time.perf_counter()
+    with measure_stage("finetuning", log=records):
+        # Journal first: it is the durable count of released steps.
+        journal = DPStepJournal(run_dir / JOURNAL_NAME, header={
+            **expect, "noise_multiplier": noise_multiplier, "sample_rate": sample_rate, "total_steps": total_steps,
+        })
+        device = next(model.parameters()).device
+        optimizer = make_dp_optimizer(
+            parameters=[p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=settings.weight_decay,
+            noise_multiplier=noise_multiplier, max_grad_norm=settings.max_grad_norm,
+            expected_batch_size=settings.batch_size, secure_mode=settings.secure_mode, device=device, betas=betas,
+        )
+
+        checkpoint = load_latest_checkpoint(run_dir=run_dir, expect=expect)
+        if checkpoint is None:
+            start_step, previous = 0, {}
+            seed_training_randomness(stage_seed(seed, stage))
+        else:
+            _check_checkpoint_account(checkpoint, journal=journal, ledger_before=ledger_before,
+                                      noise_multiplier=noise_multiplier, sample_rate=sample_rate,
+                                      generator=generator)
+            start_step, previous = int(checkpoint["step"]), dict(checkpoint["stats"])
+            model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            if ema is not None:
+                ema.load_state_dict(checkpoint["ema"])
+            for name, obj in extra_state.items():
+                obj.load_state_dict(checkpoint["extra"][name])
+            restore_rng_state(checkpoint["rng"])
+        checkpoint_journal_steps = int(checkpoint["journal_steps"]) if checkpoint else 0
+        # Every released step counts, lost ones (after the checkpoint) included.
+        lost_steps = journal.steps - checkpoint_journal_steps
+        if journal.steps:
+            ledger.record_dpsgd_steps(noise_multiplier=noise_multiplier, sample_rate=sample_rate,
+                                      steps=journal.steps, generator=generator)
+
+        def release_step(step: int) -> None:
+            journal.record_step(step=step)
+            ledger.record_dpsgd_steps(noise_multiplier=noise_multiplier, sample_rate=sample_rate,
+                                      steps=1, generator=generator)
+
+        def write_checkpoint(step: int) -> None:
+            save_checkpoint(run_dir=run_dir, step=step, payload={
+                **expect,
+                "total_steps": total_steps,
+                "noise_multiplier": noise_multiplier,
+                "sample_rate": sample_rate,
+                "journal_steps": journal.steps,
+                "ledger": ledger.to_dict(),
+                "model": model.state_dict(),
+                "ema": ema.state_dict() if ema is not None else {},
+                "optimizer": optimizer.state_dict(),
+                "extra": {name: obj.state_dict() for name, obj in extra_state.items()},
+                "rng": rng_state(),
+                "stats": {"lost_steps_charged": previous.get("lost_steps_charged", 0) + lost_steps,
+                          "sessions": previous.get("sessions", 0) + 1,
+                          "wall_time_s": previous.get("wall_time_s", 0.0) + time.perf_counter() - session_start},
+            })
+
+        model.train()
+        remaining = total_steps - start_step
+        bar = progress_bar(total=total_steps, initial=start_step, desc=stage, enabled=progress)
+        if remaining > 0:
+            sampler = iter(poisson_sampler(num_examples=num_examples, sample_rate=sample_rate, steps=remaining))
+            for step in range(start_step + 1, total_steps + 1):
+                dp_sgd_step(
+                    model=model, optimizer=optimizer, per_example_loss=per_example_loss,
+                    batch_indices=batch_rows(next(sampler)), load_inputs=load_inputs,
+                    physical_batch_size=settings.physical_batch_size,
+                    before_release=lambda step=step: release_step(step),
+                )
+                if ema is not None:
+                    ema.update(model)
+                if after_step is not None:
+                    after_step(step)
+                if step % settings.checkpoint_every == 0 or step == total_steps:
+                    write_checkpoint(step)
+                    if progress:
+                        # Epsilon so far costs an RDP evaluation; only worth it when someone watches.
+                        bar.set_postfix(epsilon=f"{ledger.epsilon():.3f}")
+                bar.update(1)
+        bar.close()
+    usage = records[-1]
+    epsilon = ledger.epsilon()
+    stats = {
+        "stage": stage,
+        "private": True,
+        "steps": total_steps,
+        "resumed_from_step": start_step,
+        "released_steps": journal.steps,
+        "lost_steps_charged": previous.get("lost_steps_charged", 0) + lost_steps,
+        "sample_rate": sample_rate,
+        "expected_batch_size": settings.batch_size,
+        "noise_multiplier": noise_multiplier,
+        "max_grad_norm": settings.max_grad_norm,
+        "noise_generator": generator,
+        "target_epsilon": target_epsilon,
+        "epsilon": epsilon,
+        "delta": ledger.delta,
+        "run_dir": str(run_dir),
+        "resources": usage,
+        # Table 4 counts the whole stage: earlier sessions up to their last checkpoint, plus this one.
+        "wall_time_s_all_sessions": previous.get("wall_time_s", 0.0) + usage["wall_time_s"],
+    }
+    write_resources(run_dir, {**usage, "stage_name": stage,
+                              "wall_time_s_all_sessions": stats["wall_time_s_all_sessions"]})
+    if progress:
+        bar.write(f"{stage}: {total_steps} DP-SGD steps, epsilon {epsilon:.3f} (delta {ledger.delta:g}); "
+                  f"checkpoints in {run_dir}")
+    return stats
+
+
+def _check_ledger_matches(ledger, *, sensitive: ImageDataset, delta: float) -> None:
+    """The ledger must describe this sensitive set and this run's delta."""
+    if ledger.dataset_hash != sensitive.content_hash():
+        raise PrivacyError(
+            f"the ledger is for sensitive dataset {ledger.dataset_hash[:12]}, not "
+            f"{sensitive.name}/{sensitive.split} ({sensitive.content_hash()[:12]})"
+        )
+    if ledger.num_examples != len(sensitive):
+        raise PrivacyError(f"the ledger counts {ledger.num_examples} sensitive examples, the dataset has {len(sensitive)}")
+    if not math.isclose(ledger.delta, delta, rel_tol=1e-12):
+        raise PrivacyError(f"the ledger's delta {ledger.delta:g} differs from finetune.delta {delta:g}")
+
+
+def _check_checkpoint_account(
+    checkpoint: Mapping[str, Any],
+    *,
+    journal: DPStepJournal,
+    ledger_before: Mapping[str, Any],
+    noise_multiplier: float,
+    sample_rate: float,
+    generator: str,
+) -> None:
+    """A resumed checkpoint's ledger must be this run's ledger plus the steps its journal listed then."""
+    from privimage.privacy.ledger import PrivacyLedger
+
+    steps_then = int(checkpoint["journal_steps"])
+    if journal.steps < steps_then:
+        raise PrivacyError(
+            f"the DP-SGD journal lists {journal.steps} steps but the checkpoint was taken after {steps_then}; "
+            "the journal was replaced or truncated, so the budget spent cannot be established"
+        )
+    expected = PrivacyLedger.from_dict(ledger_before)
+    expected.record_dpsgd_steps(noise_multiplier=noise_multiplier, sample_rate=sample_rate,
+                                steps=steps_then, generator=generator)
+    stored = PrivacyLedger.from_dict(checkpoint["ledger"])
+    if _ledger_content(stored) != _ledger_content(expected):
+        raise PrivacyError(
+            f"checkpoint step {checkpoint['step']}: its privacy ledger disagrees with this run's "
+            "(another query, delta or dataset); use a fresh run folder"
+        )
+
+
+def _ledger_content(ledger) -> dict[str, Any]:
+    """What a ledger says about the run, without timestamps, for comparing two accounts of it."""
+    return {
+        "delta": ledger.delta,
+        "dataset_hash": ledger.dataset_hash,
+        "num_examples": ledger.num_examples,
+        "config_hash": ledger.config_hash,
+        "entries": [{k: v for k, v in entry.items() if "time" not in k} for entry in ledger.entries],
+    }

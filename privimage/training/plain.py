@@ -1,0 +1,202 @@
+"""The non-private training loop: pre-training on public data, and NonPriv fine-tuning.
+
+A fixed number of steps whatever the dataset size (the paper compares
+pre-training data at equal budget), mini-batches drawn without replacement
+from per-epoch permutations that are a pure function of the seed and the
+epoch, so a run resumed from a checkpoint at step s continues with exactly the
+batches an uninterrupted run would have used. Checkpoints, resume and the
+resources record work as in the DP loop, without a ledger: nothing here is
+private, and nothing here may be given the sensitive set except the NonPriv
+baselines, which say that they have no privacy guarantee.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+from privimage.config import config_hash
+from privimage.data.base import ImageDataset
+from privimage.errors import ConfigError, DataError
+from privimage.training.checkpoint import load_latest_checkpoint, save_checkpoint
+from privimage.training.common import (
+    progress_bar,
+    restore_rng_state,
+    rng_state,
+    seed_training_randomness,
+    stage_seed,
+    write_resources,
+)
+
+# One training step on the given rows: (step number, row indices) -> scalar losses to report.
+TrainStep = Callable[[int, np.ndarray], Mapping[str, float]]
+
+
+class EpochBatches:
+    """Mini-batches of a fixed size from a fresh permutation each epoch, indexable by step.
+
+    Args:
+        num_examples: dataset size N.
+        batch_size: rows per step (may exceed N; batches then span epochs).
+        seed: permutation of epoch e is drawn from a generator seeded with (seed, e).
+    """
+
+    def __init__(self, *, num_examples: int, batch_size: int, seed: int) -> None:
+        if num_examples < 1:
+            raise DataError("cannot train on an empty dataset")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        self.num_examples = num_examples
+        self.batch_size = batch_size
+        self.seed = seed
+        self._cache: dict[int, np.ndarray] = {}
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch not in self._cache:
+            self._cache = {k: v for k, v in self._cache.items() if k >= epoch - 1}
+            self._cache[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+        return self._cache[epoch]
+
+    def batch(self, step: int) -> np.ndarray:
+        """Rows of step ``step`` (1-based), continuing across epoch boundaries."""
+        start = (step - 1) * self.batch_size
+        rows = []
+        while len(rows) < self.batch_size:
+            epoch, offset = divmod(start, self.num_examples)
+            take = min(self.batch_size - len(rows), self.num_examples - offset)
+            rows.extend(self._permutation(epoch)[offset:offset + take])
+            start += take
+        return np.asarray(rows, dtype=np.int64)
+
+
+def run_plain_training(
+    *,
+    stage: str,
+    dataset: ImageDataset,
+    steps: int,
+    batch_size: int,
+    train_step: TrainStep,
+    state: Mapping[str, Any],
+    run_dir: Path,
+    seed: int,
+    identity: Mapping[str, Any],
+    checkpoint_every: int,
+    resource_stage: str,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train for ``steps`` steps with checkpoints every ``checkpoint_every`` and resume.
+
+    Args:
+        stage: name of the stage (checkpoints of another stage are refused).
+        dataset: the training data.
+        steps: number of optimisation steps.
+        batch_size: rows per step.
+        train_step: performs one step (forward, backward, optimizer, EMA).
+        state: objects with ``state_dict``/``load_state_dict`` that a checkpoint saves
+            (models, EMA, optimizers).
+        run_dir: where checkpoints and ``resources.json`` go.
+        seed: experiment seed (initialisation is the caller's; batch order and
+            training noise derive from it).
+        identity: config that must match for a checkpoint to be resumed.
+        checkpoint_every: steps between checkpoints.
+        resource_stage: the stage's name in paper Table 4 (``pretraining``, ``finetuning``).
+        progress: show a tqdm bar.
+
+    Returns:
+        Statistics: steps, last losses, time and memory.
+    """
+    from privimage.evaluation.resources import measure_stage
+
+    if steps < 0:
+        raise ConfigError(f"{stage}: steps must be >= 0, got {steps}")
+    if checkpoint_every < 1:
+        raise ConfigError(f"{stage}: checkpoint_every must be >= 1, got {checkpoint_every}")
+    run_dir = Path(run_dir)
+    run_hash = config_hash({"stage": stage, "seed": seed, **identity})
+    expect = {"stage": stage, "run_hash": run_hash, "dataset_hash": dataset.content_hash()}
+    batches = EpochBatches(num_examples=len(dataset), batch_size=batch_size, seed=stage_seed(seed, stage))
+
+    records: list[dict] = []
+    losses: dict[str, float] = {}
+    earlier_wall_time = 0.0
+    session_start = time.perf_counter()
+    with measure_stage(resource_stage, log=records):
+        checkpoint = load_latest_checkpoint(run_dir=run_dir, expect=expect)
+        if checkpoint is None:
+            start_step = 0
+            seed_training_randomness(stage_seed(seed, stage))
+        else:
+            start_step = int(checkpoint["step"])
+            for name, obj in state.items():
+                obj.load_state_dict(checkpoint["state"][name])
+            restore_rng_state(checkpoint["rng"])
+            losses = dict(checkpoint["losses"])
+            earlier_wall_time = float(checkpoint["wall_time_s"])
+
+        bar = progress_bar(total=steps, initial=start_step, desc=stage, enabled=progress)
+        for step in range(start_step + 1, steps + 1):
+            losses = {key: float(value) for key, value in train_step(step, batches.batch(step)).items()}
+            if step % checkpoint_every == 0 or step == steps:
+                save_checkpoint(run_dir=run_dir, step=step, payload={
+                    **expect,
+                    "total_steps": steps,
+                    "state": {name: obj.state_dict() for name, obj in state.items()},
+                    "rng": rng_state(),
+                    "losses": losses,
+                    "wall_time_s": earlier_wall_time + time.perf_counter() - session_start,
+                })
+            bar.set_postfix({key: f"{value:.4f}" for key, value in losses.items()}, refresh=False)
+            bar.update(1)
+        bar.close()
+    usage = records[-1]
+    # Table 4 counts the whole stage: earlier sessions up to their last checkpoint, plus this one.
+    all_sessions = earlier_wall_time + usage["wall_time_s"]
+    write_resources(run_dir, {**usage, "stage_name": stage, "wall_time_s_all_sessions": all_sessions})
+    if progress:
+        bar.write(f"{stage}: {steps} steps on {dataset.name}/{dataset.split} ({len(dataset)} images); "
+                  f"checkpoints in {run_dir}")
+    return {
+        "stage": stage,
+        "steps": steps,
+        "resumed_from_step": start_step,
+        "batch_size": batch_size,
+        "dataset": f"{dataset.name}/{dataset.split}",
+        "num_examples": len(dataset),
+        "final_losses": losses,
+        "run_dir": str(run_dir),
+        "resources": usage,
+        "wall_time_s_all_sessions": all_sessions,
+    }
+
+
+def chunked(indices: np.ndarray, physical_batch_size: int) -> list[np.ndarray]:
+    """Split a batch into chunks of at most ``physical_batch_size`` rows (all rows if it is 0)."""
+    if physical_batch_size <= 0 or len(indices) <= physical_batch_size:
+        return [indices]
+    return np.array_split(indices, -(-len(indices) // physical_batch_size))
+
+
+def accumulate_mean_loss(
+    loss_fn: Callable[[np.ndarray], torch.Tensor], indices: np.ndarray, physical_batch_size: int
+) -> float:
+    """Backpropagate the batch-mean loss chunk by chunk; return its value.
+
+    Args:
+        loss_fn: rows -> per-example losses (shape B).
+        indices: the batch's rows.
+        physical_batch_size: chunk size (0: the whole batch at once).
+
+    Returns:
+        The mean loss over the batch.
+    """
+    total = 0.0
+    for chunk in chunked(indices, physical_batch_size):
+        # Weight each chunk by its share so the gradients add up to the batch mean's.
+        chunk_loss = loss_fn(chunk).sum() / len(indices)
+        chunk_loss.backward()
+        total += float(chunk_loss.detach())
+    return total
