@@ -1,0 +1,239 @@
+"""Training a diffusion model: pre-training, DP fine-tuning, NonPrivD fine-tuning (Section 3.4).
+
+Thin recipes over the shared loops: they choose the loss (the denoising loss
+of `privimage.diffusion`, averaged over K noise draws per image), the
+optimiser settings of the paper's Table 5 and the EMA, and hand the rest to
+`privimage.training.plain` (non-private) or `privimage.training.dpsgd` (DP-SGD).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from privimage.config import Config
+from privimage.data.base import ImageDataset, refuse_sensitive
+from privimage.errors import DataError
+from privimage.training.common import batch_tensors, model_device
+from privimage.training.dpsgd import finetune_schedule, run_dp_sgd
+from privimage.training.plain import accumulate_mean_loss, run_plain_training
+
+PRETRAIN_STAGE = "pretrain_diffusion"
+DP_FINETUNE_STAGE = "dp_finetune_diffusion"
+NONPRIVATE_FINETUNE_STAGE = "nonprivate_finetune_diffusion"
+
+
+def _num_classes(model: torch.nn.Module) -> int:
+    num_classes = getattr(model, "num_classes", None)
+    if not isinstance(num_classes, int):
+        raise DataError("the diffusion model must expose num_classes (its real classes; that index is the null class)")
+    return num_classes
+
+
+def _check_labels(dataset: ImageDataset, num_classes: int, *, role: str) -> None:
+    if len(dataset) and int(dataset.labels.max()) >= num_classes:
+        raise DataError(
+            f"{role} data {dataset.name}/{dataset.split} has labels up to {int(dataset.labels.max())} but the model "
+            f"has {num_classes} classes; relabel it to the sensitive classes or pre-train unconditionally"
+        )
+
+
+def _diffusion_loss(*, noise_multiplicity: int, label_dropout: float, num_classes: int):
+    """Per-example denoising loss (Eq. 2), K noise draws averaged per image (DPDM's noise multiplicity)."""
+    from privimage.diffusion import diffusion_loss_per_example
+
+    def per_example_loss(model, images, labels):
+        return diffusion_loss_per_example(
+            model, images, labels,
+            noise_multiplicity=noise_multiplicity, label_dropout=label_dropout, num_classes=num_classes,
+        )
+
+    return per_example_loss
+
+
+def _dp_inputs(dataset: ImageDataset, device: torch.device, *, noise_multiplicity: int, label_dropout: float,
+               num_classes: int):
+    """Rows -> (images, noise, times, labels): the K draws are made outside the per-sample map."""
+    from privimage.diffusion import draw_diffusion_noise
+
+    def load_inputs(rows: np.ndarray) -> tuple[torch.Tensor, ...]:
+        images, labels = batch_tensors(dataset, rows, device)
+        noise, times, conditioning_labels = draw_diffusion_noise(
+            images, labels, noise_multiplicity=noise_multiplicity, label_dropout=label_dropout,
+            num_classes=num_classes,
+        )
+        return images, noise, times, conditioning_labels
+
+    return load_inputs
+
+
+def pretrain_diffusion(
+    *,
+    model: torch.nn.Module,
+    ema: Any,
+    public: ImageDataset | None,
+    config: Config,
+    run_dir: Path,
+    unconditional: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Non-private pre-training on public data for ``config.pretrain.steps`` AdamW steps.
+
+    Args:
+        model: the class-conditional UNet (trained in place).
+        ema: its exponential moving average (``update(model)``, ``state_dict``), updated every step.
+        public: the pre-training data (selected subset or all public data), relabelled
+            to the model's classes; None or empty: no pre-training (DPDM).
+        config: the resolved config (``pretrain`` and ``diffusion`` sections).
+        run_dir: the stage's folder (checkpoints, ``resources.json``); a re-run resumes.
+        unconditional: train on the null class only (public labels that do not
+            name the sensitive classes).
+        progress: show a tqdm bar.
+
+    Returns:
+        Statistics (``skipped`` when there was nothing to pre-train on).
+    """
+    if public is None or len(public) == 0:
+        return {"stage": PRETRAIN_STAGE, "skipped": True, "steps": 0}
+    refuse_sensitive(public, "pre-training")
+    settings = config.pretrain
+    num_classes = _num_classes(model)
+    if not unconditional:
+        _check_labels(public, num_classes, role="pre-training")
+    device = model_device(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    # Pre-training takes one noise draw per image: K only matters for DP-SGD's signal-to-noise.
+    loss_fn = _diffusion_loss(noise_multiplicity=1, label_dropout=settings.label_dropout, num_classes=num_classes)
+
+    def rows_loss(rows: np.ndarray) -> torch.Tensor:
+        images, labels = batch_tensors(public, rows, device)
+        if unconditional:
+            labels = torch.full_like(labels, num_classes)
+        return loss_fn(model, images, labels)
+
+    def train_step(step: int, rows: np.ndarray) -> dict[str, float]:
+        optimizer.zero_grad(set_to_none=True)
+        loss = accumulate_mean_loss(rows_loss, rows, settings.physical_batch_size)
+        optimizer.step()
+        ema.update(model)
+        return {"loss": loss}
+
+    model.train()
+    stats = run_plain_training(
+        stage=PRETRAIN_STAGE, dataset=public, steps=settings.steps, batch_size=settings.batch_size,
+        train_step=train_step, state={"model": model, "ema": ema, "optimizer": optimizer},
+        run_dir=run_dir, seed=config.seed, checkpoint_every=settings.checkpoint_every,
+        identity={"pretrain": dataclasses.asdict(settings), "model": dataclasses.asdict(config.diffusion),
+                  "unconditional": unconditional},
+        resource_stage="pretraining", progress=progress,
+    )
+    return {**stats, "skipped": False, "unconditional": unconditional}
+
+
+def dp_finetune_diffusion(
+    *,
+    model: torch.nn.Module,
+    ema: Any,
+    sensitive: ImageDataset,
+    ledger,
+    config: Config,
+    run_dir: Path,
+    target_epsilon: float,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """DP-SGD fine-tuning on the sensitive data (Algorithm 1) to a target epsilon for the whole run.
+
+    Args:
+        model: the (pre-trained) UNet, fine-tuned in place.
+        ema: its exponential moving average, updated after every logical step.
+        sensitive: the sensitive training set.
+        ledger: the run's `PrivacyLedger` as it stands before fine-tuning (with the
+            semantic query if the method made one); charged in place, step by step.
+        config: the resolved config (``finetune`` and ``diffusion`` sections).
+        run_dir: the stage's folder (checkpoints, DP-SGD journal, ``resources.json``).
+        target_epsilon: epsilon of the whole run at ``config.finetune.delta``.
+        progress: show a tqdm bar.
+
+    Returns:
+        Statistics: steps, sample rate, noise multiplier, epsilon spent, time, memory.
+    """
+    settings = config.finetune
+    num_classes = _num_classes(model)
+    _check_labels(sensitive, num_classes, role="sensitive")
+    from privimage.diffusion import diffusion_loss_from_noise
+
+    load_inputs = _dp_inputs(
+        sensitive, model_device(model), noise_multiplicity=settings.noise_multiplicity,
+        label_dropout=settings.label_dropout, num_classes=num_classes,
+    )
+    return run_dp_sgd(
+        stage=DP_FINETUNE_STAGE, model=model, ema=ema, per_example_loss=diffusion_loss_from_noise,
+        load_inputs=load_inputs,
+        sensitive=sensitive, ledger=ledger, settings=settings, lr=settings.lr, epochs=settings.epochs,
+        target_epsilon=target_epsilon, run_dir=run_dir, seed=config.seed,
+        identity={"finetune": dataclasses.asdict(settings), "model": dataclasses.asdict(config.diffusion)},
+        progress=progress,
+    )
+
+
+def finetune_nonprivate_diffusion(
+    *,
+    model: torch.nn.Module,
+    ema: Any,
+    sensitive: ImageDataset,
+    config: Config,
+    run_dir: Path,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """NonPrivD: the same fine-tuning budget as DP-SGD, without clipping or noise. NO privacy guarantee.
+
+    Args:
+        model: the (pre-trained) UNet, fine-tuned in place.
+        ema: its exponential moving average.
+        sensitive: the sensitive training set.
+        config: the resolved config (``finetune`` and ``diffusion`` sections).
+        run_dir: the stage's folder.
+        progress: show a tqdm bar.
+
+    Returns:
+        Statistics with ``private: False`` and ``epsilon: None``.
+    """
+    settings = config.finetune
+    num_classes = _num_classes(model)
+    _check_labels(sensitive, num_classes, role="sensitive")
+    _, steps = finetune_schedule(num_examples=len(sensitive), batch_size=settings.batch_size, epochs=settings.epochs)
+    device = model_device(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    loss_fn = _diffusion_loss(
+        noise_multiplicity=settings.noise_multiplicity, label_dropout=settings.label_dropout, num_classes=num_classes
+    )
+
+    def train_step(step: int, rows: np.ndarray) -> dict[str, float]:
+        optimizer.zero_grad(set_to_none=True)
+        loss = accumulate_mean_loss(lambda chunk: loss_fn(model, *batch_tensors(sensitive, chunk, device)),
+                                    rows, settings.physical_batch_size)
+        optimizer.step()
+        ema.update(model)
+        return {"loss": loss}
+
+    model.train()
+    stats = run_plain_training(
+        stage=NONPRIVATE_FINETUNE_STAGE, dataset=sensitive, steps=steps, batch_size=settings.batch_size,
+        train_step=train_step, state={"model": model, "ema": ema, "optimizer": optimizer},
+        run_dir=run_dir, seed=config.seed, checkpoint_every=settings.checkpoint_every,
+        identity={"finetune": dataclasses.asdict(settings), "model": dataclasses.asdict(config.diffusion)},
+        resource_stage="finetuning", progress=progress,
+    )
+    return {**stats, **NONPRIVATE_MARK}
+
+
+# What every non-private fine-tuning result says about itself.
+NONPRIVATE_MARK = {
+    "private": False,
+    "epsilon": None,
+    "privacy": "none: fine-tuned on the sensitive data without clipping or noise (NonPriv baseline)",
+}
