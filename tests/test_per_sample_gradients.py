@@ -180,6 +180,19 @@ def test_validator_accepts_our_models_and_rejects_batchnorm():
         check_dp_compatible(nn.Sequential(nn.LSTM(2, 4)))
 
 
+def test_an_empty_poisson_batch_gives_zero_rows_and_a_noise_only_step():
+    model = small_unet()
+    images, noise, times, conditioning = diffusion_batch(batch=0, multiplicity=2)
+    losses = compute_per_sample_gradients(model, diffusion_loss_from_noise, images, noise, times, conditioning)
+    assert losses.shape == (0,)
+    assert all(p.grad_sample.shape == (0, *p.shape) for p in model.parameters())
+    optimizer = DPOptimizer(torch.optim.SGD(model.parameters(), lr=1.0), noise_multiplier=1.0,
+                            max_grad_norm=1.0, expected_batch_size=4)
+    before = model.input_conv.weight.detach().clone()
+    optimizer.step()
+    assert not torch.equal(model.input_conv.weight, before)  # the noise is still added
+
+
 def test_mismatched_inputs_are_refused():
     model = small_unet()
     images, noise, times, conditioning = diffusion_batch(batch=3, multiplicity=2)

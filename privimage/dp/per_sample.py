@@ -67,6 +67,12 @@ def compute_per_sample_gradients(
     batch = inputs[0].shape[0]
     if any(x.shape[0] != batch for x in inputs):
         raise PrivacyError(f"inputs disagree on the number of examples: {[tuple(x.shape) for x in inputs]}")
+    if batch == 0:
+        # Poisson sampling can draw an empty batch; opacus expects zero rows, not an error.
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                _store_grad_sample(parameter, parameter.new_zeros((0, *parameter.shape)))
+        return inputs[0].new_zeros((0,))
     trainable = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
     frozen = {name: p.detach() for name, p in model.named_parameters() if not p.requires_grad}
     buffers = dict(model.named_buffers())

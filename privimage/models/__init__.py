@@ -7,6 +7,8 @@ never BatchNorm) so that DP-SGD can clip per-sample gradients.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -83,7 +85,7 @@ def build_unet(config: DiffusionModelConfig, *, image_channels: int, image_size:
     if not 0.0 <= config.dropout < 1.0:
         raise ConfigError(f"diffusion.dropout must lie in [0, 1), got {config.dropout}")
     check_unet_shape(image_size=image_size, channel_mult=shape.channel_mult)
-    with torch.device(device) if device is not None else _nullcontext():
+    with torch.device(device) if device is not None else contextlib.nullcontext():
         return UNet(
             image_channels=image_channels,
             image_size=image_size,
@@ -122,10 +124,3 @@ def build_gan(config: GANModelConfig, *, image_channels: int, image_size: int,
                                   image_size=image_size, num_classes=num_classes)
     return generator, discriminator
 
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False

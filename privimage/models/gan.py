@@ -141,7 +141,11 @@ def discriminator_loss_per_row(discriminator: nn.Module, images: torch.Tensor, l
     rows are sensitive; removing one changes the clipped sum by at most the
     clipping norm, so the sensitivity, and the privacy cost, are those of the
     real batch alone. Generated rows come from the generator, itself a
-    post-processing of earlier DP discriminators.
+    post-processing of earlier DP discriminators. This holds only if the fake
+    rows do not depend on the real batch: use a fixed number of them (e.g. the
+    expected batch size, not the sampled one, or one more real row would also
+    bring one more fake row) and draw their labels independently of the real
+    labels (e.g. uniformly over the classes).
 
     Args:
         discriminator: the `Discriminator`.

@@ -86,21 +86,37 @@ class AttentionBlock(nn.Module):
         return x + self.proj(attended)
 
 
+class LevelBlock(nn.Module):
+    """One UNet block: a residual block, then self-attention where the resolution asks for it."""
+
+    def __init__(self, in_channels: int, out_channels: int, embedding_dim: int, dropout: float, attention: bool):
+        super().__init__()
+        self.residual = ResidualBlock(in_channels, out_channels, embedding_dim, dropout)
+        self.attention = AttentionBlock(out_channels) if attention else nn.Identity()
+
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        return self.attention(self.residual(x, embedding))
+
+
 class Downsample(nn.Module):
+    """Halve the resolution with a strided 3x3 conv (the embedding is not used)."""
+
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
 
 
 class Upsample(nn.Module):
+    """Double the resolution: nearest neighbour, then a 3x3 conv (the embedding is not used)."""
+
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
@@ -114,7 +130,8 @@ class UNet(nn.Module):
         base_channels: channels at the first resolution.
         channel_mult: channel multiplier per resolution level (one level per entry).
         num_res_blocks: residual blocks per level on the way down (one more on the way up).
-        attention_resolutions: feature-map sizes (e.g. ``(16,)``) that get self-attention.
+        attention_resolutions: feature-map sizes (e.g. ``(16,)``) whose blocks add self-attention;
+            the middle of the network always has it.
         dropout: dropout probability inside residual blocks.
     """
 
@@ -134,6 +151,7 @@ class UNet(nn.Module):
         self.image_channels = image_channels
         self.image_size = image_size
         self.num_classes = num_classes
+        self.base_channels = base_channels
         embedding_dim = 4 * base_channels
 
         # Noise-level and class embeddings are summed into one conditioning vector.
@@ -143,15 +161,15 @@ class UNet(nn.Module):
         self.class_embedding = nn.Embedding(num_classes + 1, embedding_dim)
         self.input_conv = nn.Conv2d(image_channels, base_channels, 3, padding=1)
 
-        # Encoder: record the channels of every skip connection for the decoder.
+        # Encoder: every block's output is a skip connection; remember their channels for the decoder.
         self.down = nn.ModuleList()
         skip_channels = [base_channels]
         channels = base_channels
         resolution = image_size
         for level, mult in enumerate(channel_mult):
             for _ in range(num_res_blocks):
-                self.down.append(self._level_block(channels, base_channels * mult, embedding_dim, dropout,
-                                                   resolution in attention_resolutions))
+                self.down.append(LevelBlock(channels, base_channels * mult, embedding_dim, dropout,
+                                            resolution in attention_resolutions))
                 channels = base_channels * mult
                 skip_channels.append(channels)
             if level != len(channel_mult) - 1:
@@ -160,38 +178,22 @@ class UNet(nn.Module):
                 resolution //= 2
 
         self.middle = nn.ModuleList([
-            ResidualBlock(channels, channels, embedding_dim, dropout),
-            AttentionBlock(channels),
-            ResidualBlock(channels, channels, embedding_dim, dropout),
+            LevelBlock(channels, channels, embedding_dim, dropout, attention=True),
+            LevelBlock(channels, channels, embedding_dim, dropout, attention=False),
         ])
 
-        # Decoder: one more block per level than the encoder, each consuming one skip.
+        # Decoder: one more block per level than the encoder, each consuming one skip connection.
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
             for _ in range(num_res_blocks + 1):
-                self.up.append(self._level_block(channels + skip_channels.pop(), base_channels * mult,
-                                                 embedding_dim, dropout, resolution in attention_resolutions))
+                self.up.append(LevelBlock(channels + skip_channels.pop(), base_channels * mult, embedding_dim,
+                                          dropout, resolution in attention_resolutions))
                 channels = base_channels * mult
             if level != 0:
                 self.up.append(Upsample(channels))
                 resolution *= 2
 
         self.output = nn.Sequential(group_norm(channels), nn.SiLU(), nn.Conv2d(channels, image_channels, 3, padding=1))
-
-    @staticmethod
-    def _level_block(in_channels, out_channels, embedding_dim, dropout, attention):
-        block = nn.ModuleList([ResidualBlock(in_channels, out_channels, embedding_dim, dropout)])
-        if attention:
-            block.append(AttentionBlock(out_channels))
-        return block
-
-    @staticmethod
-    def _run(block: nn.Module, h: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
-        if isinstance(block, nn.ModuleList):
-            for layer in block:
-                h = layer(h, embedding) if isinstance(layer, ResidualBlock) else layer(h)
-            return h
-        return block(h)
 
     def forward(self, x: torch.Tensor, noise_level: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Predict the noise in ``x``.
@@ -204,20 +206,20 @@ class UNet(nn.Module):
         Returns:
             The predicted noise, same shape as ``x``.
         """
-        embedding = self.noise_embedding(timestep_embedding(noise_level, self.input_conv.out_channels))
+        embedding = self.noise_embedding(timestep_embedding(noise_level, self.base_channels))
         embedding = embedding + self.class_embedding(labels)
 
         h = self.input_conv(x)
         skips = [h]
         for block in self.down:
-            h = self._run(block, h, embedding)
+            h = block(h, embedding)
             skips.append(h)
-        for layer in self.middle:
-            h = layer(h, embedding) if isinstance(layer, ResidualBlock) else layer(h)
+        for block in self.middle:
+            h = block(h, embedding)
         for block in self.up:
-            if isinstance(block, nn.ModuleList):
+            if isinstance(block, LevelBlock):
                 h = torch.cat([h, skips.pop()], dim=1)
-            h = self._run(block, h, embedding)
+            h = block(h, embedding)
         return self.output(h)
 
 
