@@ -74,7 +74,7 @@ class Discriminator(nn.Module):
     """``forward(x, labels) -> logits[B]`` (a high logit means "real").
 
     Args:
-        width: channels after the first strided conv; doubled at each coarser level.
+        width: channels of the first (full-resolution) conv; each strided conv doubles them.
         image_channels: 1 or 3.
         image_size: 8, 16, 32, 64, ...
         num_classes: number of classes of ``labels``.
