@@ -1,0 +1,271 @@
+"""Experiment helpers, tables and figures: fast tests on small hand-made inputs (no training)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from privimage import experiments, plots, tables
+from privimage.config import load_config
+from privimage.errors import ConfigError, PrivImageError
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# --------------------------------------------------------------------------- folders and configs
+
+
+def test_results_dir_honours_the_environment_and_creates_the_layout(tmp_path, monkeypatch):
+    monkeypatch.setenv(experiments.RESULTS_ENV, str(tmp_path / "res"))
+    folder = experiments.results_dir("smoke")
+    assert folder == tmp_path / "res" / "smoke"
+    assert (folder / "tables").is_dir() and (folder / "figures").is_dir()
+    # A profile given as a YAML path is named by its stem.
+    assert experiments.results_dir(str(tmp_path / "mine.yaml")) == tmp_path / "res" / "mine"
+
+
+def test_results_dir_defaults_to_the_repository(monkeypatch, tmp_path):
+    monkeypatch.delenv(experiments.RESULTS_ENV, raising=False)
+    folder = experiments.results_dir("smoke")
+    assert folder == Path(experiments.__file__).resolve().parent.parent / "results" / "smoke"
+
+
+def test_experiment_config_is_strict_and_sets_the_seed():
+    config = experiments.experiment_config(profile="smoke", seed=7, overrides={"sampling.num_samples": 120})
+    assert config.seed == 7 and config.sampling.num_samples == 120
+    with pytest.raises(ConfigError, match="sampling.num_sample"):
+        experiments.experiment_config(profile="smoke", overrides={"sampling.num_sample": 120})
+
+
+def test_run_config_applies_the_sweep_and_drops_the_grid_section():
+    config = load_config("smoke")
+    point = experiments.GridPoint(method="privimage-d", epsilon=10.0, seed=3,
+                                  overrides={"semantics.selection_ratio": 0.2, "diffusion.preset": "1.8M"})
+    resolved = experiments.run_config(config=config, point=point)
+    assert (resolved.seed, resolved.semantics.selection_ratio, resolved.diffusion.preset) == (3, 0.2, "1.8M")
+    assert resolved.experiment == type(config.experiment)()
+    # The grid section of the notebook does not change where a run lives.
+    other_grid = load_config("smoke", {"experiment.seeds": [5, 6], "experiment.epsilons": [1.0]})
+    same = experiments.run_config(config=other_grid, point=point)
+    assert experiments.run_folder(method="privimage-d", config=same, epsilon=10.0) == \
+        experiments.run_folder(method="privimage-d", config=resolved, epsilon=10.0)
+    # ... but a swept setting does.
+    ratio = experiments.run_config(config=config, point=experiments.GridPoint(
+        method="privimage-d", epsilon=10.0, seed=3, overrides={"semantics.selection_ratio": 0.5}))
+    assert experiments.run_folder(method="privimage-d", config=ratio, epsilon=10.0) != \
+        experiments.run_folder(method="privimage-d", config=resolved, epsilon=10.0)
+
+
+@pytest.mark.parametrize("key", ["semantics.selection_rate", "nosuchsection.x", "seed.x"])
+def test_run_config_rejects_unknown_override_keys(key):
+    point = experiments.GridPoint(method="privimage-d", epsilon=1.0, seed=0, overrides={key: 1})
+    with pytest.raises(ConfigError):
+        experiments.run_config(config=load_config("smoke"), point=point)
+
+
+def test_benchmark_note_names_the_embedded_replacement():
+    assert "replaces" in experiments.benchmark_note(load_config("quick"))
+    paper = load_config("paper")
+    assert "cifar10" in experiments.benchmark_note(paper) and "replaces" not in experiments.benchmark_note(paper)
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def _finished_run(folder: Path, *, fid=12.5, ca=(0.5, 0.6, 0.7), epsilon=9.9) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({
+        "fid": fid, "fid_backbone": "offline-smallcnn-glyphs1k", "fid_num_synthetic": 200, "fid_num_real": 1000,
+        "ca": {"lr": ca[0], "mlp": ca[1], "cnn": ca[2]}}))
+    (folder / "privacy.json").write_text(json.dumps({"epsilon": epsilon, "epsilon_prv": epsilon - 0.1, "delta": 1e-5}))
+    (folder / "resources.json").write_text(json.dumps({
+        "stages": [{"stage": "sampling", "wall_time_s": 3.0, "peak_rss_bytes": 2**30, "gpu_max_reserved_bytes": None}],
+        "pretraining": {"skipped": False, "wall_time_s_all_sessions": 40.0,
+                        "resources": {"wall_time_s": 1.0, "peak_rss_bytes": 2**29}},
+        "finetuning": {"wall_time_s_all_sessions": 20.0, "resources": {"wall_time_s": 20.0, "peak_rss_bytes": 2**31}},
+        "selection": {"sqf": {"train_seconds": 7.0}}}))
+    return folder
+
+
+def test_a_finished_run_is_read_back_without_the_pipeline(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRIVIMAGE_CACHE", str(tmp_path / "cache"))
+    config = load_config("smoke")
+    point = experiments.GridPoint(method="privimage-d", epsilon=10.0, seed=0)
+    folder = experiments.run_folder(method="privimage-d", config=experiments.run_config(config=config, point=point),
+                                    epsilon=10.0)
+    _finished_run(folder)
+
+    def must_not_run(**kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr("privimage.pipeline.run_method", must_not_run)
+    row = experiments.run_point(config=config, point=point)
+    assert row["status"] == "ok" and row["fid"] == 12.5 and row["ca_cnn"] == 0.7 and row["epsilon_spent"] == 9.9
+    assert row["run_dir"] == str(folder) and row["num_parameters"] > 0
+
+
+def test_a_gan_the_pipeline_cannot_train_is_skipped_with_its_reason(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRIVIMAGE_CACHE", str(tmp_path / "cache"))
+
+    def refuse(**kwargs):
+        raise PrivImageError(f"method '{kwargs['method']}' uses a GAN, which 'privimage run' does not train yet")
+
+    monkeypatch.setattr("privimage.pipeline.run_method", refuse)
+    config = load_config("smoke")
+    with pytest.warns(UserWarning, match="skipped"):
+        frame = experiments.run_grid(config=config, points=[
+            experiments.GridPoint(method="dpgan", epsilon=1.0, seed=0)], progress=False)
+    assert frame.loc[0, "status"] == "skipped" and "does not train yet" in frame.loc[0, "note"]
+    assert math.isnan(frame.loc[0, "fid"])
+    # A diffusion method's error is a real failure, never a skipped row.
+    with pytest.raises(PrivImageError, match="does not train yet"):
+        experiments.run_point(config=config, point=experiments.GridPoint(method="dpdm", epsilon=1.0, seed=0))
+
+
+def test_stage_costs_report_the_first_measurement_of_each_stage(tmp_path):
+    folder = _finished_run(tmp_path / "run")
+    costs = {row["stage"]: row for row in experiments.stage_costs(folder)}
+    assert list(costs) == ["sqf_training", "pretraining", "finetuning", "sampling"]
+    assert costs["sqf_training"]["wall_time_s"] == 7.0
+    # Pre-training reports all sessions of the cached stage, not this run's cache read.
+    assert costs["pretraining"]["wall_time_s"] == 40.0 and costs["pretraining"]["peak_rss_mb"] == 512
+    assert costs["finetuning"]["peak_rss_mb"] == 2048 and costs["sampling"]["wall_time_s"] == 3.0
+    assert math.isnan(costs["sampling"]["gpu_reserved_mb"])
+
+
+# --------------------------------------------------------------------------- aggregation and tables
+
+
+def _runs() -> pd.DataFrame:
+    rows = [
+        {"dataset": "mnist5k", "method": "privimage-d", "epsilon": 10.0, "seed": 0, "fid": 10.0, "ca_lr": 0.5,
+         "ca_mlp": 0.6, "ca_cnn": 0.8, "status": "ok", "note": "", "epsilon_spent": 9.9,
+         "fid_backbone": "offline-smallcnn-glyphs1k", "fid_num_synthetic": 200, "fid_num_real": 1000},
+        {"dataset": "mnist5k", "method": "privimage-d", "epsilon": 10.0, "seed": 1, "fid": 14.0, "ca_lr": 0.7,
+         "ca_mlp": 0.6, "ca_cnn": 0.6, "status": "ok", "note": "", "epsilon_spent": 9.95,
+         "fid_backbone": "offline-smallcnn-glyphs1k", "fid_num_synthetic": 200, "fid_num_real": 1000},
+        {"dataset": "mnist5k", "method": "dpgan", "epsilon": 10.0, "seed": 0, "fid": math.nan, "ca_lr": math.nan,
+         "ca_mlp": math.nan, "ca_cnn": math.nan, "status": "skipped", "note": "not run: GAN", "epsilon_spent": math.nan,
+         "fid_backbone": None, "fid_num_synthetic": None, "fid_num_real": None},
+        {"dataset": "mnist5k", "method": "dpgan", "epsilon": 10.0, "seed": 1, "fid": math.nan, "ca_lr": math.nan,
+         "ca_mlp": math.nan, "ca_cnn": math.nan, "status": "skipped", "note": "not run: GAN", "epsilon_spent": math.nan,
+         "fid_backbone": None, "fid_num_synthetic": None, "fid_num_real": None},
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_summarize_averages_seeds_and_keeps_skipped_methods():
+    summary = experiments.summarize(_runs(), by=["dataset", "method", "epsilon"]).set_index("method")
+    assert summary.loc["privimage-d", "fid"] == 12.0
+    assert summary.loc["privimage-d", "fid_std"] == pytest.approx(np.std([10.0, 14.0], ddof=1))
+    assert summary.loc["privimage-d", "ca_mlp_std"] == 0.0 and summary.loc["privimage-d", "num_seeds"] == 2
+    assert summary.loc["dpgan", "status"] == "skipped" and summary.loc["dpgan", "note"] == "not run: GAN"
+    assert math.isnan(summary.loc["dpgan", "fid"]) and summary.loc["dpgan", "num_seeds"] == 0
+
+
+def test_summarize_has_no_std_column_with_one_seed():
+    one_seed = _runs()[lambda f: f["seed"] == 0]
+    summary = experiments.summarize(one_seed, by=["method"])
+    assert "fid_std" not in summary and summary.loc[0, "fid"] == 10.0
+
+
+def test_main_table_long_form_and_paper_shape():
+    config = load_config("quick")
+    long, shaped, notes = experiments.main_table(runs=_runs(), config=config)
+    for column in ("dataset", "method", "epsilon", "fid", "ca_lr", "ca_mlp", "ca_cnn", "fid_std", "ca_cnn_std"):
+        assert column in long
+    assert long.set_index("method").loc["privimage-d", "epsilon_spent_max"] == 9.95
+    assert list(shaped["method"]) == ["privimage-d", "dpgan"]
+    assert shaped.loc[0, "epsilon 10 FID"].startswith("12 ± 2.8")
+    assert shaped.loc[1, "epsilon 10 FID"] == tables.MISSING
+    assert any("offline-smallcnn-glyphs1k" in n for n in notes) and any("replaces" in n for n in notes)
+    assert any(n.startswith("dpgan skipped") for n in notes)
+    assert any("reporting only" in n for n in notes)
+
+
+def test_paper_shape_has_one_column_group_per_epsilon():
+    runs = pd.concat([_runs(), _runs().assign(epsilon=1.0, fid=lambda f: f["fid"] * 2)], ignore_index=True)
+    summary = experiments.summarize(runs, by=["method", "epsilon"])
+    shaped = tables.paper_shape(summary, rows="method", columns="epsilon", metrics=("fid",))
+    assert list(shaped.columns) == ["method", "epsilon 10 fid", "epsilon 1 fid"]
+    assert shaped.loc[0, "epsilon 1 fid"].startswith("24 ±")
+
+
+def test_write_table_writes_csv_and_annotated_markdown(tmp_path):
+    frame = pd.DataFrame({"method": ["a|b", "c"], "fid": [1.23456, math.nan]})
+    csv_path, md_path = tables.write_table(frame=frame, name="tab_test", directory=tmp_path, title="Title",
+                                           notes=["FID backbone: x"])
+    assert pd.read_csv(csv_path)["fid"].iloc[0] == 1.23456
+    text = md_path.read_text()
+    assert text.startswith("# Title") and "- FID backbone: x" in text
+    assert "| a\\|b | 1.23 |" in text and "| c | - |" in text
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+@pytest.mark.parametrize("name", ["", "tab.csv", "sub/tab"])
+def test_write_table_refuses_names_that_are_not_bare_stems(tmp_path, name):
+    with pytest.raises(PrivImageError):
+        tables.write_table(frame=pd.DataFrame({"a": [1]}), name=name, directory=tmp_path, title="t")
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def test_metric_sweep_plot_writes_a_png_and_refuses_an_empty_sweep(tmp_path):
+    summary = pd.DataFrame({"selection_ratio": [0.01, 0.05, 1.0], "fid": [3.0, 2.0, 4.0], "fid_std": [0.1, 0.2, 0.3],
+                            "ca_lr": [0.2, 0.3, 0.1], "ca_mlp": [0.3, 0.3, 0.2], "ca_cnn": [0.5, 0.6, 0.4]})
+    path = plots.plot_metric_sweep(summary=summary, x="selection_ratio", path=tmp_path / "f.png", title="t",
+                                   xlabel="ratio", log_x=True)
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    with pytest.raises(PrivImageError, match="no finished run"):
+        plots.plot_metric_sweep(summary=summary.assign(fid=math.nan), x="selection_ratio", path=tmp_path / "g.png",
+                                title="t", xlabel="ratio")
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_noisy_histogram_plot_refuses_a_selection_naming_unknown_semantics(tmp_path):
+    histogram = np.arange(12, dtype=float).reshape(2, 6)
+    names = [f"S{i}" for i in range(6)]
+    path = plots.plot_noisy_histogram(histogram=histogram, row_names=["a", "b"], semantic_names=names,
+                                      selected={"a": ["S5"], "b": ["S1", "S2"]}, path=tmp_path / "h.png")
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    with pytest.raises(KeyError):
+        plots.plot_noisy_histogram(histogram=histogram, row_names=["a"], semantic_names=names,
+                                   selected={"a": ["nope"]}, path=tmp_path / "i.png")
+
+
+def test_null_label_model_always_asks_for_the_null_class():
+    import torch
+
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x, times, labels):
+            seen.append(labels.clone())
+            return x
+
+    wrapped = experiments._null_label_model(Recorder(), num_classes=10)
+    wrapped(torch.zeros(3, 1, 2, 2), torch.zeros(3), torch.tensor([0, 4, 9]))
+    assert seen[0].tolist() == [10, 10, 10]
+
+
+# --------------------------------------------------------------------------- privacy ledger view
+
+
+def test_ledger_table_composes_to_the_ledger_epsilon(tmp_path):
+    from privimage.privacy import PrivacyLedger
+
+    ledger = PrivacyLedger(delta=1e-5, dataset_hash="a" * 64, num_examples=4000)
+    ledger.record_semantic_query(query_noise_multiplier=50.0, k=1, generator="os-entropy")
+    ledger.record_dpsgd_steps(noise_multiplier=1.0, sample_rate=0.016, steps=100)
+    ledger.save(tmp_path / "ledger.json")
+    table = experiments.ledger_table(tmp_path)
+    assert list(table["mechanism"]) == ["semantic_query", "dp_sgd"]
+    assert table["epsilon_cumulative"].iloc[-1] == pytest.approx(ledger.epsilon())
+    # The query's noise is large: it costs far less than DP-SGD, and composition is not free.
+    assert table["epsilon_alone"].iloc[0] < table["epsilon_alone"].iloc[1] < table["epsilon_cumulative"].iloc[1]

@@ -1,0 +1,238 @@
+"""The research-question notebooks: their committed form, and a smoke run of each through papermill.
+
+The structure tests are fast and always run. The smoke tests (marker
+``notebook``) execute every notebook with ``profile="smoke"`` in order, sharing
+one temporary stage cache (so the notebooks share runs, as ``run_all.sh`` does)
+and one temporary results folder, then check the files each wrote and the
+ranges of their numbers.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import os
+import time
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+from privimage.config import load_config
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+# DESIGN.md, "Research questions -> notebooks": one notebook per row.
+EXPECTED = (
+    "00_tour.ipynb", "01_main_results.ipynb", "02_semantic_query.ipynb", "03_selection_ratio.ipynb",
+    "04_model_size.ipynb", "05_nonprivate.ipynb", "06_resources.ipynb", "07_mnist_overparameterization.ipynb",
+)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _code_cells(name: str) -> list:
+    notebook = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
+    return [cell for cell in notebook.cells if cell.cell_type == "code"]
+
+
+# --------------------------------------------------------------------------- committed form
+
+
+def test_every_research_question_has_its_notebook():
+    assert tuple(sorted(p.name for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))) == EXPECTED
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_notebook_is_committed_without_outputs(name):
+    for cell in _code_cells(name):
+        assert cell.outputs == [] and cell.execution_count is None, f"{name}: a code cell has outputs"
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_first_code_cell_is_tagged_parameters_and_holds_literals_only(name):
+    first = _code_cells(name)[0]
+    assert "parameters" in first.metadata.get("tags", [])
+    tree = ast.parse(first.source)
+    names = set()
+    for statement in tree.body:
+        assert isinstance(statement, ast.Assign), f"{name}: the parameters cell may only assign literals"
+        ast.literal_eval(statement.value)  # raises on anything but a literal
+        names.update(target.id for target in statement.targets)
+    assert "profile" in names and "overrides" in names
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_parameters_are_resolved_through_the_strict_loader(name):
+    second = _code_cells(name)[1].source
+    assert "experiments.experiment_config(profile=profile" in second and "overrides=overrides" in second
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_notebook_holds_no_training_or_metric_code(name):
+    source = "\n".join(cell.source for cell in _code_cells(name))
+    for forbidden in ("import torch", "run_method(", ".fit(", "optimizer", "frechet_distance(", "sklearn"):
+        assert forbidden not in source, f"{name} contains '{forbidden}': such logic belongs in the library"
+
+
+# --------------------------------------------------------------------------- smoke runs
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """A stage cache and results folder shared by every notebook of the session."""
+    root = tmp_path_factory.mktemp("notebook-smoke")
+    saved = {key: os.environ.get(key) for key in ("PRIVIMAGE_CACHE", "PRIVIMAGE_RESULTS")}
+    os.environ["PRIVIMAGE_CACHE"] = str(root / "cache")
+    os.environ["PRIVIMAGE_RESULTS"] = str(root / "results")
+    yield {"root": root, "results": root / "results" / "smoke", "config": load_config("smoke"), "timings": {}}
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def execute(name: str, smoke_run: dict) -> Path:
+    """Run one notebook on the smoke profile the way run_all.sh does; return the results folder."""
+    from privimage.notebook_runner import KERNEL_NAME, run_notebook
+
+    smoke_run["timings"][name] = run_notebook(NOTEBOOK_DIR / name, "smoke", smoke_run["results"])
+    assert KERNEL_NAME == "privimage"
+    executed = nbformat.read(smoke_run["results"] / "notebooks" / name, as_version=4)
+    assert executed.metadata["papermill"]["parameters"] == {"profile": "smoke"}
+    return smoke_run["results"]
+
+
+def read_table(results: Path, name: str) -> pd.DataFrame:
+    markdown = results / "tables" / f"{name}.md"
+    assert markdown.is_file() and markdown.read_text().startswith("# ")
+    return pd.read_csv(results / "tables" / f"{name}.csv")
+
+
+def assert_png(path: Path) -> None:
+    assert path.is_file() and path.read_bytes()[:8] == PNG_MAGIC, f"{path} is not a PNG"
+
+
+def assert_metric_ranges(frame: pd.DataFrame, *, fid: bool = True) -> None:
+    done = frame[frame["status"] == "ok"]
+    assert len(done), "no finished run"
+    if fid:
+        assert all(math.isfinite(v) and v >= 0 for v in done["fid"]), done["fid"].tolist()
+    for column in ("ca_lr", "ca_mlp", "ca_cnn"):
+        assert done[column].between(0.0, 1.0).all(), (column, done[column].tolist())
+
+
+@pytest.mark.notebook
+def test_00_tour(smoke_run):
+    results = execute("00_tour.ipynb", smoke_run)
+    for figure in ("public_corpus", "noisy_histogram", "selected", "before_after"):
+        assert_png(results / "figures" / f"fig_tour_{figure}.png")
+
+
+@pytest.mark.notebook
+def test_01_main_results(smoke_run):
+    results = execute("01_main_results.ipynb", smoke_run)
+    config = smoke_run["config"]
+    main = read_table(results, "tab_rq1_main")
+    for column in ("dataset", "method", "epsilon", "fid", "ca_lr", "ca_mlp", "ca_cnn"):
+        assert column in main
+    assert set(main["method"]) == set(config.experiment.methods)
+    assert set(main["epsilon"]) == set(config.experiment.epsilons)
+    assert_metric_ranges(main)
+    # Every ledger stays within its target budget.
+    assert (main["epsilon_spent_max"] <= main["epsilon"] * (1 + 1e-6)).all()
+    header = (results / "tables" / "tab_rq1_main.md").read_text().split("|")[0]
+    assert "FID backbone: offline-smallcnn-glyphs1k" in header and "replaces the paper's" in header
+    assert_png(results / "figures" / "fig_rq1_samples.png")
+    for method in config.experiment.methods:
+        assert_png(results / "figures" / f"fig_rq1_tsne_{method}.png")
+
+
+@pytest.mark.notebook
+def test_02_semantic_query(smoke_run):
+    results = execute("02_semantic_query.ipynb", smoke_run)
+    pretrained = read_table(results, "tab_rq2_pretrained_fid")
+    assert set(pretrained["method"]) == set(smoke_run["config"].experiment.pretrained_methods)
+    assert all(math.isfinite(v) and v >= 0 for v in pretrained["fid"])
+    sds = read_table(results, "tab_rq2_sds")
+    assert sds["sds"].between(-1.0, 1.0).all()
+    selected = sds[sds["subset"] == "selected"]
+    assert sorted(selected["selection_ratio"]) == sorted(smoke_run["config"].experiment.selection_ratios)
+    # More selected semantics, more public images; each selection is a DP release with a positive epsilon.
+    assert selected.sort_values("selection_ratio")["num_images"].is_monotonic_increasing
+    assert (selected["query_epsilon"] > 0).all()
+    assert_png(results / "figures" / "fig_rq2_pretrained_fid_sds.png")
+    assert_png(results / "figures" / "fig_rq2_selected_samples.png")
+
+
+@pytest.mark.notebook
+def test_03_selection_ratio(smoke_run):
+    results = execute("03_selection_ratio.ipynb", smoke_run)
+    table = read_table(results, "tab_rq3_selection_ratio")
+    assert sorted(table["selection_ratio"]) == sorted(smoke_run["config"].experiment.selection_ratios)
+    assert_metric_ranges(table)
+    assert_png(results / "figures" / "fig_rq3_selection_ratio.png")
+
+
+@pytest.mark.notebook
+def test_04_model_size(smoke_run):
+    results = execute("04_model_size.ipynb", smoke_run)
+    table = read_table(results, "tab_rq3_model_size")
+    assert list(table["model_size"]) == list(smoke_run["config"].experiment.model_sizes)
+    assert (table["num_parameters"] > 0).all()
+    assert_metric_ranges(table)
+    assert_png(results / "figures" / "fig_rq3_model_size.png")
+
+
+@pytest.mark.notebook
+def test_05_nonprivate(smoke_run):
+    results = execute("05_nonprivate.ipynb", smoke_run)
+    table = read_table(results, "tab_sec61_nonprivate").set_index("method")
+    assert set(table.index) == set(smoke_run["config"].experiment.nonprivate_methods) | {"nonpriv"}
+    assert_metric_ranges(table.drop(index="nonpriv").reset_index())
+    assert_metric_ranges(table.loc[["nonpriv"]].reset_index(), fid=False)
+    # The real-data classifiers have no FID; the non-private methods no epsilon.
+    assert math.isnan(table.loc["nonpriv", "fid"]) and math.isnan(table.loc["nonpriv-d", "epsilon"])
+
+
+@pytest.mark.notebook
+def test_06_resources(smoke_run):
+    results = execute("06_resources.ipynb", smoke_run)
+    stages = read_table(results, "tab_sec62_resources")
+    assert set(stages["method"]) == {"privimage-d", "pdp-diffusion"}
+    by_stage = stages.set_index(["method", "stage"])
+    for method in ("privimage-d", "pdp-diffusion"):
+        for stage in ("pretraining", "finetuning", "sampling"):
+            assert by_stage.loc[(method, stage), "wall_time_s"] > 0
+    # PDP-Diffusion has no semantic query function to train.
+    assert by_stage.loc[("pdp-diffusion", "sqf_training"), "wall_time_s"] == 0
+    assert by_stage.loc[("privimage-d", "sqf_training"), "wall_time_s"] > 0
+    assert_metric_ranges(read_table(results, "tab_sec62_quality"))
+    assert_png(results / "figures" / "fig_sec62_resources.png")
+
+
+@pytest.mark.notebook
+def test_07_overparameterization(smoke_run):
+    results = execute("07_mnist_overparameterization.ipynb", smoke_run)
+    table = read_table(results, "tab_appb_overparameterization")
+    assert list(table["model_size"]) == list(smoke_run["config"].experiment.overparameterization_sizes)
+    assert set(table["method"]) == {smoke_run["config"].experiment.overparameterization_method}
+    assert_metric_ranges(table)
+    assert_png(results / "figures" / "fig_appb_overparameterization.png")
+
+
+@pytest.mark.notebook
+def test_a_second_run_reads_the_cache_and_writes_the_same_table(smoke_run):
+    results = smoke_run["results"]
+    if not (results / "tables" / "tab_rq1_main.csv").is_file():
+        pytest.skip("needs the smoke run of 01 in this session")
+    before = (results / "tables" / "tab_rq1_main.csv").read_text()
+    runs_before = sorted((smoke_run["root"] / "cache" / "runs").rglob("metrics.json"))
+    start = time.perf_counter()
+    execute("01_main_results.ipynb", smoke_run)
+    seconds = time.perf_counter() - start
+    assert (results / "tables" / "tab_rq1_main.csv").read_text() == before
+    assert sorted((smoke_run["root"] / "cache" / "runs").rglob("metrics.json")) == runs_before
+    # Reading finished runs back is seconds of work, not training.
+    assert seconds < smoke_run["timings"].get("01_main_results.ipynb", math.inf)
