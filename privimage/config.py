@@ -200,15 +200,34 @@ class EvaluationConfig:
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """The grid a notebook sweeps: which methods, budgets, seeds and ablations."""
+    """The grids the research-question notebooks sweep (`privimage.experiments`).
 
+    Not part of any run: a run's folder and cache keys ignore this section, so
+    two notebooks that ask for the same run share it.
+    """
+
+    # RQ1 (Table 2, Fig. 4-5): every method at every budget, averaged over seeds.
     methods: tuple[str, ...] = (
         "privimage-d", "privimage-g", "pdp-diffusion", "dpdm", "dpgan", "dpgan-p",
     )
     epsilons: tuple[float, ...] = (1.0, 5.0, 10.0)
     seeds: tuple[int, ...] = (0, 1)
+    # The budget of the one-epsilon experiments (RQ2-RQ3, Tables 3-4, Fig. 8); the paper uses 10.
+    sweep_epsilon: float = 10.0
+    # RQ2 (Fig. 6 left): generators sampled straight after pre-training.
+    pretrained_methods: tuple[str, ...] = ("privimage-d", "pdp-diffusion", "privimage-g", "dpgan-p")
+    # RQ2-RQ3 (Fig. 6 right, Fig. 7): selection ratios of the public data (1.0: all of it).
     selection_ratios: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2, 0.5, 1.0)
+    # RQ3 (Fig. 7): diffusion size presets of Privimage+D (`privimage.models.presets`).
     model_sizes: tuple[str, ...] = ("1.8M", "4.0M", "6.1M")
+    # Table 3: non-private ablations beside Privimage (the NonPriv classifier row is always added).
+    nonprivate_methods: tuple[str, ...] = ("nonpriv-g", "nonpriv-d", "privimage-g", "privimage-d")
+    # Table 4: diffusion presets of Privimage+D and PDP-Diffusion ("": the profile's diffusion.preset).
+    resource_privimage_preset: str = ""
+    resource_pdp_preset: str = ""
+    # Fig. 8 (Appendix B): DP-SGD-only diffusion of growing size on MNIST.
+    overparameterization_method: str = "dpdm"
+    overparameterization_dataset: str = "mnist5k"
     overparameterization_sizes: tuple[str, ...] = ("1.75M", "6.99M")
 
 

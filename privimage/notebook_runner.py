@@ -2,7 +2,8 @@
 
 Each notebook in ``notebooks/`` named ``NN_*.ipynb`` runs in order with the
 ``privimage`` kernel, ``--cwd notebooks`` and the parameter ``profile``; the
-executed copy goes to ``results/<profile>/notebooks/``. A failing notebook stops
+executed copy goes to ``results/<profile>/notebooks/`` (``$PRIVIMAGE_RESULTS/<profile>/``
+when set, the folder `privimage.experiments.results_dir` gives the notebooks too). A failing notebook stops
 the run with a non-zero exit and the failing cell's error.
 """
 
@@ -55,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
 
     only = {part.strip().zfill(2) for part in args.only.split(",") if part.strip()} or None
     notebooks = discover_notebooks(only)
-    results_dir = REPO_ROOT / "results" / args.profile
+    from privimage.experiments import results_dir as profile_results_dir
+
+    results_dir = profile_results_dir(args.profile)
     if not notebooks:
         print("No notebooks found in notebooks/; nothing to run.")
         return 0
