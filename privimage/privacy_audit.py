@@ -197,8 +197,12 @@ def audit_run(*, run_dir: Path, data_root: Path | None = None) -> RunAudit:
     # Custody: anything computed from the sensitive data must sit beside the ledger that accounts for it.
     if not ledger_path.exists():
         if not derived:
+            released = _Journal.read(run_dir / FINETUNE_DIR).steps
+            note = f"; the journal lists {released} released DP-SGD steps: resume the run to account for them" \
+                if released else ""
             checks.add("artifacts_covered_by_ledger", True,
-                       "no ledger.json and nothing derived from the sensitive data yet (refused or unfinished run)")
+                       "no ledger.json and nothing derived from the sensitive data yet (refused or unfinished run)"
+                       + note)
             audit.checks = checks.items
             audit.status = "incomplete"
             return audit
@@ -238,6 +242,8 @@ def audit_run(*, run_dir: Path, data_root: Path | None = None) -> RunAudit:
     checks.run("noise_multiplier_calibrated", lambda: _check_calibration(audit, config, ledger, journal))
     checks.run("noise_generator", lambda: _check_generators(config, ledger))
     checks.run("checkpoints_carry_ledger", lambda: _check_checkpoints(run_dir / FINETUNE_DIR, ledger, journal))
+    if (run_dir / "metrics.json").exists():
+        checks.run("metrics_labelled_reporting_only", lambda: _check_metrics_label(run_dir / "metrics.json"))
     audit.checks = checks.items
     audit.status = "fail" if audit.failed else "pass"
     return audit
@@ -440,3 +446,10 @@ def _check_checkpoints(folder: Path, ledger, journal: _Journal) -> tuple[bool, s
     if problems:
         return False, "; ".join(problems)
     return True, f"{len(paths)} checkpoint(s) read weights-only, each with a consistent ledger"
+
+
+def _check_metrics_label(path: Path) -> tuple[bool, str]:
+    """FID and accuracy read the sensitive test split, outside the guarantee: the file must say so."""
+    metrics = _read_json(path, "")
+    label = metrics.get("reporting_only") if isinstance(metrics, dict) else None
+    return bool(label), f"metrics.json reporting_only: {label!r}"

@@ -196,7 +196,7 @@ def test_uncharged_released_steps_fail(capsys, copy_run):
     run_dir = copy_run("privimage-d")
     # Two steps released after the last checkpoint of a killed run, and a ledger that forgot them.
     with open(run_dir / "finetune" / JOURNAL_NAME, "a") as journal:
-        journal.write('{"step": 13}\n{"step": 14}\n')
+        journal.write('{"step": 99}\n{"step": 100}\n')
     code, result = audit_cli(capsys, run_dir)
     assert code == 1 and verdicts(result)["dpsgd_steps_match_journal"] is False
     assert verdicts(result)["noise_multiplier_calibrated"] is True
@@ -284,6 +284,35 @@ def test_a_tampered_ledger_is_a_failed_check(capsys, copy_run):
     edit_json(run_dir / "ledger.json", lambda d: d["entries"][0].update(noise_std=1.0))
     code, result = audit_cli(capsys, run_dir)
     assert code == 1 and verdicts(result)["ledger_valid"] is False and result["epsilon_rdp"] is None
+
+
+def test_metrics_must_say_they_are_outside_the_guarantee(capsys, copy_run):
+    run_dir = copy_run("dpdm")
+    atomic_write_json(run_dir / "metrics.json", {"fid": 12.0})
+    code, result = audit_cli(capsys, run_dir)
+    assert code == 1 and verdicts(result)["metrics_labelled_reporting_only"] is False
+    atomic_write_json(run_dir / "metrics.json", {"fid": 12.0, "reporting_only": "uses the test split"})
+    code, result = audit_cli(capsys, run_dir)
+    assert code == 0 and verdicts(result)["metrics_labelled_reporting_only"] is True
+
+
+def test_a_private_run_without_a_target_fails_and_still_prints(capsys, copy_run):
+    run_dir = copy_run("dpdm")
+    edit_json(run_dir / "run.json", lambda d: d.update(epsilon=None))
+    assert main(["audit", "--run", str(run_dir)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  epsilon_within_target" in out and "target none" in out
+
+
+def test_an_interrupted_run_names_its_unaccounted_steps(capsys, copy_run):
+    run_dir = copy_run("dpdm")
+    for path in [run_dir / "ledger.json", run_dir / "privacy.json", run_dir / "synthetic.npz",
+                 *(run_dir / "finetune").glob("ckpt-*.pt")]:
+        path.unlink()
+    config = load_config("smoke")
+    _, steps = finetune_schedule(num_examples=4000, batch_size=config.finetune.batch_size, epochs=config.finetune.epochs)
+    code, result = audit_cli(capsys, run_dir)
+    assert code == 4 and f"lists {steps} released DP-SGD steps" in result["checks"][0]["detail"]
 
 
 # --------------------------------------------------------------------------- unreadable input

@@ -38,8 +38,9 @@ def _audit(args: argparse.Namespace) -> int:
     audit = audit_run(run_dir=args.run, data_root=resolve_data_root(args))
     lines = [f"{'PASS' if check.passed else 'FAIL'}  {check.name:<28} {check.detail}" for check in audit.checks]
     if audit.epsilon_rdp is not None:
+        target = "none" if audit.target_epsilon is None else f"{audit.target_epsilon:g}"
         lines.append(f"epsilon {audit.epsilon_rdp:.4f} (RDP), {audit.epsilon_prv:.4f} (PRV) at delta {audit.delta:g}; "
-                     f"target {audit.target_epsilon:g}")
+                     f"target {target}")
     lines.append(f"{audit.status}: {audit.method} run in {audit.run_dir}")
     emit(audit.to_dict(), args.json, "\n".join(lines))
     return audit.exit_code
