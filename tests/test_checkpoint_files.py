@@ -97,3 +97,11 @@ def test_checkpoint_of_another_run_is_refused(tmp_path, field):
 def test_keeping_fewer_than_two_is_refused(tmp_path):
     with pytest.raises(PrivacyError, match="keep must be >= 2"):
         save_checkpoint(run_dir=tmp_path, step=1, payload=payload(1.0), keep=1)
+
+
+def test_temporary_files_of_an_interrupted_write_are_cleared(tmp_path):
+    save_checkpoint(run_dir=tmp_path, step=1, payload=payload(1.0))
+    stale = tmp_path / ".ckpt-2.pt.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    assert load_latest_checkpoint(run_dir=tmp_path, expect=IDENTITY)["step"] == 1
+    assert not stale.exists()

@@ -122,6 +122,10 @@ def load_latest_checkpoint(*, run_dir: Path, expect: Mapping[str, Any]) -> dict[
     Raises:
         PrivacyError: a checkpoint holds code, or it belongs to another run.
     """
+    # Temporary files of a write that a crash interrupted are never checkpoints.
+    if Path(run_dir).is_dir():
+        for stale in Path(run_dir).glob(".ckpt-*.pt.*.tmp"):
+            stale.unlink(missing_ok=True)
     for path in list_checkpoints(run_dir):
         try:
             payload = load_checkpoint(path)

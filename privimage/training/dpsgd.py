@@ -30,6 +30,7 @@ releases the ledger does not account for.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -304,86 +305,90 @@ def run_dp_sgd(
     records: list[dict] = []
     session_start = time.perf_counter()
     with measure_stage("finetuning", log=records):
-        # Journal first: it is the durable count of released steps.
+        # Journal first: it is the durable count of released steps (and locks the folder).
         journal = DPStepJournal(run_dir / JOURNAL_NAME, header={
             **expect, "noise_multiplier": noise_multiplier, "sample_rate": sample_rate, "total_steps": total_steps,
         })
-        device = next(model.parameters()).device
-        optimizer = make_dp_optimizer(
-            parameters=[p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=settings.weight_decay,
-            noise_multiplier=noise_multiplier, max_grad_norm=settings.max_grad_norm,
-            expected_batch_size=settings.batch_size, secure_mode=settings.secure_mode, device=device, betas=betas,
-        )
+        try:
+            device = next(model.parameters()).device
+            optimizer = make_dp_optimizer(
+                parameters=[p for p in model.parameters() if p.requires_grad], lr=lr,
+                weight_decay=settings.weight_decay,
+                noise_multiplier=noise_multiplier, max_grad_norm=settings.max_grad_norm,
+                expected_batch_size=settings.batch_size, secure_mode=settings.secure_mode, device=device, betas=betas,
+            )
 
-        checkpoint = load_latest_checkpoint(run_dir=run_dir, expect=expect)
-        if checkpoint is None:
-            start_step, previous = 0, {}
-            seed_training_randomness(stage_seed(seed, stage))
-        else:
-            _check_checkpoint_account(checkpoint, journal=journal, ledger_before=ledger_before,
-                                      noise_multiplier=noise_multiplier, sample_rate=sample_rate,
-                                      generator=generator)
-            start_step, previous = int(checkpoint["step"]), dict(checkpoint["stats"])
-            model.load_state_dict(checkpoint["model"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            if ema is not None:
-                ema.load_state_dict(checkpoint["ema"])
-            for name, obj in extra_state.items():
-                obj.load_state_dict(checkpoint["extra"][name])
-            restore_rng_state(checkpoint["rng"])
-        checkpoint_journal_steps = int(checkpoint["journal_steps"]) if checkpoint else 0
-        # Every released step counts, lost ones (after the checkpoint) included.
-        lost_steps = journal.steps - checkpoint_journal_steps
-        if journal.steps:
-            ledger.record_dpsgd_steps(noise_multiplier=noise_multiplier, sample_rate=sample_rate,
-                                      steps=journal.steps, generator=generator)
-
-        def release_step(step: int) -> None:
-            journal.record_step(step=step)
-            ledger.record_dpsgd_steps(noise_multiplier=noise_multiplier, sample_rate=sample_rate,
-                                      steps=1, generator=generator)
-
-        def write_checkpoint(step: int) -> None:
-            save_checkpoint(run_dir=run_dir, step=step, payload={
-                **expect,
-                "total_steps": total_steps,
-                "noise_multiplier": noise_multiplier,
-                "sample_rate": sample_rate,
-                "journal_steps": journal.steps,
-                "ledger": ledger.to_dict(),
-                "model": model.state_dict(),
-                "ema": ema.state_dict() if ema is not None else {},
-                "optimizer": optimizer.state_dict(),
-                "extra": {name: obj.state_dict() for name, obj in extra_state.items()},
-                "rng": rng_state(),
-                "stats": {"lost_steps_charged": previous.get("lost_steps_charged", 0) + lost_steps,
-                          "sessions": previous.get("sessions", 0) + 1,
-                          "wall_time_s": previous.get("wall_time_s", 0.0) + time.perf_counter() - session_start},
-            })
-
-        model.train()
-        remaining = total_steps - start_step
-        bar = progress_bar(total=total_steps, initial=start_step, desc=stage, enabled=progress)
-        if remaining > 0:
-            sampler = iter(poisson_sampler(num_examples=num_examples, sample_rate=sample_rate, steps=remaining))
-            for step in range(start_step + 1, total_steps + 1):
-                dp_sgd_step(
-                    model=model, optimizer=optimizer, per_example_loss=per_example_loss,
-                    batch_indices=batch_rows(next(sampler)), load_inputs=load_inputs,
-                    physical_batch_size=settings.physical_batch_size,
-                    before_release=lambda step=step: release_step(step),
-                )
+            checkpoint = load_latest_checkpoint(run_dir=run_dir, expect=expect)
+            if checkpoint is None:
+                start_step, previous = 0, {}
+                seed_training_randomness(stage_seed(seed, stage))
+            else:
+                _check_checkpoint_account(checkpoint, journal=journal, ledger_before=ledger_before,
+                                          noise_multiplier=noise_multiplier, sample_rate=sample_rate,
+                                          generator=generator)
+                start_step, previous = int(checkpoint["step"]), dict(checkpoint["stats"])
+                model.load_state_dict(checkpoint["model"])
+                optimizer.load_state_dict(checkpoint["optimizer"])
                 if ema is not None:
-                    ema.update(model)
-                if after_step is not None:
-                    after_step(step)
-                if step % settings.checkpoint_every == 0 or step == total_steps:
-                    write_checkpoint(step)
-                    if progress:
-                        # Epsilon so far costs an RDP evaluation; only worth it when someone watches.
-                        bar.set_postfix(epsilon=f"{ledger.epsilon():.3f}")
-                bar.update(1)
-        bar.close()
+                    ema.load_state_dict(checkpoint["ema"])
+                for name, obj in extra_state.items():
+                    obj.load_state_dict(checkpoint["extra"][name])
+                restore_rng_state(checkpoint["rng"])
+            checkpoint_journal_steps = int(checkpoint["journal_steps"]) if checkpoint else 0
+            # Every released step counts, lost ones (after the checkpoint) included.
+            lost_steps = journal.steps - checkpoint_journal_steps
+            if journal.steps:
+                ledger.record_dpsgd_steps(noise_multiplier=noise_multiplier, sample_rate=sample_rate,
+                                          steps=journal.steps, generator=generator)
+
+            def release_step(step: int) -> None:
+                journal.record_step(step=step)
+                ledger.record_dpsgd_steps(noise_multiplier=noise_multiplier, sample_rate=sample_rate,
+                                          steps=1, generator=generator)
+
+            def write_checkpoint(step: int) -> None:
+                save_checkpoint(run_dir=run_dir, step=step, payload={
+                    **expect,
+                    "total_steps": total_steps,
+                    "noise_multiplier": noise_multiplier,
+                    "sample_rate": sample_rate,
+                    "journal_steps": journal.steps,
+                    "ledger": ledger.to_dict(),
+                    "model": model.state_dict(),
+                    "ema": ema.state_dict() if ema is not None else {},
+                    "optimizer": optimizer.state_dict(),
+                    "extra": {name: obj.state_dict() for name, obj in extra_state.items()},
+                    "rng": rng_state(),
+                    "stats": {"lost_steps_charged": previous.get("lost_steps_charged", 0) + lost_steps,
+                              "sessions": previous.get("sessions", 0) + 1,
+                              "wall_time_s": previous.get("wall_time_s", 0.0) + time.perf_counter() - session_start},
+                })
+
+            model.train()
+            remaining = total_steps - start_step
+            bar = progress_bar(total=total_steps, initial=start_step, desc=stage, enabled=progress)
+            if remaining > 0:
+                sampler = iter(poisson_sampler(num_examples=num_examples, sample_rate=sample_rate, steps=remaining))
+                for step in range(start_step + 1, total_steps + 1):
+                    dp_sgd_step(
+                        model=model, optimizer=optimizer, per_example_loss=per_example_loss,
+                        batch_indices=batch_rows(next(sampler)), load_inputs=load_inputs,
+                        physical_batch_size=settings.physical_batch_size,
+                        before_release=lambda step=step: release_step(step),
+                    )
+                    if ema is not None:
+                        ema.update(model)
+                    if after_step is not None:
+                        after_step(step)
+                    if step % settings.checkpoint_every == 0 or step == total_steps:
+                        write_checkpoint(step)
+                        if progress:
+                            # Epsilon so far costs an RDP evaluation; only worth it when someone watches.
+                            bar.set_postfix(epsilon=f"{ledger.epsilon():.3f}")
+                    bar.update(1)
+            bar.close()
+        finally:
+            journal.close()
     usage = records[-1]
     epsilon = ledger.epsilon()
     stats = {
@@ -410,7 +415,7 @@ def run_dp_sgd(
                               "wall_time_s_all_sessions": stats["wall_time_s_all_sessions"]})
     if progress:
         bar.write(f"{stage}: {total_steps} DP-SGD steps, epsilon {epsilon:.3f} (delta {ledger.delta:g}); "
-                  f"checkpoints in {run_dir}")
+                  f"checkpoints in {run_dir}", file=sys.stderr)
     return stats
 
 
@@ -422,7 +427,9 @@ def _check_ledger_matches(ledger, *, sensitive: ImageDataset, delta: float) -> N
             f"{sensitive.name}/{sensitive.split} ({sensitive.content_hash()[:12]})"
         )
     if ledger.num_examples != len(sensitive):
-        raise PrivacyError(f"the ledger counts {ledger.num_examples} sensitive examples, the dataset has {len(sensitive)}")
+        raise PrivacyError(
+            f"the ledger counts {ledger.num_examples} sensitive examples, the dataset has {len(sensitive)}"
+        )
     if not math.isclose(ledger.delta, delta, rel_tol=1e-12):
         raise PrivacyError(f"the ledger's delta {ledger.delta:g} differs from finetune.delta {delta:g}")
 

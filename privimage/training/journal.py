@@ -12,7 +12,9 @@ is therefore never below that of an uninterrupted one, and equal when the kill
 came right after a checkpoint.
 
 A partial last line (a crash during the write) still counts as a step: the
-journal errs towards charging too much, never too little.
+journal errs towards charging too much, never too little. While a run holds
+its journal open it holds an exclusive lock on it, so two processes cannot
+fine-tune in the same folder at once and spend the budget side by side.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -41,12 +44,29 @@ class DPStepJournal:
     def __init__(self, path: Path, *, header: Mapping[str, Any]) -> None:
         self.path = Path(path)
         self.header = json.loads(json.dumps(dict(header)))
-        if self.path.exists():
-            self._steps = self._read_existing()
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._append_line({"header": self.header})
-            self._steps = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock_exclusively(self.path.with_name(self.path.name + ".lock"))
+        try:
+            if self.path.exists():
+                self._steps = self._read_existing()
+            else:
+                self._append_line({"header": self.header})
+                self._steps = 0
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the run folder for another process (the journal itself stays)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self) -> "DPStepJournal":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _read_existing(self) -> int:
         text = self.path.read_text()
@@ -56,7 +76,9 @@ class DPStepJournal:
         except (json.JSONDecodeError, KeyError, TypeError):
             stored = None
         if stored is None:
-            raise PrivacyError(f"{self.path}: not a DP-SGD journal (no header line); refusing to guess the budget spent")
+            raise PrivacyError(
+                f"{self.path}: not a DP-SGD journal (no header line); refusing to guess the budget spent"
+            )
         for key, wanted in self.header.items():
             if not _same(stored.get(key), wanted):
                 raise PrivacyError(
@@ -89,6 +111,23 @@ class DPStepJournal:
         """Durably note that the noisy update of logical step ``step`` is about to be applied."""
         self._append_line({"step": int(step)})
         self._steps += 1
+
+
+def _lock_exclusively(path: Path):
+    """An open handle holding an exclusive, non-blocking lock on ``path`` (released when closed or on exit)."""
+    handle = open(path, "a+b")
+    if sys.platform == "win32":  # no fcntl: rely on the user not to run one folder twice
+        return handle
+    import fcntl
+
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise PrivacyError(
+            f"another process is fine-tuning in {path.parent}; two runs in one folder would spend the budget twice"
+        ) from None
+    return handle
 
 
 def _same(stored: Any, wanted: Any) -> bool:

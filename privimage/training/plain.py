@@ -12,6 +12,7 @@ baselines, which say that they have no privacy guarantee.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -158,7 +159,7 @@ def run_plain_training(
     write_resources(run_dir, {**usage, "stage_name": stage, "wall_time_s_all_sessions": all_sessions})
     if progress:
         bar.write(f"{stage}: {steps} steps on {dataset.name}/{dataset.split} ({len(dataset)} images); "
-                  f"checkpoints in {run_dir}")
+                  f"checkpoints in {run_dir}", file=sys.stderr)
     return {
         "stage": stage,
         "steps": steps,
