@@ -343,13 +343,21 @@ def test_audit_run_library_call_matches_the_command(runs):
 
 @pytest.mark.slow
 def test_a_real_smoke_run_passes_its_audit(capsys, tmp_path):
+    import yaml
+
     torch.set_num_threads(2)
+    # The smoke profile cut to a few DP-SGD steps (checkpoints every two) and a handful of samples.
+    profile = yaml.safe_load((Path(__file__).parent.parent / "privimage" / "configs" / "smoke.yaml").read_text())
+    profile["finetune"].update(epochs=0.07, checkpoint_every=2)
+    profile["sampling"].update(num_samples=20, batch_size=20, ddim_steps=2)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(profile))
     out = tmp_path / "dpdm"
-    assert main(["run", "--profile", "smoke", "--method", "dpdm", "--epsilon", "5", "--no-evaluate",
-                 "--out", str(out), "--json"]) == 0
+    assert main(["run", "--profile", str(tmp_path / "tiny.yaml"), "--method", "dpdm", "--epsilon", "5",
+                 "--no-evaluate", "--out", str(out), "--json"]) == 0
     capsys.readouterr()
     code, result = audit_cli(capsys, out)
     assert code == 0 and result["status"] == "pass", result
     privacy = json.loads((out / "privacy.json").read_text())
     assert result["epsilon_rdp"] == pytest.approx(privacy["epsilon"])
     assert result["epsilon_rdp"] <= 5.0
+    assert len(list((out / "finetune").glob("ckpt-*.pt"))) == 2
