@@ -61,7 +61,7 @@ class RunResult:
 def default_run_dir(*, method: Method, config: Config, epsilon: float | None) -> Path:
     """``runs/<profile>/<method>-<sensitive>-eps<E>-seed<S>-<config hash>``."""
     tag = "nonprivate" if epsilon is None else f"eps{epsilon:g}"
-    name = f"{method.name}-{config.data.sensitive}-{tag}-seed{config.seed}-{config_hash(_run_identity(config))[:8]}"
+    name = f"{method.name}-{config.data.sensitive}-{tag}-seed{config.seed}-{config_hash(run_identity(config))[:8]}"
     return cache_root().parent / "runs" / config.profile / name if _in_checkout() else Path("runs") / name
 
 
@@ -69,7 +69,7 @@ def _in_checkout() -> bool:
     return (cache_root().parent / "pyproject.toml").is_file()
 
 
-def _run_identity(config: Config) -> dict[str, Any]:
+def run_identity(config: Config) -> dict[str, Any]:
     """The config a run depends on (the experiment grid section does not change one run)."""
     identity = config.to_dict()
     identity.pop("experiment", None)
@@ -138,7 +138,10 @@ def pretraining_data(
     if method.pretrain_data == "none":
         return None, "none", None
     if method.pretrain_data == "all":
+        from privimage.semantics.stage import check_compatible
+
         public = load_dataset(config.data.public, "train", data_root=data_root, config=config.data)
+        check_compatible(public, sensitive)
         return public, f"all:{public.content_hash()}", None
     selected, summary = selection_stage(
         method=method, config=config, sensitive=sensitive, ledger=ledger, data_root=data_root, progress=progress
@@ -154,20 +157,47 @@ def _build_diffusion(config: Config, *, image_channels: int, image_size: int, nu
     return model, ExponentialMovingAverage(model, config.pretrain.ema_decay)
 
 
+def _public_for_gan(public: ImageDataset, *, num_classes: int, seed: int) -> ImageDataset:
+    """All public data relabelled for a GAN conditioned on the sensitive classes.
+
+    The GAN has no null class, so each public class is mapped to one sensitive
+    label by a seeded permutation: the labels carry no sensitive meaning, only
+    the class structure of the public data (DPGAN-p pre-trains on all of it).
+    """
+    rng = np.random.default_rng(seed)
+    mapping = rng.permutation(public.num_classes) % num_classes
+    return ImageDataset(f"{public.name}-all", public.split, public.images, mapping[public.labels].astype(np.int64),
+                        tuple(f"class {i}" for i in range(num_classes)))
+
+
 def pretrain_stage(
     *, method: Method, config: Config, public: ImageDataset | None, data_key: str, image_channels: int,
     image_size: int, num_classes: int, progress: bool,
-) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The pre-trained diffusion model (cached), or a fresh one when the method pre-trains on nothing."""
+) -> tuple[dict[str, torch.nn.Module], dict[str, Any]]:
+    """The pre-trained generator (cached): ``{"model": unet}`` or ``{"generator", "discriminator"}``.
+
+    A method that pre-trains on nothing gets freshly initialised networks.
+    """
+    from privimage.models import build_gan
     from privimage.training.diffusion_training import pretrain_diffusion
+    from privimage.training.gan_training import pretrain_gan
 
     torch.manual_seed(config.seed)
-    model, ema = _build_diffusion(config, image_channels=image_channels, image_size=image_size, num_classes=num_classes)
+    if method.generator == "diffusion":
+        model, ema = _build_diffusion(config, image_channels=image_channels, image_size=image_size,
+                                      num_classes=num_classes)
+        networks = {"model": model}
+        model_section = dataclasses.asdict(config.diffusion)
+    else:
+        generator, discriminator = build_gan(config.gan, image_channels=image_channels, image_size=image_size,
+                                             num_classes=num_classes)
+        networks = {"generator": generator, "discriminator": discriminator}
+        model_section = dataclasses.asdict(config.gan)
     if public is None:
-        return model, {"stage": "pretraining", "skipped": True}
+        return networks, {"stage": "pretraining", "skipped": True}
     public_is_all = data_key.startswith("all:")
     key = config_hash({
-        "generator": method.generator, "model": dataclasses.asdict(config.diffusion),
+        "generator": method.generator, "model": model_section,
         "pretrain": dataclasses.asdict(config.pretrain), "data": data_key, "seed": config.seed,
         "num_classes": num_classes, "unconditional": public_is_all,
     })
@@ -175,17 +205,23 @@ def pretrain_stage(
     final_path = directory / "pretrained.pt"
     if final_path.is_file():
         state = torch.load(final_path, weights_only=True)
-        model.load_state_dict(state["ema_model"])
-        return model, state["stats"]
-    # All public data has public labels, not the sensitive classes: pre-train on the
-    # null class (unconditional) as PDP-Diffusion does; the selected subset is relabelled.
-    stats = pretrain_diffusion(
-        model=model, ema=ema, public=public, config=config, run_dir=directory,
-        unconditional=public_is_all, progress=progress,
-    )
-    ema.copy_to(model)
-    atomic_torch_save(final_path, {"ema_model": model.state_dict(), "stats": _plain(stats)})
-    return model, stats
+        for name, network in networks.items():
+            network.load_state_dict(state[name])
+        return networks, state["stats"]
+    if method.generator == "diffusion":
+        # All public data has public labels, not the sensitive classes: pre-train on the
+        # null class (unconditional) as PDP-Diffusion does; the selected subset is relabelled.
+        stats = pretrain_diffusion(
+            model=model, ema=ema, public=public, config=config, run_dir=directory,
+            unconditional=public_is_all, progress=progress,
+        )
+        ema.copy_to(model)
+    else:
+        gan_public = _public_for_gan(public, num_classes=num_classes, seed=config.seed) if public_is_all else public
+        stats = pretrain_gan(generator=generator, discriminator=discriminator, public=gan_public, config=config,
+                             run_dir=directory, progress=progress)
+    atomic_torch_save(final_path, {**{name: net.state_dict() for name, net in networks.items()}, "stats": _plain(stats)})
+    return networks, stats
 
 
 def _plain(value: Any) -> Any:
@@ -194,8 +230,8 @@ def _plain(value: Any) -> Any:
 
 
 def sample_stage(
-    *, model: torch.nn.Module, config: Config, class_names: tuple[str, ...], image_shape: tuple[int, int, int],
-    run_dir: Path, progress: bool,
+    *, networks: dict[str, torch.nn.Module], config: Config, class_names: tuple[str, ...],
+    image_shape: tuple[int, int, int], run_dir: Path, progress: bool,
 ) -> ImageDataset:
     """A class-balanced synthetic set (``synthetic.npz``) and a grid per class (``samples.png``)."""
     from tqdm.auto import tqdm
@@ -216,10 +252,16 @@ def sample_stage(
     chunks = []
     for start in tqdm(range(0, len(labels), sampling.batch_size), desc="sampling", disable=not progress, leave=False):
         batch_labels = torch.from_numpy(labels[start : start + sampling.batch_size])
-        images = ddim_sample(
-            model, labels=batch_labels, image_shape=image_shape, num_classes=num_classes,
-            steps=sampling.ddim_steps, guidance_scale=sampling.guidance_scale, generator=generator,
-        )
+        if "model" in networks:
+            images = ddim_sample(
+                networks["model"], labels=batch_labels, image_shape=image_shape, num_classes=num_classes,
+                steps=sampling.ddim_steps, guidance_scale=sampling.guidance_scale, generator=generator,
+            )
+        else:
+            gan_generator = networks["generator"].eval()
+            with torch.no_grad():
+                latent = torch.randn(len(batch_labels), gan_generator.latent_dim, generator=generator)
+                images = gan_generator(latent, batch_labels)
         chunks.append(((images + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy())
     synthetic = ImageDataset("synthetic", "all", np.concatenate(chunks), labels.astype(np.int64), class_names)
     save_class_grid(dataset=synthetic, path=run_dir / "samples.png", samples_per_class=10, seed=config.seed)
@@ -259,9 +301,20 @@ def run_method(
     from privimage.privacy import PrivacyLedger
 
     recipe = get_method(method)
-    if recipe.generator != "diffusion":
-        raise PrivImageError(f"method '{method}' uses a GAN, which 'privimage run' does not train yet")
     epsilon = check_epsilon(recipe, epsilon)
+    # The sensitive training set: read only by the query and DP-SGD below.
+    # Loaded and checked (delta < 1/N, ...) before the run folder is created.
+    sensitive = load_sensitive_train(config, data_root=data_root)
+    ledger = None
+    if recipe.private:
+        ledger = PrivacyLedger(delta=config.finetune.delta, dataset_hash=sensitive.content_hash(),
+                               num_examples=len(sensitive), config_hash=config_hash(run_identity(config)))
+    if evaluate and sensitive.num_classes < 2:
+        raise PrivImageError(
+            f"'{sensitive.name}' has {sensitive.num_classes} class: classification accuracy needs at least 2; "
+            "run with --no-evaluate (evaluate=False)"
+        )
+
     run_dir = Path(out_dir) if out_dir is not None else default_run_dir(method=recipe, config=config, epsilon=epsilon)
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_same_run(run_dir, method=recipe.name, epsilon=epsilon, config=config)
@@ -270,42 +323,20 @@ def run_method(
                                              "delta": config.finetune.delta if recipe.private else None})
     resources: list[dict] = []
 
-    # The sensitive training set: read only by the query and DP-SGD below.
-    sensitive = load_sensitive_train(config, data_root=data_root)
-    ledger = None
-    if recipe.private:
-        ledger = PrivacyLedger(delta=config.finetune.delta, dataset_hash=sensitive.content_hash(),
-                               num_examples=len(sensitive), config_hash=config_hash(_run_identity(config)))
-
     with measure_stage("selection", log=resources):
         public, data_key, selection = pretraining_data(
             method=recipe, config=config, sensitive=sensitive, ledger=ledger, data_root=data_root, progress=progress
         )
     image_channels, image_size = _image_geometry(sensitive)
     with measure_stage("pretraining", log=resources):
-        model, pretrain_stats = pretrain_stage(
+        networks, pretrain_stats = pretrain_stage(
             method=recipe, config=config, public=public, data_key=data_key, image_channels=image_channels,
             image_size=image_size, num_classes=sensitive.num_classes, progress=progress,
         )
-
-    # Fine-tuning: DP-SGD to the run's budget, or plain SGD for the ablation.
-    from privimage.diffusion import ExponentialMovingAverage
-    from privimage.training.diffusion_training import dp_finetune_diffusion, finetune_nonprivate_diffusion
-
-    ema = ExponentialMovingAverage(model, config.finetune.ema_decay)
     with measure_stage("finetuning", log=resources):
-        if recipe.private:
-            finetune_stats = dp_finetune_diffusion(
-                model=model, ema=ema, sensitive=sensitive, ledger=ledger, config=config,
-                run_dir=run_dir / "finetune", target_epsilon=epsilon, progress=progress,
-            )
-        else:
-            finetune_stats = finetune_nonprivate_diffusion(
-                model=model, ema=ema, sensitive=sensitive, config=config, run_dir=run_dir / "finetune",
-                progress=progress,
-            )
-    ema_model = copy.deepcopy(model)
-    ema.copy_to(ema_model)
+        finetune_stats = finetune_stage(recipe=recipe, networks=networks, sensitive=sensitive, ledger=ledger,
+                                        config=config, run_dir=run_dir / "finetune", epsilon=epsilon,
+                                        progress=progress)
 
     # The privacy record is complete once fine-tuning is: write it before any derived artifact.
     if recipe.private:
@@ -318,7 +349,7 @@ def run_method(
     atomic_write_json(run_dir / "privacy.json", privacy)
 
     with measure_stage("sampling", log=resources):
-        synthetic = sample_stage(model=ema_model, config=config, class_names=sensitive.class_names,
+        synthetic = sample_stage(networks=networks, config=config, class_names=sensitive.class_names,
                                  image_shape=sensitive.image_shape, run_dir=run_dir, progress=progress)
 
     metrics: dict[str, Any] = {}
@@ -338,6 +369,38 @@ def run_method(
         "selection": _plain({k: v for k, v in (selection or {}).items() if k in ("sqf", "query_seconds")}),
     })
     return RunResult(run_dir=run_dir, method=recipe.name, epsilon=epsilon, metrics=metrics, privacy=privacy)
+
+
+def finetune_stage(
+    *, recipe: Method, networks: dict[str, torch.nn.Module], sensitive: ImageDataset, ledger, config: Config,
+    run_dir: Path, epsilon: float | None, progress: bool,
+) -> dict[str, Any]:
+    """DP-SGD to the run's budget (or plain SGD for the ablation); leaves the networks to sample from.
+
+    For diffusion the sampling network becomes the fine-tuning EMA.
+    """
+    from privimage.diffusion import ExponentialMovingAverage
+    from privimage.training.diffusion_training import dp_finetune_diffusion, finetune_nonprivate_diffusion
+    from privimage.training.gan_training import dp_finetune_gan, finetune_nonprivate_gan
+
+    if recipe.generator == "diffusion":
+        model = networks["model"]
+        ema = ExponentialMovingAverage(model, config.finetune.ema_decay)
+        if recipe.private:
+            stats = dp_finetune_diffusion(model=model, ema=ema, sensitive=sensitive, ledger=ledger, config=config,
+                                          run_dir=run_dir, target_epsilon=epsilon, progress=progress)
+        else:
+            stats = finetune_nonprivate_diffusion(model=model, ema=ema, sensitive=sensitive, config=config,
+                                                  run_dir=run_dir, progress=progress)
+        ema_model = copy.deepcopy(model)
+        ema.copy_to(ema_model)
+        networks["model"] = ema_model
+        return stats
+    gan = {"generator": networks["generator"], "discriminator": networks["discriminator"]}
+    if recipe.private:
+        return dp_finetune_gan(**gan, sensitive=sensitive, ledger=ledger, config=config, run_dir=run_dir,
+                               target_epsilon=epsilon, progress=progress)
+    return finetune_nonprivate_gan(**gan, sensitive=sensitive, config=config, run_dir=run_dir, progress=progress)
 
 
 def _check_same_run(run_dir: Path, *, method: str, epsilon: float | None, config: Config) -> None:

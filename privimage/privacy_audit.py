@@ -313,9 +313,9 @@ def _check_dataset(config, ledger, data_root: Path | None) -> tuple[bool, str]:
 def _check_config_hash(config, ledger) -> tuple[bool, str]:
     """The ledger was written for the config saved beside it."""
     from privimage.config import config_hash
-    from privimage.pipeline import _run_identity
+    from privimage.pipeline import run_identity
 
-    expected = config_hash(_run_identity(config))
+    expected = config_hash(run_identity(config))
     return ledger.config_hash == expected, f"ledger {ledger.config_hash or '(none)'}, config.json {expected}"
 
 

@@ -21,7 +21,7 @@ from privimage.cache import atomic_save_npz, atomic_write_json
 from privimage.cli import main
 from privimage.config import config_hash, load_config
 from privimage.data import load_sensitive_train
-from privimage.pipeline import _run_identity
+from privimage.pipeline import run_identity
 from privimage.privacy import PrivacyLedger
 from privimage.privacy_audit import audit_run
 from privimage.training.checkpoint import save_checkpoint
@@ -43,7 +43,7 @@ def _write_run(run_dir: Path, *, method: str, sensitive, config, epsilon: float 
         atomic_write_json(run_dir / "privacy.json", {"guarantee": "none", "reason": "non-private ablation"})
         return
     ledger = PrivacyLedger(delta=config.finetune.delta, dataset_hash=sensitive.content_hash(),
-                           num_examples=len(sensitive), config_hash=config_hash(_run_identity(config)))
+                           num_examples=len(sensitive), config_hash=config_hash(run_identity(config)))
     if method == "privimage-d":
         ledger.record_semantic_query(query_noise_multiplier=config.semantics.query_noise_multiplier,
                                      k=config.semantics.k, generator="os-entropy")

@@ -111,8 +111,6 @@ def test_delta_at_or_above_one_over_n_is_refused_by_select(capsys, tmp_path, tri
     assert not (out / "selection.json").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="semantics.stage.run_selection checks selection_ratio only in build_selection, "
-                   "after training the SQF and running the noisy query; it should call semantics_per_row first")
 @pytest.mark.parametrize("ratio", ["0", "1.5"])
 def test_a_selection_ratio_outside_0_1_is_refused_before_the_query(capsys, tmp_path, tripwire, ratio):
     out = tmp_path / "select"
@@ -121,9 +119,6 @@ def test_a_selection_ratio_outside_0_1_is_refused_before_the_query(capsys, tmp_p
     assert not (out / "selection.json").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="k is checked against the public classes only inside "
-                   "semantics.query.query_semantic_distribution, after the SQF is trained; "
-                   "semantics.stage.run_selection should check 1 <= k <= public classes first")
 def test_k_above_the_number_of_public_classes_is_refused_before_training(capsys, tmp_path, tripwire):
     out = tmp_path / "select"
     refused(capsys, ["select", "--profile", "smoke", "--k", "1001", "--out", str(out)], mentions="k must")
@@ -141,9 +136,6 @@ def test_an_empty_sensitive_set_is_refused(capsys, tmp_path, tripwire):
     assert_nothing_looks_complete(out)
 
 
-@pytest.mark.xfail(strict=True, reason="a single-class sensitive set trains to the end and then fails in "
-                   "evaluation.classifiers.train_classifiers ('classifiers need images of at least 2 classes'); "
-                   "pipeline.run_method should refuse it before training when evaluate=True (or skip CA)")
 def test_a_single_class_sensitive_set_is_refused_before_training_when_evaluating(capsys, tmp_path, tripwire):
     root = tmp_path / "data"
     save_npz(root / "one.npz", **digits(200, classes=1))
@@ -170,9 +162,6 @@ def test_rgb_sensitive_against_grayscale_public_is_refused_by_select(capsys, tmp
     assert not (out / "selection.json").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline.pretraining_data does not compare the public and sensitive image "
-                   "shapes when a method pre-trains on all public data; it should call "
-                   "semantics.stage.check_compatible as the selection stage does")
 def test_rgb_sensitive_against_grayscale_public_is_refused_before_pretraining_on_all(capsys, tmp_path, tripwire):
     root = tmp_path / "data"
     save_npz(root / "rgb.npz", **digits(40, channels=3))

@@ -28,7 +28,7 @@ from privimage.errors import PrivImageError
 from privimage.privacy import PrivacyLedger
 from privimage.semantics.query import exact_semantic_distribution, query_semantic_distribution
 from privimage.semantics.query_function import QueryFunction, train_query_function
-from privimage.semantics.selection import Selection, build_selection
+from privimage.semantics.selection import Selection, build_selection, semantics_per_row
 
 
 @dataclass
@@ -84,7 +84,17 @@ def run_selection(
     semantics = config.semantics
     sensitive = sensitive if sensitive is not None else load_sensitive_train(config, data_root=data_root)
     public_train, public_val = load_public(config, data_root=data_root)
+    # Every parameter is checked before the SQF trains or the sensitive data is queried.
     check_compatible(public_train, sensitive)
+    if len(sensitive) == 0:
+        raise PrivImageError(f"the sensitive dataset '{sensitive.name}/{sensitive.split}' is empty")
+    if not 1 <= semantics.k <= public_train.num_classes:
+        raise PrivImageError(
+            f"k must lie in [1, {public_train.num_classes}] (the public classes of '{public_train.name}'), "
+            f"got {semantics.k}"
+        )
+    semantics_per_row(selection_ratio=semantics.selection_ratio, num_public_classes=public_train.num_classes,
+                      num_rows=sensitive.num_classes)
     query_function = train_query_function(
         public_train=public_train, public_val=public_val, config=semantics, seed=config.seed, progress=progress
     )
