@@ -5,7 +5,7 @@ import json
 import pytest
 
 from privimage.errors import PrivacyError
-from privimage.training.journal import DPStepJournal
+from privimage.training.journal import DPStepJournal, read_journal
 
 HEADER = {"stage": "demo", "run_hash": "abc", "noise_multiplier": 1.25, "sample_rate": 0.1}
 
@@ -55,3 +55,12 @@ def test_two_runs_cannot_share_a_folder_at_once(tmp_path):
         DPStepJournal(path, header=HEADER)
     first.close()
     DPStepJournal(path, header=HEADER).close()
+
+
+def test_an_audit_reads_the_count_while_the_run_holds_the_lock(tmp_path):
+    path = tmp_path / "journal.jsonl"
+    with DPStepJournal(path, header=HEADER) as journal:
+        journal.record_step(step=1)
+        journal.record_step(step=2)
+        header, steps = read_journal(path)
+    assert header == HEADER and steps == 2

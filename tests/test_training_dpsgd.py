@@ -183,7 +183,7 @@ def test_ledger_and_journal_count_exactly_the_logical_steps(tmp_path, monkeypatc
     assert stats["sample_rate"] == 0.1
     # The DP-SGD entry names the noise source, never a seed.
     assert ledger.entries[-1]["generator"] == "os-entropy"
-    resources = json.loads((tmp_path / "resources.json").read_text())
+    resources = json.loads((tmp_path / "resources-test_dpsgd.json").read_text())
     assert resources["stage"] == "finetuning" and resources["wall_time_s"] > 0 and resources["peak_rss_bytes"] > 0
 
 

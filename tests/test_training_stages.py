@@ -53,7 +53,7 @@ def test_diffusion_pretraining_trains_model_and_ema_for_the_fixed_budget(tmp_pat
     assert np.isfinite(stats["final_losses"]["loss"])
     assert not torch.equal(flat(model), before)
     assert stats["resources"]["stage"] == "pretraining"
-    assert (tmp_path / "resources.json").exists()
+    assert (tmp_path / "resources-pretrain_diffusion.json").exists()
 
 
 def test_pretraining_without_public_data_is_skipped(tmp_path):

@@ -88,10 +88,14 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def write_resources(run_dir: Path, record: Mapping[str, Any]) -> Path:
-    """Write a stage's time and memory record to ``<run_dir>/resources.json`` (paper Table 4)."""
-    path = Path(run_dir) / "resources.json"
-    atomic_write_json(path, dict(record))
+def write_resources(run_dir: Path, stage: str, record: Mapping[str, Any]) -> Path:
+    """Write a stage's time and memory record (paper Table 4) to ``<run_dir>/resources-<stage>.json``.
+
+    Named per stage so that it sits beside, and never overwrites, the run's own
+    ``resources.json`` when a stage shares the run folder.
+    """
+    path = Path(run_dir) / f"resources-{stage}.json"
+    atomic_write_json(path, {**record, "stage_name": stage})
     return path
 
 

@@ -411,8 +411,7 @@ def run_dp_sgd(
         # Table 4 counts the whole stage: earlier sessions up to their last checkpoint, plus this one.
         "wall_time_s_all_sessions": previous.get("wall_time_s", 0.0) + usage["wall_time_s"],
     }
-    write_resources(run_dir, {**usage, "stage_name": stage,
-                              "wall_time_s_all_sessions": stats["wall_time_s_all_sessions"]})
+    write_resources(run_dir, stage, {**usage, "wall_time_s_all_sessions": stats["wall_time_s_all_sessions"]})
     if progress:
         bar.write(f"{stage}: {total_steps} DP-SGD steps, epsilon {epsilon:.3f} (delta {ledger.delta:g}); "
                   f"checkpoints in {run_dir}", file=sys.stderr)

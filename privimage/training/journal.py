@@ -69,24 +69,14 @@ class DPStepJournal:
         self.close()
 
     def _read_existing(self) -> int:
-        text = self.path.read_text()
-        lines = text.splitlines()
-        try:
-            stored = json.loads(lines[0])["header"] if lines else None
-        except (json.JSONDecodeError, KeyError, TypeError):
-            stored = None
-        if stored is None:
-            raise PrivacyError(
-                f"{self.path}: not a DP-SGD journal (no header line); refusing to guess the budget spent"
-            )
+        stored, steps = read_journal(self.path)
         for key, wanted in self.header.items():
             if not _same(stored.get(key), wanted):
                 raise PrivacyError(
                     f"{self.path} belongs to another run: its {key} is {stored.get(key)!r}, "
                     f"this run's is {wanted!r} (use a fresh run folder)"
                 )
-        # Every non-empty line after the header is one released step, a torn last line included.
-        return sum(1 for line in lines[1:] if line.strip())
+        return steps
 
     def _append_line(self, record: Mapping[str, Any]) -> None:
         with open(self.path, "ab") as handle:
@@ -111,6 +101,26 @@ class DPStepJournal:
         """Durably note that the noisy update of logical step ``step`` is about to be applied."""
         self._append_line({"step": int(step)})
         self._steps += 1
+
+
+def read_journal(path: Path) -> tuple[dict[str, Any], int]:
+    """A journal's header and its count of released steps, read without taking the run's lock (for audits).
+
+    Args:
+        path: a ``dpsgd_journal.jsonl`` file.
+
+    Returns:
+        ``(header, steps)``; a torn last line counts as a step.
+    """
+    lines = Path(path).read_text().splitlines()
+    try:
+        header = json.loads(lines[0])["header"] if lines else None
+    except (json.JSONDecodeError, KeyError, TypeError):
+        header = None
+    if not isinstance(header, dict):
+        raise PrivacyError(f"{path}: not a DP-SGD journal (no header line); refusing to guess the budget spent")
+    # Every non-empty line after the header is one released step, a torn last line included.
+    return header, sum(1 for line in lines[1:] if line.strip())
 
 
 def _lock_exclusively(path: Path):

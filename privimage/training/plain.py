@@ -156,7 +156,7 @@ def run_plain_training(
     usage = records[-1]
     # Table 4 counts the whole stage: earlier sessions up to their last checkpoint, plus this one.
     all_sessions = earlier_wall_time + usage["wall_time_s"]
-    write_resources(run_dir, {**usage, "stage_name": stage, "wall_time_s_all_sessions": all_sessions})
+    write_resources(run_dir, stage, {**usage, "wall_time_s_all_sessions": all_sessions})
     if progress:
         bar.write(f"{stage}: {steps} steps on {dataset.name}/{dataset.split} ({len(dataset)} images); "
                   f"checkpoints in {run_dir}", file=sys.stderr)
