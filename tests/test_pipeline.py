@@ -1,0 +1,97 @@
+"""Every method of the paper end to end on a toy budget, resume, and the paper-scale dry run."""
+
+import json
+
+import numpy as np
+import pytest
+
+from privimage.config import load_config
+from privimage.methods import METHODS
+from privimage.pipeline import dry_run, run_method
+
+# The smoke profile cut further: the test checks the plumbing of every method, not quality.
+TINY = {
+    "pretrain.steps": 3, "pretrain.gan_steps": 3, "finetune.epochs": 0.05, "finetune.gan_epochs": 0.05,
+    "sampling.num_samples": 20, "sampling.ddim_steps": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory):
+    """One cache for the module, so methods share the SQF, selections and pre-trained models as in a real run."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("PRIVIMAGE_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    patch.undo()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_runs_end_to_end(method, shared_cache, tmp_path):
+    config = load_config("smoke", TINY)
+    recipe = METHODS[method]
+    epsilon = 10.0 if recipe.private else None
+    result = run_method(method=method, config=config, epsilon=epsilon, out_dir=tmp_path / method,
+                        evaluate=False, progress=False)
+    run_dir = result.run_dir
+    with np.load(run_dir / "synthetic.npz") as archive:
+        images, labels = archive["x"], archive["y"]
+    assert images.dtype == np.uint8 and images.shape == (20, 1, 32, 32)
+    # Class-balanced: two images of each digit.
+    assert np.bincount(labels, minlength=10).tolist() == [2] * 10
+    assert (run_dir / "samples.png").stat().st_size > 0
+    assert json.loads((run_dir / "config.json").read_text()) == config.to_dict()
+    privacy = json.loads((run_dir / "privacy.json").read_text())
+    if recipe.private:
+        ledger = json.loads((run_dir / "ledger.json").read_text())
+        mechanisms = [entry["mechanism"] for entry in ledger["entries"]]
+        # The query is charged exactly when the method makes one, DP-SGD always.
+        assert mechanisms.count("semantic_query") == (1 if recipe.uses_query else 0)
+        assert "dp_sgd" in mechanisms
+        assert 0.99 * epsilon <= privacy["epsilon"] <= epsilon
+    else:
+        assert privacy["guarantee"] == "none" and not (run_dir / "ledger.json").exists()
+
+
+@pytest.mark.slow
+def test_rerun_resumes_without_spending_budget_again(shared_cache, tmp_path):
+    config = load_config("smoke", TINY)
+    first = run_method(method="dpdm", config=config, epsilon=5.0, out_dir=tmp_path / "run", evaluate=False,
+                       progress=False)
+    ledger_before = json.loads((first.run_dir / "ledger.json").read_text())
+    second = run_method(method="dpdm", config=config, epsilon=5.0, out_dir=tmp_path / "run", evaluate=False,
+                        progress=False)
+    ledger_after = json.loads((second.run_dir / "ledger.json").read_text())
+    steps = lambda ledger: sum(e["steps"] for e in ledger["entries"] if e["mechanism"] == "dp_sgd")  # noqa: E731
+    assert steps(ledger_after) == steps(ledger_before) > 0
+    assert second.privacy["epsilon"] == pytest.approx(first.privacy["epsilon"])
+
+
+def test_a_run_folder_of_another_run_is_refused(shared_cache, tmp_path):
+    from privimage.errors import PrivImageError
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text(json.dumps({"method": "dpdm", "epsilon": 1.0, "seed": 0}))
+    with pytest.raises(PrivImageError, match="holds a run of dpdm"):
+        run_method(method="dpdm", config=load_config("smoke", TINY), epsilon=5.0, out_dir=tmp_path / "run",
+                   evaluate=False, progress=False)
+
+
+def test_paper_dry_run_needs_no_data_and_meets_the_target(tmp_path):
+    result = dry_run(method="privimage-d", config=load_config("paper"), epsilon=10.0, data_root=tmp_path)
+    assert result["sensitive"] == "cifar10" and result["num_examples"] == 50000
+    assert result["dataset_available"] is False
+    assert result["steps"] == 152  # paper Table 5
+    assert 0.99 * 10.0 <= result["epsilon"] <= 10.0
+    assert abs(result["num_parameters"] - 1.8e6) / 1.8e6 < 0.05
+    assert result["noise_multiplier"] > 0
+
+
+def test_nonprivate_methods_refuse_nothing_and_private_ones_need_epsilon():
+    from privimage.errors import PrivImageError
+
+    with pytest.raises(PrivImageError, match="needs --epsilon"):
+        dry_run(method="dpdm", config=load_config("smoke"), epsilon=None)
+    with pytest.raises(PrivImageError, match="positive finite"):
+        dry_run(method="dpdm", config=load_config("smoke"), epsilon=-1.0)
+    assert dry_run(method="nonpriv-d", config=load_config("smoke"), epsilon=None)["private"] is False
