@@ -37,6 +37,8 @@ from privimage.config import Config, ExperimentConfig, config_from_dict, config_
 from privimage.errors import ConfigError, PrivImageError
 
 RESULTS_ENV = "PRIVIMAGE_RESULTS"
+# What `run_method` says when it refuses a generator family it cannot train yet.
+UNTRAINABLE_MARK = "does not train"
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # Metric columns of every grid row, in table order.
@@ -193,26 +195,31 @@ def run_point(*, config: Config, point: GridPoint, data_root: Path | None = None
             run_method(method=recipe.name, config=resolved, epsilon=point.epsilon, out_dir=run_dir,
                        data_root=data_root, evaluate=True, progress=progress)
         except PrivImageError as exc:
-            # Only a generator family the pipeline cannot train is skipped; the row says so.
-            if recipe.generator == "diffusion":
+            # Only the pipeline's refusal of a generator family it cannot train is a
+            # skipped row (with its reason); every other error is a failure.
+            if recipe.generator == "diffusion" or UNTRAINABLE_MARK not in str(exc):
                 raise
             row.update(status="skipped", note=f"not run: {exc}")
             return row
     row.update(read_run(run_dir))
-    row["num_parameters"] = count_diffusion_parameters(config=resolved)
+    row["num_parameters"] = count_generator_parameters(method=recipe.name, config=resolved)
     return row
 
 
-def count_diffusion_parameters(*, config: Config) -> int:
-    """Parameters of the config's diffusion UNet for its sensitive dataset (built on the meta device, no memory)."""
+def count_generator_parameters(*, method: str, config: Config) -> int:
+    """Parameters of a method's generator (the UNet, or the GAN's generator) for the config's sensitive data."""
     from privimage.data import dataset_info
-    from privimage.models import build_unet, count_parameters
+    from privimage.methods import get_method
+    from privimage.models import build_gan, build_unet, count_parameters
 
     info = dataset_info(config.data.sensitive, "train", config=config.data)
-    channels, _, size = info["image_shape"]
-    model = build_unet(config.diffusion, image_channels=int(channels), image_size=int(size),
-                       num_classes=int(info["num_classes"]), device="meta")
-    return int(count_parameters(model))
+    channels, _, size = (int(v) for v in info["image_shape"])
+    if get_method(method).generator == "diffusion":
+        # The meta device counts without allocating (the paper-size presets are large).
+        return int(count_parameters(build_unet(config.diffusion, image_channels=channels, image_size=size,
+                                               num_classes=int(info["num_classes"]), device="meta")))
+    generator, _ = build_gan(config.gan, image_channels=channels, image_size=size, num_classes=int(info["num_classes"]))
+    return int(count_parameters(generator))
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:
@@ -675,8 +682,12 @@ def main_table(*, runs: pd.DataFrame, config: Config) -> tuple[pd.DataFrame, pd.
     spent = runs.groupby(["dataset", "method", "epsilon"], dropna=False, sort=False)["epsilon_spent"].max()
     long["epsilon_spent_max"] = [spent.get((d, m, e), math.nan) for d, m, e in
                                  zip(long["dataset"], long["method"], long["epsilon"])]
-    shaped = paper_shape(long, rows="method", columns="epsilon", metrics=METRICS,
-                         labels={"fid": "FID", "ca_lr": "CA LR", "ca_mlp": "CA MLP", "ca_cnn": "CA CNN"})
+    # The paper prints accuracy in percent; the CSV keeps fractions.
+    percent = long.copy()
+    for column in [c for c in long if c.startswith("ca_")]:
+        percent[column] = 100 * long[column]
+    shaped = paper_shape(percent, rows="method", columns="epsilon", metrics=METRICS,
+                         labels={"fid": "FID", "ca_lr": "CA LR (%)", "ca_mlp": "CA MLP (%)", "ca_cnn": "CA CNN (%)"})
     return long, shaped, table_notes(runs=runs, config=config)
 
 

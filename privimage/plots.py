@@ -154,18 +154,27 @@ def plot_sample_panels(*, datasets: Mapping[str, object], path: Path, samples_pe
     Returns:
         ``path``.
     """
+    import textwrap
+
     from privimage.evaluation import class_grid
 
     if not datasets:
         raise PrivImageError("plot_sample_panels needs at least one dataset")
     plt = _pyplot()
-    figure, axes_list = plt.subplots(1, len(datasets), figsize=(2.6 * len(datasets), 4.2), squeeze=False)
-    for axes, (name, dataset) in zip(axes_list[0], datasets.items()):
+    figure, axes_list = plt.subplots(1, len(datasets), figsize=(3.2 * len(datasets) + 1.0, 4.6), squeeze=False)
+    for column, (axes, (name, dataset)) in enumerate(zip(axes_list[0], datasets.items())):
         grid = class_grid(dataset=dataset, samples_per_class=samples_per_class, seed=seed)
         gray = grid.shape[-1] == 1
         axes.imshow(grid[..., 0] if gray else grid, cmap="gray" if gray else None, vmin=0, vmax=255,
                     interpolation="nearest")
-        axes.set(title=name, xticks=[], yticks=[])
+        axes.set_title("\n".join(textwrap.wrap(name, 28)), fontsize="medium")
+        axes.set_xticks([])
+        # Class names once, beside the first panel's rows.
+        cell = dataset.image_shape[1] + 2
+        axes.set_yticks([2 + row * cell + dataset.image_shape[1] / 2 for row in range(dataset.num_classes)]
+                        if column == 0 else [])
+        if column == 0:
+            axes.set_yticklabels(dataset.class_names, fontsize="small")
     if title:
         figure.suptitle(title)
     return save_figure(figure, path)

@@ -127,6 +127,27 @@ def test_a_gan_the_pipeline_cannot_train_is_skipped_with_its_reason(tmp_path, mo
         experiments.run_point(config=config, point=experiments.GridPoint(method="dpdm", epsilon=1.0, seed=0))
 
 
+def test_any_other_error_of_a_gan_run_is_a_failure(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRIVIMAGE_CACHE", str(tmp_path / "cache"))
+
+    def broken(**kwargs):
+        raise PrivImageError("gan.update_ratio must be positive")
+
+    monkeypatch.setattr("privimage.pipeline.run_method", broken)
+    with pytest.raises(PrivImageError, match="update_ratio"):
+        experiments.run_point(config=load_config("smoke"),
+                              point=experiments.GridPoint(method="dpgan", epsilon=1.0, seed=0))
+
+
+def test_generator_parameters_follow_the_preset_and_the_family():
+    config = load_config("smoke")
+    sizes = {preset: experiments.count_generator_parameters(
+        method="privimage-d", config=load_config("smoke", {"diffusion.preset": preset})) for preset in ("tiny", "1.8M")}
+    assert sizes["tiny"] < 100_000 < 1_000_000 < sizes["1.8M"] < 2_500_000
+    gan = experiments.count_generator_parameters(method="dpgan", config=config)
+    assert gan > 0 and gan != sizes["tiny"]
+
+
 def test_stage_costs_report_the_first_measurement_of_each_stage(tmp_path):
     folder = _finished_run(tmp_path / "run")
     costs = {row["stage"]: row for row in experiments.stage_costs(folder)}
@@ -182,6 +203,7 @@ def test_main_table_long_form_and_paper_shape():
     assert long.set_index("method").loc["privimage-d", "epsilon_spent_max"] == 9.95
     assert list(shaped["method"]) == ["privimage-d", "dpgan"]
     assert shaped.loc[0, "epsilon 10 FID"].startswith("12 ± 2.8")
+    assert shaped.loc[0, "epsilon 10 CA LR (%)"].startswith("60 ± 14")
     assert shaped.loc[1, "epsilon 10 FID"] == tables.MISSING
     assert any("offline-smallcnn-glyphs1k" in n for n in notes) and any("replaces" in n for n in notes)
     assert any(n.startswith("dpgan skipped") for n in notes)
