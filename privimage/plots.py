@@ -96,8 +96,9 @@ def plot_metric_sweep(
     for axes in (fid_axes, ca_axes):
         if log_x and numeric:
             axes.set_xscale("log")
-        if not numeric:
-            axes.set_xticks(positions, [str(v) for v in done[x]])
+            axes.minorticks_off()
+        # Ticks at the swept values themselves, written as given.
+        axes.set_xticks(positions, [f"{v:g}" if isinstance(v, float) else str(v) for v in done[x]])
         axes.grid(alpha=0.3)
     ca_axes.legend(fontsize="small", frameon=False)
     if reference and reference_label:
@@ -127,11 +128,14 @@ def plot_pretrained_and_sds(*, pretrained: pd.DataFrame, sds: pd.DataFrame, path
     fid_axes.set(ylabel="FID before fine-tuning", title="pre-trained only")
     fid_axes.tick_params(axis="x", rotation=20)
     selected = sds[sds["subset"] == "selected"].sort_values("selection_ratio")
-    sds_axes.errorbar(100 * selected["selection_ratio"].to_numpy(dtype=float), selected["sds"].to_numpy(dtype=float),
+    percent = 100 * selected["selection_ratio"].to_numpy(dtype=float)
+    sds_axes.errorbar(percent, selected["sds"].to_numpy(dtype=float),
                       yerr=_errors(selected, "sds"), marker="o", capsize=3, label="selected by the noisy query")
     for value in sds.loc[sds["subset"] == "all public", "sds"]:
         sds_axes.axhline(float(value), linestyle="--", color="grey", label="all public data")
     sds_axes.set(xscale="log", xlabel="selection ratio (%)", ylabel="SDS with the sensitive data", title="semantics")
+    sds_axes.minorticks_off()
+    sds_axes.set_xticks(percent, [f"{v:g}" for v in percent])
     sds_axes.legend(fontsize="small", frameon=False)
     for axes in (fid_axes, sds_axes):
         axes.grid(alpha=0.3)
