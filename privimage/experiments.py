@@ -694,8 +694,8 @@ def main_table(*, runs: pd.DataFrame, config: Config) -> tuple[pd.DataFrame, pd.
 def table_notes(*, runs: pd.DataFrame, config: Config) -> list[str]:
     """The header lines every result table carries: datasets, FID backbone, test split use, seeds, skipped runs."""
     notes = [benchmark_note(config), describe_fid(runs),
-             f"CA: accuracy of LR/MLP/CNN trained on synthetic data, tested on the {config.data.sensitive} "
-             "test split (reporting only; no selection or tuning used it).",
+             "CA: accuracy (fraction correct) of LR/MLP/CNN trained on synthetic data, tested on the "
+             f"{config.data.sensitive} test split (reporting only; no selection or tuning used it).",
              f"Profile '{config.profile}', delta {config.finetune.delta:g}, seeds "
              f"{sorted(set(int(s) for s in runs['seed'].dropna()))} (mean ± std where several)."]
     skipped = runs[runs["status"] == "skipped"]

@@ -29,6 +29,9 @@ def format_value(value, *, digits: int = 3) -> str:
         return MISSING
     if isinstance(value, bool):
         return str(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e6:
+        # Counts averaged over seeds stay readable (4000, not 4e+03).
+        return str(int(value))
     if isinstance(value, (int, float)):
         return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
     return str(value).replace("|", "\\|").replace("\n", " ")

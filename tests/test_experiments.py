@@ -226,6 +226,7 @@ def test_write_table_writes_csv_and_annotated_markdown(tmp_path):
     text = md_path.read_text()
     assert text.startswith("# Title") and "- FID backbone: x" in text
     assert "| a\\|b | 1.23 |" in text and "| c | - |" in text
+    assert tables.format_value(4000.0) == "4000" and tables.format_value(0.12345) == "0.123"
     assert not list(tmp_path.glob(".*tmp"))
 
 
