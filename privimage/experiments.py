@@ -2,14 +2,24 @@
 
 Each notebook (DESIGN.md, "Research questions -> notebooks") resolves its
 parameters with `experiment_config`, calls one grid function here, and hands the
-resulting DataFrame to `privimage.tables` and `privimage.plots`. Nothing here
-trains by itself: every run goes through `privimage.pipeline.run_method`, whose
-stages are cached (STYLE.md rule 4), so two notebooks asking for the same run
-share it, and a run that finished before is read back without touching a model.
+resulting DataFrame to `privimage.tables` and `privimage.plots`:
+
+- 00 tour: `run_point`, `private_selection`, `selection_histogram`, `ledger_table`, `pretrained_only`;
+- 01 Table 2, Fig. 4-5: `main_grid`, `main_table`, `tsne_points`, `load_run_synthetic`;
+- 02 Fig. 6, 10: `pretrained_only_grid`, `sds_by_ratio`, `private_selection`;
+- 03, 04 Fig. 7: `selection_ratio_grid`, `model_size_grid`;
+- 05 Table 3: `nonprivate_grid`; 06 Table 4: `resource_grid`; 07 Fig. 8: `overparameterization_grid`.
+
+No training loop or metric lives here: every run goes through
+`privimage.pipeline.run_method`, metrics through `privimage.evaluation`. Stages
+are cached (STYLE.md rule 4), so two notebooks asking for the same run share it,
+and a run that finished before is read back without touching a model. Results
+go to `results_dir(profile)`: ``$PRIVIMAGE_RESULTS/<profile>``, else
+``<repo>/results/<profile>``; run folders to ``cache_root()/runs/<profile>/``.
 
 A row of a grid DataFrame is one run (method, epsilon, seed and the swept
 parameter) with ``status`` "ok" or "skipped" and a ``note`` saying why a run was
-skipped (a GAN method while `run_method` cannot train GANs). `summarize` turns
+skipped (a GAN method while `run_method` refuses to train GANs). `summarize` turns
 rows into means over seeds with a ``*_std`` column beside each metric.
 
 Privacy (DESIGN.md): FID and accuracy use the sensitive test split for reporting
@@ -611,7 +621,9 @@ def nonprivate_grid(*, config: Config, data_root: Path | None = None, progress: 
 # --------------------------------------------------------------------------- Table 4 (resources)
 
 
-def resource_grid(*, config: Config, data_root: Path | None = None, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+def resource_grid(
+    *, config: Config, data_root: Path | None = None, progress: bool = True
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Privimage+D and PDP-Diffusion at ``sweep_epsilon`` with their Table 4 model sizes; time and memory per stage.
 
     Timings are those of the session that computed each stage (cached stages
@@ -726,7 +738,8 @@ def public_preview(*, config: Config, class_names: Sequence[str] | None = None, 
     public = load_dataset(config.data.public, "train", data_root=data_root, config=config.data)
     if class_names is None:
         rng = np.random.default_rng(config.seed)
-        class_names = [public.class_names[i] for i in sorted(rng.choice(public.num_classes, num_classes, replace=False))]
+        drawn = sorted(rng.choice(public.num_classes, num_classes, replace=False))
+        class_names = [public.class_names[i] for i in drawn]
     return relabel_selected(public=public, selected={name: [name] for name in class_names})
 
 
