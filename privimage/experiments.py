@@ -89,6 +89,17 @@ def figures_dir(profile: str) -> Path:
     return results_dir(profile) / "figures"
 
 
+def resolve_data_root(data_root: Path | None = None) -> Path:
+    """Where real datasets live: ``data_root``, else ``$PRIVIMAGE_DATA``, else ``<repo>/data``.
+
+    Notebooks run with ``notebooks/`` as working directory, where the CLI's
+    ``./data`` default would point to the wrong folder.
+    """
+    if data_root is not None:
+        return Path(data_root)
+    return Path(os.environ["PRIVIMAGE_DATA"]) if os.environ.get("PRIVIMAGE_DATA") else _REPO_ROOT / "data"
+
+
 def experiment_config(*, profile: str, seed: int | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
     """Resolve a notebook's parameters into a `Config` (strict: unknown keys are errors).
 
@@ -188,6 +199,7 @@ def run_point(*, config: Config, point: GridPoint, data_root: Path | None = None
     Returns:
         A dict with the keys of `RUN_COLUMNS` plus ``point.labels``.
     """
+    data_root = resolve_data_root(data_root)
     from privimage.methods import get_method
     from privimage.pipeline import run_method
 
@@ -363,6 +375,7 @@ def tsne_points(*, run_dir: Path, config: Config, data_root: Path | None = None,
     Returns:
         ``{"points": N x 2, "labels": N, "class_names": tuple}``.
     """
+    data_root = resolve_data_root(data_root)
     from privimage.cache import atomic_save_npz
     from privimage.evaluation import cnn_embeddings, train_classifiers, tsne_embedding
     from privimage.evaluation.datasets import load_test_split
@@ -389,6 +402,7 @@ def sensitive_test_frequencies(*, config: Config, data_root: Path | None = None)
 
     The training split's class counts would be read outside any DP mechanism.
     """
+    data_root = resolve_data_root(data_root)
     from privimage.evaluation.datasets import load_test_split
     from privimage.semantics import dataset_frequencies
 
@@ -404,6 +418,7 @@ def private_selection(*, config: Config, data_root: Path | None = None, progress
     Returns:
         ``(selected ImageDataset, summary dict)``.
     """
+    data_root = resolve_data_root(data_root)
     from privimage.data import load_sensitive_train
     from privimage.methods import get_method
     from privimage.pipeline import selection_stage
@@ -426,6 +441,7 @@ def sds_by_ratio(*, config: Config, data_root: Path | None = None, progress: boo
     Returns:
         Columns ``dataset, public, seed, selection_ratio, subset, num_images, sds, query_epsilon, status, note``.
     """
+    data_root = resolve_data_root(data_root)
     from privimage.data import load_dataset
     from privimage.privacy import PrivacyLedger
     from privimage.semantics import dataset_frequencies, semantic_distribution_similarity
@@ -479,6 +495,7 @@ def pretrained_only(*, config: Config, method: str, data_root: Path | None = Non
     Returns:
         ``{"method", "seed", "status", "note", "fid", "fid_backbone", "fid_num_synthetic", "samples_dir"}``.
     """
+    data_root = resolve_data_root(data_root)
     import torch
 
     from privimage.data import load_sensitive_train
@@ -582,6 +599,7 @@ def nonprivate_accuracy(*, config: Config, data_root: Path | None = None, progre
     Returns:
         ``{"ca_lr", "ca_mlp", "ca_cnn", "note"}``.
     """
+    data_root = resolve_data_root(data_root)
     from privimage.data import load_sensitive_train
     from privimage.evaluation import classification_accuracy
     from privimage.evaluation.datasets import load_test_split
@@ -732,6 +750,7 @@ def public_preview(*, config: Config, class_names: Sequence[str] | None = None, 
     Returns:
         The images of those classes, labelled 0..len-1 in the given order.
     """
+    data_root = resolve_data_root(data_root)
     from privimage.data import load_dataset
     from privimage.semantics.selection import relabel_selected
 

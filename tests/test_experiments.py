@@ -292,3 +292,12 @@ def test_ledger_table_composes_to_the_ledger_epsilon(tmp_path):
     assert table["epsilon_cumulative"].iloc[-1] == pytest.approx(ledger.epsilon())
     # The query's noise is large: it costs far less than DP-SGD, and composition is not free.
     assert table["epsilon_alone"].iloc[0] < table["epsilon_alone"].iloc[1] < table["epsilon_cumulative"].iloc[1]
+
+
+def test_data_root_is_absolute_whatever_the_working_directory(monkeypatch, tmp_path):
+    monkeypatch.delenv("PRIVIMAGE_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert experiments.resolve_data_root() == Path(experiments.__file__).resolve().parent.parent / "data"
+    monkeypatch.setenv("PRIVIMAGE_DATA", str(tmp_path / "d"))
+    assert experiments.resolve_data_root() == tmp_path / "d"
+    assert experiments.resolve_data_root(tmp_path / "x") == tmp_path / "x"
