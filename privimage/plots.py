@@ -103,7 +103,7 @@ def plot_metric_sweep(
     ca_axes.legend(fontsize="small", frameon=False)
     if reference and reference_label:
         fid_axes.legend(fontsize="small", frameon=False)
-    figure.suptitle(title)
+    figure.suptitle(title, y=1.02)
     return save_figure(figure, path)
 
 
@@ -140,7 +140,7 @@ def plot_pretrained_and_sds(*, pretrained: pd.DataFrame, sds: pd.DataFrame, path
     for axes in (fid_axes, sds_axes):
         axes.grid(alpha=0.3)
     if title:
-        figure.suptitle(title)
+        figure.suptitle(title, y=1.04)
     return save_figure(figure, path)
 
 
@@ -180,7 +180,7 @@ def plot_sample_panels(*, datasets: Mapping[str, object], path: Path, samples_pe
         if column == 0:
             axes.set_yticklabels(dataset.class_names, fontsize="small")
     if title:
-        figure.suptitle(title)
+        figure.suptitle(title, y=1.04)
     return save_figure(figure, path)
 
 
@@ -250,5 +250,5 @@ def plot_stage_costs(*, stages: pd.DataFrame, path: Path, title: str = "") -> Pa
         axes.grid(alpha=0.3, axis="y")
     time_axes.legend(fontsize="small", frameon=False)
     if title:
-        figure.suptitle(title)
+        figure.suptitle(title, y=1.04)
     return save_figure(figure, path)
