@@ -305,7 +305,8 @@ def summarize(runs: pd.DataFrame, *, by: Iterable[str], metrics: Iterable[str] =
         metrics: the metric columns to average.
 
     Returns:
-        One row per group: the keys, ``num_seeds``, each metric and (several seeds) its std, ``status``, ``note``.
+        One row per group: the keys, ``num_seeds``, each metric and (several seeds) its std,
+        ``epsilon_spent_max`` (when the runs have ``epsilon_spent``), ``status``, ``note``.
     """
     by, metrics = list(by), list(metrics)
     several = runs.groupby(by, dropna=False, sort=False)["seed"].nunique().max() > 1 if len(runs) else False
@@ -320,6 +321,10 @@ def summarize(runs: pd.DataFrame, *, by: Iterable[str], metrics: Iterable[str] =
             row[metric] = float(values.mean()) if len(values) else math.nan
             if several:
                 row[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+        if "epsilon_spent" in group:
+            # The largest epsilon any seed's ledger spent: the guarantee the row can claim.
+            spent = pd.to_numeric(done["epsilon_spent"], errors="coerce").dropna()
+            row["epsilon_spent_max"] = float(spent.max()) if len(spent) else math.nan
         row["status"] = "ok" if len(done) == len(group) else ("skipped" if not len(done) else "partial")
         row["note"] = "; ".join(sorted(set(n for n in group["note"] if n)))
         rows.append(row)
@@ -709,9 +714,6 @@ def main_table(*, runs: pd.DataFrame, config: Config) -> tuple[pd.DataFrame, pd.
     from privimage.tables import paper_shape
 
     long = summarize(runs, by=["dataset", "method", "epsilon"])
-    spent = runs.groupby(["dataset", "method", "epsilon"], dropna=False, sort=False)["epsilon_spent"].max()
-    long["epsilon_spent_max"] = [spent.get((d, m, e), math.nan) for d, m, e in
-                                 zip(long["dataset"], long["method"], long["epsilon"])]
     # The paper prints accuracy in percent; the CSV keeps fractions.
     percent = long.copy()
     for column in [c for c in long if c.startswith("ca_")]:

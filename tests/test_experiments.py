@@ -187,6 +187,9 @@ def test_summarize_averages_seeds_and_keeps_skipped_methods():
     assert summary.loc["privimage-d", "ca_mlp_std"] == 0.0 and summary.loc["privimage-d", "num_seeds"] == 2
     assert summary.loc["dpgan", "status"] == "skipped" and summary.loc["dpgan", "note"] == "not run: GAN"
     assert math.isnan(summary.loc["dpgan", "fid"]) and summary.loc["dpgan", "num_seeds"] == 0
+    # The guarantee of a row is its worst seed's ledger.
+    assert summary.loc["privimage-d", "epsilon_spent_max"] == 9.95
+    assert math.isnan(summary.loc["dpgan", "epsilon_spent_max"])
 
 
 def test_summarize_has_no_std_column_with_one_seed():
