@@ -48,7 +48,7 @@ def stand_in_public():
 @pytest.fixture(scope="module")
 def offline():
     train, validation = stand_in_public()
-    config = load_config("smoke", {"evaluation.fid_backbone_epochs": 2})
+    config = load_config("smoke", {"evaluation.fid_backbone_epochs": 3})
     return load_fid_backbone(config=config, public_train=train, public_validation=validation)
 
 
@@ -93,7 +93,7 @@ def test_backbone_and_reference_statistics_are_cached(offline, mnist_test, monke
     train, validation = stand_in_public()
     # A second request must load the cached instrument, not train again.
     monkeypatch.setattr(backbone_module, "fit_cnn", lambda **_: pytest.fail("backbone retrained"))
-    again = load_fid_backbone(config=load_config("smoke", {"evaluation.fid_backbone_epochs": 2}),
+    again = load_fid_backbone(config=load_config("smoke", {"evaluation.fid_backbone_epochs": 3}),
                               public_train=train, public_validation=validation)
     images = mnist_test.images[:50]
     np.testing.assert_allclose(again.features(images), offline.features(images))
@@ -215,6 +215,11 @@ def test_not_a_state_dict_is_a_clear_error(tmp_path):
     config = load_config("smoke", {"evaluation.fid_backbone": "inception", "evaluation.inception_weights": str(bad),
                                    "evaluation.fid_inception_dims": 64})
     with pytest.raises(DataError, match="not a pytorch-fid Inception state dict"):
+        load_fid_backbone(config=config)
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    config = load_config("smoke", {"evaluation.fid_backbone": "inception", "evaluation.inception_weights": str(garbage)})
+    with pytest.raises(DataError, match="not a readable PyTorch weights file"):
         load_fid_backbone(config=config)
 
 

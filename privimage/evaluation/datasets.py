@@ -21,6 +21,22 @@ PUBLIC_TRAIN_SPLIT = "train"
 PUBLIC_VALIDATION_SPLIT = "val"
 
 
+def _registry_loader():
+    """``privimage.data.load_dataset`` (the registry), or None in an installation without it."""
+    import privimage.data
+
+    if hasattr(privimage.data, "load_dataset"):
+        return privimage.data.load_dataset
+    try:
+        from privimage.data.registry import load_dataset
+    except ModuleNotFoundError as exc:
+        # Only a missing registry module is tolerated; a broken one must surface.
+        if exc.name != "privimage.data.registry":
+            raise
+        return None
+    return load_dataset
+
+
 def load_split(*, name: str, split: str, data_root: Path | None = None, config: DataConfig | None = None) -> ImageDataset:
     """Load one split of a named dataset through the data registry.
 
@@ -33,10 +49,7 @@ def load_split(*, name: str, split: str, data_root: Path | None = None, config: 
     Returns:
         The `ImageDataset`.
     """
-    try:
-        from privimage.data import load_dataset  # the registry, when installed
-    except ImportError:
-        load_dataset = None
+    load_dataset = _registry_loader()
     if load_dataset is not None:
         return load_dataset(name, split, data_root=data_root, config=config)
     # Without the registry only the embedded sensitive dataset is reachable.

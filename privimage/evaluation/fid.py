@@ -202,7 +202,8 @@ class InceptionFeatures(FeatureExtractor):
         self.device = device or default_device()
         self.identity = f"inception-{dims}-{_file_digest(weights)}"
         with _local_inception_weights(weights):
-            self.model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[dims]]).to(self.device).eval()
+            model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[dims]])
+        self.model = model.to(self.device).eval()
 
     def _batch_features(self, batch: torch.Tensor) -> torch.Tensor:
         # pytorch-fid reads image files as RGB floats in [0, 1]; InceptionV3 resizes to 299 itself.
@@ -259,7 +260,10 @@ def _local_inception_weights(path: Path):
     import pytorch_fid.inception as fid_inception
 
     def load_local(url, *args, **kwargs):
-        return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - unpickling errors have many types; one line for the user
+            raise DataError(f"{path}: not a readable PyTorch weights file ({exc.__class__.__name__})") from None
 
     with _INCEPTION_LOCK:
         original = fid_inception.load_state_dict_from_url
