@@ -127,3 +127,32 @@ def test_bad_split_and_sizes():
         load_glyphs1k("test", TINY)
     with pytest.raises(DataError, match="at least one image per class"):
         generate(DataConfig(glyphs_val_per_class=0), progress=False)
+
+
+def test_thinning_keeps_topology_and_leaves_one_pixel_lines():
+    rows, cols = np.mgrid[0:40, 0:40]
+    radius = np.hypot(rows - 19.5, cols - 19.5)
+    ring = (radius > 10) & (radius < 16)
+    skeleton = glyphs.thin(ring)
+    assert skeleton.sum() < ring.sum() / 3 and (skeleton <= ring).all()
+    # Still one closed loop: one hole, one component.
+    assert ndimage.label(skeleton, structure=np.ones((3, 3)))[1] == 1
+    assert ndimage.label(~skeleton)[1] == 2
+    bar = np.zeros((20, 40), dtype=bool)
+    bar[8:13, 5:35] = True
+    line = glyphs.thin(bar)
+    assert line[:, 10:30].sum(axis=0).tolist() == [1] * 20
+
+
+def test_pen_stroke_has_the_drawn_width():
+    """A retraced bar is about as wide as the random pen, whatever the font's stroke was."""
+    canvas = np.zeros((64, 64), dtype=np.float32)
+    canvas[28:38, 10:54] = 1.0  # a 10-px-thick stroke, 44 px long
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        state = rng.bit_generator.state
+        width = rng.uniform(*glyphs.PEN_WIDTH_RANGE) * 44
+        rng.bit_generator.state = state
+        stroke = glyphs._pen_stroke(canvas, rng)
+        measured = stroke[:, 32].sum()
+        assert abs(measured - width) < 1.5, (measured, width)

@@ -152,6 +152,12 @@ def header_info(paths: Sequence[str], what: str) -> tuple[list[tuple[int, int]],
     return sizes, modes
 
 
+def process_pool(workers: int):
+    """A pool of worker processes: forked where possible (no re-import of the caller's script)."""
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    return multiprocessing.get_context(method).Pool(workers)
+
+
 def _manifest_hash(paths: Sequence[str], settings: dict) -> str:
     """Hash of the file list (name, size, mtime) and the decode settings."""
     digest = hashlib.sha256(repr(sorted(settings.items())).encode())
@@ -219,7 +225,7 @@ def decode_images(
     workers = workers or ((os.cpu_count() or 1) if large else 1)
     bar = dict(total=len(tasks), desc=f"decoding {what}", unit="img", disable=not progress or not large)
     if workers > 1:
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        with process_pool(workers) as pool:
             arrays = list(tqdm(pool.imap(_decode, tasks, chunksize=256), **bar))
     else:
         arrays = [_decode(task) for task in tqdm(tasks, **bar)]
