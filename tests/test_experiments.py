@@ -31,8 +31,10 @@ def test_results_dir_honours_the_environment_and_creates_the_layout(tmp_path, mo
 
 def test_results_dir_defaults_to_the_repository(monkeypatch, tmp_path):
     monkeypatch.delenv(experiments.RESULTS_ENV, raising=False)
-    folder = experiments.results_dir("smoke")
-    assert folder == Path(experiments.__file__).resolve().parent.parent / "results" / "smoke"
+    assert experiments._REPO_ROOT == Path(experiments.__file__).resolve().parent.parent
+    # A stand-in repository root, so the test writes nothing into the checkout.
+    monkeypatch.setattr(experiments, "_REPO_ROOT", tmp_path)
+    assert experiments.results_dir("smoke") == tmp_path / "results" / "smoke"
 
 
 def test_experiment_config_is_strict_and_sets_the_seed():
