@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from privimage.cache import atomic_save_npz, atomic_torch_save, atomic_write_json, cache_root, stage_dir
-from privimage.config import Config, config_hash
+from privimage.config import Config, config_from_dict, config_hash
 from privimage.data import dataset_info, load_dataset, load_sensitive_train
 from privimage.data.base import ImageDataset
 from privimage.errors import PrivImageError
@@ -59,14 +59,10 @@ class RunResult:
 
 
 def default_run_dir(*, method: Method, config: Config, epsilon: float | None) -> Path:
-    """``runs/<profile>/<method>-<sensitive>-eps<E>-seed<S>-<config hash>``."""
+    """``<cache root>/runs/<profile>/<method>-<sensitive>-eps<E>-seed<S>-<config hash>``."""
     tag = "nonprivate" if epsilon is None else f"eps{epsilon:g}"
     name = f"{method.name}-{config.data.sensitive}-{tag}-seed{config.seed}-{config_hash(run_identity(config))[:8]}"
-    return cache_root().parent / "runs" / config.profile / name if _in_checkout() else Path("runs") / name
-
-
-def _in_checkout() -> bool:
-    return (cache_root().parent / "pyproject.toml").is_file()
+    return cache_root() / "runs" / config.profile / name
 
 
 def run_identity(config: Config) -> dict[str, Any]:
@@ -199,7 +195,7 @@ def pretrain_stage(
     key = config_hash({
         "generator": method.generator, "model": model_section,
         "pretrain": dataclasses.asdict(config.pretrain), "data": data_key, "seed": config.seed,
-        "num_classes": num_classes, "unconditional": public_is_all,
+        "num_classes": num_classes, "unconditional": public_is_all, "file_format": 2,
     })
     directory = stage_dir("pretrain", key)
     final_path = directory / "pretrained.pt"
@@ -413,7 +409,8 @@ def _check_same_run(run_dir: Path, *, method: str, epsilon: float | None, config
                 f"{run_dir} holds a run of {previous.get('method')} at epsilon {previous.get('epsilon')} "
                 f"seed {previous.get('seed')}; choose another --out"
             )
-    if config_json.is_file() and json.loads(config_json.read_text()) != config.to_dict():
+    # The experiment grid section does not change one run (run_identity), so it may differ.
+    if config_json.is_file() and run_identity(config_from_dict(json.loads(config_json.read_text()))) != run_identity(config):
         raise PrivImageError(f"{run_dir} was run with another config; choose another --out")
 
 

@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--epsilon", type=float, default=None, help="total privacy budget of the run (query + DP-SGD)")
     run.add_argument("--delta", type=float, default=None, help="delta (default: the profile's, below 1/N)")
     run.add_argument("--seed", type=int, default=None, help="seed of initialisation, sampling and evaluation (never DP noise)")
-    run.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<profile>/<method>-...)")
+    run.add_argument("--out", type=Path, default=None, help="run folder (default: <cache>/runs/<profile>/<method>-...)")
     run.add_argument("--dry-run", action="store_true",
                      help="resolve the config and privacy schedule without training; print JSON")
     run.add_argument("--no-evaluate", action="store_true", help="skip FID and classifier accuracy")
