@@ -36,6 +36,29 @@ def test_thousand_named_classes_include_the_digits():
     assert min(len(f) for f in faces) >= glyphs.MIN_FACES and len(glyphs.font_files()) == 16
 
 
+def test_homoglyphs_are_one_class():
+    """Latin A, Greek Alpha and Cyrillic A render alike: only the first is a class."""
+    characters = set(glyph_table()[0])
+    assert "A" in characters and "\u0391" not in characters and "\u0410" not in characters
+    assert "O" in characters and "\u039f" not in characters and "\u041e" not in characters
+    # Look-alikes that differ stay: the digits keep their neighbours.
+    assert {"O", "l", "I", "\u0417"} <= characters  # O, l, I, Cyrillic Ze
+
+
+def test_class_table_is_cached_on_disk(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRIVIMAGE_CACHE", str(tmp_path))
+    path = glyphs._table_cache_path()
+    assert path.parent == tmp_path / "glyphs1k"
+    glyphs.glyph_table.cache_clear()
+    try:
+        table = glyphs.glyph_table()
+        assert path.is_file()
+        glyphs.glyph_table.cache_clear()
+        assert glyphs.glyph_table() == table
+    finally:
+        glyphs.glyph_table.cache_clear()
+
+
 @pytest.mark.parametrize(
     "character, eligible",
     [("7", True), ("A", True), ("\u03b1", True), ("\u2192", True),

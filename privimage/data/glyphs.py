@@ -28,6 +28,7 @@ cached atomically under ``cache_root()/glyphs1k/<hash of the settings>/``.
 from __future__ import annotations
 
 import functools
+import json
 import time
 import unicodedata
 import zipfile
@@ -53,6 +54,9 @@ GENERATOR_VERSION = 3
 FACE_PREFIXES = ("DejaVuSans", "DejaVuSerif", "STIXGeneral")
 # A character must be drawn by at least this many of the 16 faces ("most of them").
 MIN_FACES = 12
+# Two characters whose plain renderings agree this closely (mean cosine similarity over
+# the faces drawing both, after MNIST's size normalisation) are homoglyphs: one class.
+HOMOGLYPH_SIMILARITY = 0.95
 DIGIT_NAMES = tuple(unicodedata.name(str(d)) for d in range(10))
 
 # Rendering canvas: large enough that the 20x20 fit averages over many pixels
@@ -119,39 +123,86 @@ def is_eligible(character: str) -> bool:
     return bool(unicodedata.name(character, ""))
 
 
-@functools.lru_cache(maxsize=1)
-def glyph_table() -> tuple[tuple[str, ...], tuple[tuple[int, ...], ...]]:
-    """The 1,000 characters (in code point order) and, for each, the faces that draw it.
-
-    Characters are ranked by how many faces draw them with a non-empty bitmap,
-    ties broken by code point, and the first 1,000 taken; the ten digits are
-    always among them (every face draws them).
-    """
+def _faces_drawing_each_character() -> dict[str, list[int]]:
+    """For every eligible character, the faces whose outline for it is non-empty."""
     from matplotlib import ft2font
 
-    files = font_files()
     faces_of: dict[str, list[int]] = {}
-    fonts = [ImageFont.truetype(str(path), FONT_SIZE) for path in files]
-    for face_index, path in enumerate(files):
+    for face_index, path in enumerate(font_files()):
+        font = _font(face_index)
         for codepoint in ft2font.FT2Font(str(path)).get_charmap():
             character = chr(codepoint)
             if not is_eligible(character):
                 continue
             # A mapped code point can still have an empty outline.
-            left, top, right, bottom = fonts[face_index].getbbox(character)
+            left, top, right, bottom = font.getbbox(character)
             if right > left and bottom > top:
                 faces_of.setdefault(character, []).append(face_index)
-    ranked = sorted(
-        (c for c, faces in faces_of.items() if len(faces) >= MIN_FACES),
+    return faces_of
+
+
+def _homoglyph_similarity(candidates: list[str], faces_of: dict[str, list[int]]) -> np.ndarray:
+    """Mean cosine similarity of plain MNIST-format renderings, over the faces drawing both characters."""
+    num_faces = len(font_files())
+    vectors = np.zeros((num_faces, len(candidates), 32 * 32), dtype=np.float32)
+    for index, character in enumerate(candidates):
+        for face_index in faces_of[character]:
+            pixels = mnist_format(_draw(character, face_index)).astype(np.float32).ravel()
+            vectors[face_index, index] = pixels / max(np.linalg.norm(pixels), 1e-6)
+    drawn = (vectors != 0).any(axis=2).astype(np.float32)
+    total = sum(vectors[f] @ vectors[f].T for f in range(num_faces))
+    shared = drawn.T @ drawn
+    return total / np.maximum(shared, 1.0)
+
+
+def _table_cache_path() -> Path:
+    fonts = [(path.name, path.stat().st_size) for path in font_files()]
+    key = config_hash({"version": GENERATOR_VERSION, "fonts": fonts, "min_faces": MIN_FACES,
+                       "homoglyph": HOMOGLYPH_SIMILARITY, "unicode": unicodedata.unidata_version})
+    return cache_root() / NAME / f"classes-{key}.json"
+
+
+@functools.lru_cache(maxsize=1)
+def glyph_table() -> tuple[tuple[str, ...], tuple[tuple[int, ...], ...]]:
+    """The 1,000 characters (in code point order) and, for each, the faces that draw it.
+
+    The ten digits come first; then characters are ranked by how many faces
+    draw them with a non-empty bitmap (at least `MIN_FACES`), ties broken by
+    code point, and taken in that order unless they are a homoglyph of a
+    character already taken (Greek Alpha and Cyrillic A of Latin A: after
+    MNIST's normalisation no classifier could tell such classes apart). The
+    result depends on the font files only; it is computed once (seconds) and
+    cached.
+    """
+    cached = _table_cache_path()
+    if cached.is_file():
+        try:
+            table = json.loads(cached.read_text())
+            return tuple(table["characters"]), tuple(tuple(faces) for faces in table["faces"])
+        except (OSError, ValueError, KeyError):
+            pass  # recomputed below and rewritten
+    faces_of = _faces_drawing_each_character()
+    digits = [str(d) for d in range(10)]
+    candidates = digits + sorted(
+        (c for c, faces in faces_of.items() if len(faces) >= MIN_FACES and c not in digits),
         key=lambda c: (-len(faces_of[c]), ord(c)),
     )
-    if len(ranked) < NUM_CLASSES:
+    similarity = _homoglyph_similarity(candidates, faces_of)
+    taken: list[int] = []
+    for index in range(len(candidates)):
+        if len(taken) == NUM_CLASSES:
+            break
+        if not taken or similarity[index, taken].max() < HOMOGLYPH_SIMILARITY:
+            taken.append(index)
+    if len(taken) < NUM_CLASSES:
         raise DataError(
-            f"glyphs1k: matplotlib's fonts in {font_dir()} draw only {len(ranked)} eligible characters, "
+            f"glyphs1k: matplotlib's fonts in {font_dir()} draw only {len(taken)} distinct eligible characters, "
             f"{NUM_CLASSES} needed (is the matplotlib installation complete?)"
         )
-    chosen = sorted(ranked[:NUM_CLASSES], key=ord)
-    return tuple(chosen), tuple(tuple(faces_of[c]) for c in chosen)
+    chosen = sorted((candidates[i] for i in taken), key=ord)
+    faces = [faces_of[c] for c in chosen]
+    atomic_write_json(cached, {"characters": chosen, "faces": faces})
+    return tuple(chosen), tuple(tuple(f) for f in faces)
 
 
 def class_names() -> tuple[str, ...]:

@@ -31,9 +31,6 @@ from PIL import Image, UnidentifiedImageError
 from privimage.cache import atomic_save_npz, cache_root
 from privimage.errors import DataError
 
-# torchvision's list of image extensions (ImageFolder's own filter).
-from torchvision.datasets.folder import IMG_EXTENSIONS
-
 # Bump when decoding changes, so old decoded caches are not reused.
 DECODER_VERSION = 1
 # Folders with at least this many files are decoded in parallel and cached.
@@ -80,6 +77,8 @@ def scan_image_folder(root: Path, *, data_root: Path, what: str) -> tuple[list[s
         (class names in label order, [(path, label), ...] sorted by class then path).
     """
     from torchvision.datasets import ImageFolder
+    # torchvision's list of image extensions (ImageFolder's own filter).
+    from torchvision.datasets.folder import IMG_EXTENSIONS
 
     check_inside_data_root(root, data_root, what)
     if not root.is_dir():
