@@ -342,6 +342,56 @@ def _dotted_to_nested(overrides: Mapping[str, Any]) -> dict[str, Any]:
     return nested
 
 
+# Value ranges, checked once a config is resolved so that a nonsensical setting
+# is refused before any data is loaded or any budget is spent. (key, test, what it must be)
+_POSITIVE = (lambda v: v > 0, "be > 0")
+_NON_NEGATIVE = (lambda v: v >= 0, "be >= 0")
+_FRACTION_OPEN_CLOSED = (lambda v: 0 < v <= 1, "lie in (0, 1]")
+_PROBABILITY = (lambda v: 0 <= v < 1, "lie in [0, 1)")
+VALUE_RULES: tuple[tuple[str, Any, str], ...] = (
+    ("semantics.k", *_POSITIVE),
+    ("semantics.selection_ratio", *_FRACTION_OPEN_CLOSED),
+    ("semantics.query_noise_multiplier", *_POSITIVE),
+    ("semantics.sqf_width", *_POSITIVE),
+    ("semantics.sqf_epochs", *_POSITIVE),
+    ("semantics.sqf_batch_size", *_POSITIVE),
+    ("pretrain.steps", *_NON_NEGATIVE),
+    ("pretrain.gan_steps", *_NON_NEGATIVE),
+    ("pretrain.batch_size", *_POSITIVE),
+    ("pretrain.physical_batch_size", *_NON_NEGATIVE),
+    ("pretrain.label_dropout", *_PROBABILITY),
+    ("pretrain.checkpoint_every", *_POSITIVE),
+    ("finetune.delta", lambda v: 0 < v < 1, "lie in (0, 1)"),
+    ("finetune.batch_size", *_POSITIVE),
+    ("finetune.physical_batch_size", *_POSITIVE),
+    ("finetune.epochs", *_POSITIVE),
+    ("finetune.gan_epochs", *_POSITIVE),
+    ("finetune.max_grad_norm", *_POSITIVE),
+    ("finetune.noise_multiplicity", *_POSITIVE),
+    ("finetune.label_dropout", *_PROBABILITY),
+    ("finetune.checkpoint_every", *_POSITIVE),
+    ("sampling.ddim_steps", *_POSITIVE),
+    ("sampling.num_samples", *_POSITIVE),
+    ("sampling.batch_size", *_POSITIVE),
+    ("sampling.guidance_scale", *_NON_NEGATIVE),
+    ("evaluation.synthetic_validation_fraction", lambda v: 0 < v < 1, "lie in (0, 1)"),
+    ("experiment.epsilons", lambda v: all(e > 0 for e in v), "hold only values > 0"),
+    ("experiment.sweep_epsilon", *_POSITIVE),
+    ("experiment.selection_ratios", lambda v: all(0 < r <= 1 for r in v), "hold only values in (0, 1]"),
+)
+
+
+def check_values(config: Config, source: str) -> Config:
+    """Refuse out-of-range settings (`VALUE_RULES`) with an error naming the key and the source."""
+    for key, is_valid, requirement in VALUE_RULES:
+        value: Any = config
+        for part in key.split("."):
+            value = getattr(value, part)
+        if not is_valid(value):
+            raise ConfigError(f"{source}: {key} must {requirement}, got {value!r}")
+    return config
+
+
 def profile_path(profile: str) -> Path:
     """The YAML file of a named profile, or the path itself if it names a file."""
     candidate = Path(profile)
@@ -366,7 +416,7 @@ def load_config(profile: str = "quick", overrides: Mapping[str, Any] | None = No
         The resolved `Config`.
 
     Raises:
-        ConfigError: unknown key, wrong type, unreadable file.
+        ConfigError: unknown key, wrong type, out-of-range value (`VALUE_RULES`), unreadable file.
     """
     path = profile_path(profile)
     try:
@@ -377,15 +427,15 @@ def load_config(profile: str = "quick", overrides: Mapping[str, Any] | None = No
         raise ConfigError(f"{path}: top level must be a mapping")
     raw = dict(raw)
     raw.setdefault("profile", path.stem)
-    config = _build(Config, raw, str(path))
+    config = check_values(_build(Config, raw, str(path)), str(path))
     if overrides:
-        config = _build(Config, _dotted_to_nested(overrides), "overrides", base=config)
+        config = check_values(_build(Config, _dotted_to_nested(overrides), "overrides", base=config), "overrides")
     return config
 
 
 def config_from_dict(mapping: Mapping[str, Any], source: str = "config.json") -> Config:
     """Rebuild a `Config` from its ``to_dict`` form (a saved ``config.json``)."""
-    return _build(Config, mapping, source)
+    return check_values(_build(Config, mapping, source), source)
 
 
 def config_hash(section: Any) -> str:

@@ -134,8 +134,13 @@ def pretraining_data(
     if method.pretrain_data == "none":
         return None, "none", None
     if method.pretrain_data == "all":
-        from privimage.semantics.stage import check_compatible
+        from privimage.data import dataset_info
+        from privimage.semantics.stage import check_compatible, check_image_shapes
 
+        # From the metadata first: a mismatch is refused before the public images load.
+        public_info = dataset_info(config.data.public, "train", data_root=data_root, config=config.data)
+        check_image_shapes(public_name=config.data.public, public_shape=tuple(public_info["image_shape"]),
+                           sensitive=sensitive)
         public = load_dataset(config.data.public, "train", data_root=data_root, config=config.data)
         check_compatible(public, sensitive)
         return public, f"all:{public.content_hash()}", None

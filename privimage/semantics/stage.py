@@ -22,7 +22,7 @@ import numpy as np
 
 from privimage.cache import atomic_save_npz, atomic_write_json
 from privimage.config import Config
-from privimage.data import load_dataset, load_sensitive_train
+from privimage.data import dataset_info, load_dataset, load_sensitive_train
 from privimage.data.base import ImageDataset
 from privimage.errors import PrivImageError
 from privimage.privacy import PrivacyLedger
@@ -51,9 +51,14 @@ def load_public(config: Config, *, data_root: Path | None = None) -> tuple[Image
 
 def check_compatible(public: ImageDataset, sensitive: ImageDataset) -> None:
     """Public and sensitive images must share channels and size (the SQF sees both)."""
-    if public.image_shape != sensitive.image_shape:
+    check_image_shapes(public_name=public.name, public_shape=tuple(public.image_shape), sensitive=sensitive)
+
+
+def check_image_shapes(*, public_name: str, public_shape: tuple[int, ...], sensitive: ImageDataset) -> None:
+    """`check_compatible` from the public dataset's metadata, before its images are loaded."""
+    if tuple(public_shape) != tuple(sensitive.image_shape):
         raise PrivImageError(
-            f"public '{public.name}' images are {list(public.image_shape)} but sensitive '{sensitive.name}' "
+            f"public '{public_name}' images are {list(public_shape)} but sensitive '{sensitive.name}' "
             f"images are {list(sensitive.image_shape)}; they must match (grayscale vs RGB, size)"
         )
 
@@ -82,17 +87,22 @@ def run_selection(
     ledger and no guarantee; ``selection.json`` then says so.
     """
     semantics = config.semantics
-    sensitive = sensitive if sensitive is not None else load_sensitive_train(config, data_root=data_root)
-    public_train, public_val = load_public(config, data_root=data_root)
-    # Every parameter is checked before the SQF trains or the sensitive data is queried.
-    check_compatible(public_train, sensitive)
-    if len(sensitive) == 0:
-        raise PrivImageError(f"the sensitive dataset '{sensitive.name}/{sensitive.split}' is empty")
-    if not 1 <= semantics.k <= public_train.num_classes:
+    # Every parameter is checked before any data is loaded (from the public
+    # dataset's metadata), before the SQF trains or the sensitive data is queried.
+    public_info = dataset_info(config.data.public, "train", data_root=data_root, config=config.data)
+    num_public_classes = public_info["num_classes"]
+    if not 1 <= semantics.k <= num_public_classes:
         raise PrivImageError(
-            f"k must lie in [1, {public_train.num_classes}] (the public classes of '{public_train.name}'), "
+            f"k must lie in [1, {num_public_classes}] (the public classes of '{config.data.public}'), "
             f"got {semantics.k}"
         )
+    sensitive = sensitive if sensitive is not None else load_sensitive_train(config, data_root=data_root)
+    if len(sensitive) == 0:
+        raise PrivImageError(f"the sensitive dataset '{sensitive.name}/{sensitive.split}' is empty")
+    check_image_shapes(public_name=config.data.public, public_shape=tuple(public_info["image_shape"]),
+                       sensitive=sensitive)
+    public_train, public_val = load_public(config, data_root=data_root)
+    check_compatible(public_train, sensitive)
     semantics_per_row(selection_ratio=semantics.selection_ratio, num_public_classes=public_train.num_classes,
                       num_rows=sensitive.num_classes)
     query_function = train_query_function(
