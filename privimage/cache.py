@@ -7,7 +7,9 @@ stage depends on (STYLE.md rule 4). Plotting never triggers training because
 notebooks read finished stages from here.
 
 All writes are atomic (temporary file in the same folder, fsync, rename), so a
-crash never leaves a half-written file that looks complete.
+crash never leaves a half-written file that looks complete. A write that the
+operating system refuses (full disk, quota, read-only folder) raises
+`WriteFailed`, a one-line user-facing error, and leaves the previous file intact.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from privimage.errors import PrivImageError
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,20 +43,51 @@ def stage_dir(stage: str, key: str) -> Path:
     return cache_root() / stage / key
 
 
+class WriteFailed(PrivImageError, OSError):
+    """The operating system refused a write (full disk, quota, permissions); the file it would replace is intact.
+
+    A `PrivImageError`, so the CLI prints one line instead of a traceback; an
+    ``OSError`` too (with the original ``errno``), so callers that handle I/O
+    errors still catch it.
+    """
+
+    def __str__(self) -> str:
+        # OSError prints "[Errno 28] None: 'path'" once errno is set; keep the one-line message.
+        return str(self.args[0]) if self.args else super().__str__()
+
+
+def write_failed(path: Path, error: OSError) -> WriteFailed:
+    """The one-line `WriteFailed` for an ``OSError`` raised while writing ``path``."""
+    failure = WriteFailed(f"cannot write {path}: {error.strerror or error} (nothing there was replaced)")
+    failure.errno, failure.filename = error.errno, str(path)
+    return failure
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file, fsync and rename."""
+    """Write ``data`` to ``path`` via a temporary file, fsync and rename.
+
+    Raises:
+        WriteFailed: the folder, the temporary file or the rename could not be
+            written; ``path`` still holds its previous content (or does not exist).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise write_failed(path, exc) from exc
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        # No temporary file outlives a failed write (a full disk needs its space back).
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, WriteFailed):
+            raise write_failed(path, exc) from exc
         raise
     # Make the rename itself durable.
     dir_fd = os.open(path.parent, os.O_RDONLY)

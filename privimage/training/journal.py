@@ -12,7 +12,9 @@ is therefore never below that of an uninterrupted one, and equal when the kill
 came right after a checkpoint.
 
 A partial last line (a crash during the write) still counts as a step: the
-journal errs towards charging too much, never too little. While a run holds
+journal errs towards charging too much, never too little. A file without one
+complete line is a header write that was cut short, before any step could be
+released, and is started again. While a run holds
 its journal open it holds an exclusive lock on it, so two processes cannot
 fine-tune in the same folder at once and spend the budget side by side.
 """
@@ -26,6 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
+from privimage.cache import write_failed
 from privimage.errors import PrivacyError
 
 JOURNAL_NAME = "dpsgd_journal.jsonl"
@@ -47,9 +50,12 @@ class DPStepJournal:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = _lock_exclusively(self.path.with_name(self.path.name + ".lock"))
         try:
-            if self.path.exists():
+            if self.path.exists() and b"\n" in self.path.read_bytes():
                 self._steps = self._read_existing()
             else:
+                # No complete line: the header write was cut short (full disk, kill). Steps are
+                # appended only once the header is durable, so none was released: start afresh.
+                self.path.unlink(missing_ok=True)
                 self._append_line({"header": self.header})
                 self._steps = 0
         except BaseException:
@@ -79,13 +85,17 @@ class DPStepJournal:
         return steps
 
     def _append_line(self, record: Mapping[str, Any]) -> None:
-        with open(self.path, "ab") as handle:
-            # A torn previous write must not glue onto this record.
-            if handle.tell() > 0 and not self._ends_with_newline():
-                handle.write(b"\n")
-            handle.write((json.dumps(record, sort_keys=True) + "\n").encode())
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with open(self.path, "ab") as handle:
+                # A torn previous write must not glue onto this record.
+                if handle.tell() > 0 and not self._ends_with_newline():
+                    handle.write(b"\n")
+                handle.write((json.dumps(record, sort_keys=True) + "\n").encode())
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            # A full disk stops the run before the step is released; a torn line left behind still counts.
+            raise write_failed(self.path, exc) from exc
 
     def _ends_with_newline(self) -> bool:
         with open(self.path, "rb") as handle:
