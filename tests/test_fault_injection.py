@@ -1,0 +1,565 @@
+"""Fault injection on real runs: killed, failing or out of disk mid-way, the same command resumes and completes.
+
+Every test runs the smoke profile cut to seven DP-SGD steps with a checkpoint
+after each (so a resume has nothing to redo unless a step was released after
+the newest checkpoint) and twenty samples in two batches. What is injected and
+where:
+
+- SIGKILL from outside a real ``python -m privimage run`` between two steps;
+- SIGKILL inside a checkpoint write, half the temporary file written;
+- an exception from the sampler on its second batch;
+- a full disk (``OSError(ENOSPC)``) in a checkpoint, journal or ``synthetic.npz`` write;
+- a checkpoint or run folder whose config, dataset hash or ledger disagrees;
+- ``finetune.secure_mode`` on and off: which generators drew the DP noise, and what the ledger says.
+
+The account a resumed run must give is fixed by `privimage.training.journal`:
+every step released before the crash is charged, so the epsilon of the
+resumed run equals the uninterrupted run's exactly when no step was released
+after the newest checkpoint, and is the epsilon of that many extra steps
+otherwise; ``privimage audit`` must agree with it either way.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import privimage.diffusion
+import privimage.semantics.query
+import privimage.training.journal as journal_module
+from privimage.cli import main
+from privimage.config import load_config
+from privimage.errors import PrivacyError
+from privimage.pipeline import run_method
+from privimage.privacy import PrivacyLedger
+from privimage.privacy.noise import SecureNoiseGenerator
+from privimage.privacy_audit import audit_run
+from privimage.training import dpsgd
+from privimage.training.checkpoint import list_checkpoints, load_checkpoint
+from privimage.training.journal import JOURNAL_NAME, read_journal
+
+REPO = Path(__file__).resolve().parent.parent
+EPSILON = 5.0
+# q = 32 / 4000 and 0.05 epochs: T = ceil(6.25) = 7 logical DP-SGD steps, a checkpoint after each.
+TOTAL_STEPS = 7
+FINETUNE = {"batch_size": 32, "physical_batch_size": 32, "epochs": 0.05, "checkpoint_every": 1}
+# Two sampling batches, so a failure "on the second batch" leaves one batch done.
+SAMPLING = {"num_samples": 20, "batch_size": 10, "ddim_steps": 2}
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="finds the file behind a descriptor in /proc")
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A cache root shared by the module and the cut-down smoke profile as a YAML file."""
+    root = tmp_path_factory.mktemp("faults")
+    profile = yaml.safe_load((REPO / "privimage" / "configs" / "smoke.yaml").read_text())
+    profile["finetune"].update(FINETUNE)
+    profile["sampling"].update(SAMPLING)
+    profile_path = root / "faults.yaml"
+    profile_path.write_text(yaml.safe_dump(profile))
+    patch = pytest.MonkeyPatch()
+    patch.setenv("PRIVIMAGE_CACHE", str(root / "cache"))
+    yield {"root": root, "profile": profile_path}
+    patch.undo()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(workspace):
+    """The run every faulty run is compared with: the same command, never interrupted."""
+    config = load_config(str(workspace["profile"]))
+    result = run_method(method="dpdm", config=config, epsilon=EPSILON, out_dir=workspace["root"] / "uninterrupted",
+                        evaluate=False, progress=False)
+    record = read_run(result.run_dir)
+    assert record["finetuning"]["steps"] == TOTAL_STEPS == record["ledger_steps"] == record["journal_steps"]
+    assert record["finetuning"]["lost_steps_charged"] == 0
+    return record
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def run_argv(out: Path, profile: Path) -> list[str]:
+    return ["run", "--profile", str(profile), "--method", "dpdm", "--epsilon", str(EPSILON), "--no-evaluate",
+            "--out", str(out), "--json"]
+
+
+def cli(capsys, argv: list[str]) -> tuple[int, str]:
+    """Run the command in this process: (exit code, standard error)."""
+    code = main(argv)
+    return code, capsys.readouterr().err
+
+
+def read_run(run_dir: Path) -> dict:
+    """What a finished run says about its own privacy account."""
+    ledger = json.loads((run_dir / "ledger.json").read_text())
+    return {
+        "run_dir": run_dir,
+        "privacy": json.loads((run_dir / "privacy.json").read_text()),
+        "finetuning": json.loads((run_dir / "resources.json").read_text())["finetuning"],
+        "ledger": ledger,
+        "ledger_steps": sum(e["steps"] for e in ledger["entries"] if e["mechanism"] == "dp_sgd"),
+        "journal_steps": read_journal(run_dir / "finetune" / JOURNAL_NAME)[1],
+    }
+
+
+def epsilon_of_steps(reference: dict, steps: int) -> float:
+    """Epsilon of ``steps`` DP-SGD steps with the reference run's sigma and q (dpdm makes no query)."""
+    before = reference["ledger"]
+    ledger = PrivacyLedger(delta=before["delta"], dataset_hash=before["dataset_hash"],
+                           num_examples=before["num_examples"])
+    finetuning = reference["finetuning"]
+    ledger.record_dpsgd_steps(noise_multiplier=finetuning["noise_multiplier"], sample_rate=finetuning["sample_rate"],
+                              steps=steps, generator="os-entropy")
+    return ledger.epsilon()
+
+
+def newest_checkpoint_step(run_dir: Path) -> int:
+    checkpoints = list_checkpoints(run_dir / "finetune")
+    return int(checkpoints[0].stem.split("-")[1]) if checkpoints else 0
+
+
+def temporary_files(run_dir: Path) -> list[str]:
+    return sorted(path.name for path in run_dir.rglob(".*.tmp"))
+
+
+def assert_account(record: dict, *, uninterrupted: dict, resumed_from: int, lost: int) -> None:
+    """The resumed run did all T steps and charged exactly the steps its journal released."""
+    finetuning = record["finetuning"]
+    assert finetuning["steps"] == TOTAL_STEPS
+    assert finetuning["resumed_from_step"] == resumed_from
+    assert finetuning["lost_steps_charged"] == lost
+    assert record["ledger_steps"] == TOTAL_STEPS + lost == record["journal_steps"] == finetuning["released_steps"]
+    assert finetuning["noise_multiplier"] == uninterrupted["finetuning"]["noise_multiplier"]
+    if lost == 0:
+        # Nothing released twice: exactly the uninterrupted run's epsilon.
+        assert record["privacy"]["epsilon"] == uninterrupted["privacy"]["epsilon"]
+    else:
+        assert record["privacy"]["epsilon"] == pytest.approx(epsilon_of_steps(uninterrupted, TOTAL_STEPS + lost),
+                                                             rel=1e-12)
+        assert record["privacy"]["epsilon"] > uninterrupted["privacy"]["epsilon"]
+
+
+def assert_audit_agrees(record: dict) -> None:
+    """``privimage audit`` re-derives the same epsilon and finds every released step charged."""
+    audit = audit_run(run_dir=record["run_dir"])
+    checks = {check.name: check.passed for check in audit.checks}
+    assert audit.epsilon_rdp == pytest.approx(record["privacy"]["epsilon"], rel=1e-9)
+    assert checks["dpsgd_steps_match_journal"] and checks["epsilon_recorded"] and checks["checkpoints_carry_ledger"]
+    # Steps charged twice can push the run past its target; the audit must say so, and fail only that.
+    within = record["privacy"]["epsilon"] <= EPSILON and record["privacy"]["epsilon_prv"] <= EPSILON
+    assert checks["epsilon_within_target"] is within
+    assert [name for name, passed in checks.items() if not passed] == ([] if within else ["epsilon_within_target"])
+    assert audit.status == ("pass" if within else "fail")
+
+
+class FailingFile:
+    """A file object whose ``write`` puts half the bytes on disk, then fails the way ``on_write`` says."""
+
+    def __init__(self, handle, on_write):
+        self._handle = handle
+        self._on_write = on_write
+
+    def write(self, data):
+        self._handle.write(data[: len(data) // 2])
+        self._handle.flush()
+        self._on_write()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self._handle.__exit__(*exc)
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
+
+
+def disk_full() -> None:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def fail_atomic_writes(monkeypatch, prefix: str) -> None:
+    """Make the atomic writer's temporary file for a name starting ``prefix`` hit a full disk half-way."""
+    real_fdopen = os.fdopen
+
+    def fdopen(fd, *args, **kwargs):
+        handle = real_fdopen(fd, *args, **kwargs)
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(prefix):
+            return FailingFile(handle, disk_full)
+        return handle
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
+
+
+# Runs ``privimage run`` in a child that SIGKILLs itself half-way through writing one checkpoint.
+KILLED_IN_A_WRITE = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+from test_fault_injection import FailingFile
+
+real_fdopen = os.fdopen
+
+def fdopen(fd, *args, **kwargs):
+    handle = real_fdopen(fd, *args, **kwargs)
+    if os.path.basename(os.readlink(f"/proc/self/fd/{{fd}}")).startswith({prefix!r}):
+        return FailingFile(handle, lambda: os.kill(os.getpid(), signal.SIGKILL))
+    return handle
+
+os.fdopen = fdopen
+from privimage.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def child_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+# --------------------------------------------------------------------------- SIGKILL
+
+
+@pytest.mark.slow
+def test_sigkill_between_two_steps_resumes_to_the_uninterrupted_epsilon(workspace, uninterrupted, capsys):
+    out = workspace["root"] / "sigkill-between-steps"
+    argv = run_argv(out, workspace["profile"])
+    process = subprocess.Popen([sys.executable, "-m", "privimage", *argv], env=child_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    journal = out / "finetune" / JOURNAL_NAME
+
+    def between_steps() -> bool:
+        # Every released step is checkpointed and the run is past step 3, before its last.
+        try:
+            steps = read_journal(journal)[1]
+        except (FileNotFoundError, PrivacyError):  # not created, or its header not written yet
+            return False
+        return 3 <= steps < TOTAL_STEPS and newest_checkpoint_step(out) == steps
+
+    deadline = time.monotonic() + 240
+    while process.poll() is None and time.monotonic() < deadline:
+        if between_steps():
+            # Freeze it, check the state it is frozen in, then kill it there.
+            process.send_signal(signal.SIGSTOP)
+            if between_steps():
+                break
+            process.send_signal(signal.SIGCONT)
+        time.sleep(0.01)
+    assert process.poll() is None, f"the run ended before it could be killed: {process.stderr.read().decode()[-2000:]}"
+    killed_at = read_journal(journal)[1]
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    process.stderr.close()
+    assert process.returncode == -signal.SIGKILL
+    assert not (out / "ledger.json").exists() and not (out / "synthetic.npz").exists()
+
+    code, err = cli(capsys, argv)
+    assert code == 0, err
+    record = read_run(out)
+    assert_account(record, uninterrupted=uninterrupted, resumed_from=killed_at, lost=0)
+    assert_audit_agrees(record)
+    with np.load(out / "synthetic.npz") as archive:
+        assert archive["x"].shape == (20, 1, 32, 32) and np.bincount(archive["y"]).tolist() == [2] * 10
+
+
+@pytest.mark.slow
+@needs_proc
+def test_sigkill_inside_a_checkpoint_write_resumes_from_the_previous_checkpoint(workspace, uninterrupted, capsys,
+                                                                                 tmp_path):
+    out = workspace["root"] / "sigkill-in-checkpoint-write"
+    argv = run_argv(out, workspace["profile"])
+    script = tmp_path / "killed_in_a_write.py"
+    script.write_text(KILLED_IN_A_WRITE.format(tests=str(Path(__file__).parent), prefix=".ckpt-4.pt."))
+    child = subprocess.run([sys.executable, str(script), *argv], env=child_env(), capture_output=True, timeout=300)
+    assert child.returncode == -signal.SIGKILL, child.stderr.decode()[-2000:]
+
+    # Step 4 was released (journalled), its checkpoint is half a temporary file; the final names are untouched.
+    finetune = out / "finetune"
+    assert read_journal(finetune / JOURNAL_NAME)[1] == 4
+    assert [path.name for path in list_checkpoints(finetune)] == ["ckpt-3.pt", "ckpt-2.pt"]
+    (partial,) = finetune.glob(".ckpt-4.pt.*.tmp")
+    assert 0 < partial.stat().st_size < (finetune / "ckpt-3.pt").stat().st_size
+    assert [load_checkpoint(path)["step"] for path in list_checkpoints(finetune)] == [3, 2]
+
+    code, err = cli(capsys, argv)
+    assert code == 0, err
+    assert temporary_files(out) == []
+    record = read_run(out)
+    # Resumed from step 3: step 4 was released once before the kill and once again, and is paid twice.
+    assert_account(record, uninterrupted=uninterrupted, resumed_from=3, lost=1)
+    assert_audit_agrees(record)
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+class SamplerFailure(RuntimeError):
+    pass
+
+
+def test_an_exception_inside_sampling_leaves_no_synthetic_set_and_the_rerun_spends_nothing(
+        workspace, monkeypatch, capsys):
+    out = workspace["root"] / "sampler-fails"
+    argv = run_argv(out, workspace["profile"])
+    real_sample = privimage.diffusion.ddim_sample
+    first_attempt = []
+
+    def failing_sample(*args, **kwargs):
+        if len(first_attempt) == 1:
+            raise SamplerFailure("sampler failed on batch 2")
+        first_attempt.append(real_sample(*args, **kwargs))
+        return first_attempt[-1]
+
+    monkeypatch.setattr(privimage.diffusion, "ddim_sample", failing_sample)
+    with pytest.raises(SamplerFailure, match="batch 2"):
+        main(argv)
+    capsys.readouterr()
+    # Nothing that looks like a finished synthetic set, and the privacy record is already complete.
+    assert not (out / "synthetic.npz").exists() and not (out / "samples.png").exists()
+    assert temporary_files(out) == []
+    spent = read_journal(out / "finetune" / JOURNAL_NAME)[1]
+    epsilon = json.loads((out / "privacy.json").read_text())["epsilon"]
+    assert spent == TOTAL_STEPS
+
+    monkeypatch.undo()
+    code, err = cli(capsys, argv)
+    assert code == 0, err
+    record = read_run(out)
+    # Resumed from the fine-tuned checkpoint: no DP-SGD step run again, the same account.
+    assert record["finetuning"]["resumed_from_step"] == TOTAL_STEPS
+    assert record["journal_steps"] == record["ledger_steps"] == spent
+    assert record["privacy"]["epsilon"] == epsilon
+    with np.load(out / "synthetic.npz") as archive:
+        images, labels = archive["x"], archive["y"]
+    assert images.shape == (20, 1, 32, 32) and np.bincount(labels).tolist() == [2] * 10
+    # The same fine-tuned model and sampling seed: the batch done before the failure comes out identical.
+    first_batch = ((first_attempt[0] + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    np.testing.assert_array_equal(images[: len(first_batch)], first_batch)
+
+
+# --------------------------------------------------------------------------- full disk
+
+
+def fill_the_disk_in_the_journal(monkeypatch, *, record: str, torn: bool) -> None:
+    """The journal line holding ``record`` hits a full disk, after half of it (``torn``) or none of it landed."""
+    real_open = open
+
+    class FullDisk:
+        def __init__(self, handle):
+            self._handle = handle
+
+        def write(self, data):
+            if record in data.decode():
+                if torn:
+                    self._handle.write(data[: len(data) // 2])
+                    self._handle.flush()
+                disk_full()
+            return self._handle.write(data)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self._handle.__exit__(*exc)
+
+        def __getattr__(self, name):
+            return getattr(self._handle, name)
+
+    def journal_open(path, mode="r", *args, **kwargs):
+        handle = real_open(path, mode, *args, **kwargs)
+        return FullDisk(handle) if Path(path).name == JOURNAL_NAME and mode == "ab" else handle
+
+    monkeypatch.setattr(journal_module, "open", journal_open, raising=False)
+
+
+# Where the disk fills -> (file named in the error, checkpoints left, journal steps left, step resumed from,
+# steps released twice).
+FULL_DISK = {
+    # Step 4 is journalled and applied, its checkpoint cannot be written: step 4 is paid twice.
+    "checkpoint": ("ckpt-4.pt", [3, 2], 4, 3, 1),
+    # Step 4 cannot be journalled, so it is never applied: nothing is paid twice.
+    "journal step": (JOURNAL_NAME, [3, 2], 3, 3, 0),
+    # The journal's first line is cut short: no step was released, the re-run starts the journal again.
+    "journal header": (JOURNAL_NAME, [], None, 0, 0),
+    # Fine-tuning is complete; only the synthetic set is missing.
+    "synthetic set": ("synthetic.npz", [TOTAL_STEPS, TOTAL_STEPS - 1], TOTAL_STEPS, TOTAL_STEPS, 0),
+}
+
+
+@pytest.mark.slow
+@needs_proc
+@pytest.mark.parametrize("where", list(FULL_DISK))
+def test_a_full_disk_is_a_one_line_error_and_the_rerun_completes(workspace, uninterrupted, monkeypatch, capsys,
+                                                                 where):
+    failed_file, checkpoints_left, journal_left, resumed_from, lost = FULL_DISK[where]
+    out = workspace["root"] / f"disk-full-{where.replace(' ', '-')}"
+    argv = run_argv(out, workspace["profile"])
+    if where == "checkpoint":
+        fail_atomic_writes(monkeypatch, ".ckpt-4.pt.")
+    elif where == "journal step":
+        fill_the_disk_in_the_journal(monkeypatch, record='{"step": 4}', torn=False)
+    elif where == "journal header":
+        fill_the_disk_in_the_journal(monkeypatch, record='"header"', torn=True)
+    else:
+        fail_atomic_writes(monkeypatch, ".synthetic.npz.")
+
+    code, err = cli(capsys, argv)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("error: cannot write ")
+    assert failed_file in err and "No space left on device" in err
+    assert temporary_files(out) == []
+    finetune = out / "finetune"
+    # The checkpoints written before are intact and load.
+    assert [load_checkpoint(path)["step"] for path in list_checkpoints(finetune)] == checkpoints_left
+    if journal_left is None:
+        with pytest.raises(PrivacyError, match="not a DP-SGD journal"):
+            read_journal(finetune / JOURNAL_NAME)
+    else:
+        assert read_journal(finetune / JOURNAL_NAME)[1] == journal_left
+    assert (out / "ledger.json").exists() is (where == "synthetic set")
+    assert not (out / "synthetic.npz").exists()
+
+    monkeypatch.undo()
+    code, err = cli(capsys, argv)
+    assert code == 0, err
+    record = read_run(out)
+    assert_account(record, uninterrupted=uninterrupted, resumed_from=resumed_from, lost=lost)
+    assert_audit_agrees(record)
+    assert (out / "synthetic.npz").is_file()
+
+
+def test_a_journal_cut_short_in_its_header_released_nothing_and_starts_again(tmp_path):
+    from privimage.training.journal import DPStepJournal
+
+    header = {"stage": "demo", "run_hash": "abc", "noise_multiplier": 1.25}
+    path = tmp_path / JOURNAL_NAME
+    path.write_bytes(b'{"header": {"noise_multi')
+    with DPStepJournal(path, header=header) as journal:
+        assert journal.steps == 0
+        journal.record_step(step=1)
+    assert read_journal(path) == (header, 1)
+    # Once the header is whole, a torn step line is a released step, never dropped.
+    with open(path, "ab") as handle:
+        handle.write(b'{"st')
+    with DPStepJournal(path, header=header) as journal:
+        assert journal.steps == 2
+
+
+# --------------------------------------------------------------------------- foreign checkpoints
+
+
+def tamper_newest_checkpoint(run_dir: Path, change) -> None:
+    path = list_checkpoints(run_dir / "finetune")[0]
+    payload = torch.load(path, weights_only=True)
+    change(payload)
+    torch.save(payload, path)
+
+
+def double_the_ledgers_sigma(payload):
+    for entry in payload["ledger"]["entries"]:
+        entry["noise_multiplier"] *= 2
+
+
+def other_learning_rate(run_dir: Path) -> None:
+    config = json.loads((run_dir / "config.json").read_text())
+    config["finetune"]["lr"] *= 2
+    (run_dir / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("checkpoint of another config", "belongs to another run: its run_hash"),
+    ("checkpoint of another dataset", "belongs to another run: its dataset_hash"),
+    ("checkpoint ledger disagrees", "its privacy ledger disagrees"),
+    ("run folder of another config", "was run with another config"),
+])
+def test_a_checkpoint_or_folder_that_disagrees_with_the_run_is_refused(workspace, uninterrupted, capsys, tmp_path,
+                                                                        damage, message):
+    run_dir = Path(shutil.copytree(uninterrupted["run_dir"], tmp_path / "run"))
+    if damage == "checkpoint of another config":
+        tamper_newest_checkpoint(run_dir, lambda payload: payload.update(run_hash="0" * 16))
+    elif damage == "checkpoint of another dataset":
+        tamper_newest_checkpoint(run_dir, lambda payload: payload.update(dataset_hash="f" * 64))
+    elif damage == "checkpoint ledger disagrees":
+        tamper_newest_checkpoint(run_dir, double_the_ledgers_sigma)
+    else:
+        other_learning_rate(run_dir)
+    before = {path.relative_to(run_dir): path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
+
+    code, err = cli(capsys, run_argv(run_dir, workspace["profile"]))
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: ")
+    assert message in err
+    # Refused before anything ran: no step released, no file of the run rewritten.
+    after = {path.relative_to(run_dir): path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
+    assert after == before
+
+
+# --------------------------------------------------------------------------- secure noise
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("secure_mode, name", [(True, "secure"), (False, "os-entropy")])
+def test_secure_mode_draws_every_dp_noise_from_secret_seeds_and_the_ledger_names_the_generator(
+        workspace, monkeypatch, secure_mode, name):
+    import secrets
+
+    drawn: list[int] = []
+    real_randbits = secrets.randbits
+
+    def randbits(bits):
+        drawn.append(real_randbits(bits))
+        return drawn[-1]
+
+    query_generators, optimizers, samplers = [], [], []
+
+    def spy(target, name_, log):
+        real = getattr(target, name_)
+
+        def wrapper(*args, **kwargs):
+            log.append(real(*args, **kwargs))
+            return log[-1]
+
+        monkeypatch.setattr(target, name_, wrapper)
+
+    monkeypatch.setattr(secrets, "randbits", randbits)
+    spy(privimage.semantics.query, "dp_noise_generator", query_generators)
+    spy(dpsgd, "make_dp_optimizer", optimizers)
+    spy(dpsgd, "poisson_sampler", samplers)
+    config = load_config(str(workspace["profile"]), {"finetune.secure_mode": secure_mode, "pretrain.steps": 2,
+                                                      "finetune.epochs": 0.02})
+    result = run_method(method="privimage-d", config=config, epsilon=EPSILON,
+                        out_dir=workspace["root"] / f"privimage-d-{name}", evaluate=False, progress=False)
+
+    # The privacy record names the generator of every mechanism: the query and each DP-SGD entry.
+    ledger = json.loads((result.run_dir / "ledger.json").read_text())
+    assert sorted(e["mechanism"] for e in ledger["entries"]) == ["dp_sgd", "semantic_query"]
+    assert {e["generator"] for e in ledger["entries"]} == {name}
+    assert json.loads((result.run_dir / "resources.json").read_text())["finetuning"]["noise_generator"] == name
+    audit = audit_run(run_dir=result.run_dir)
+    assert audit.status == "pass" and {c.name: c.passed for c in audit.checks}["noise_generator"]
+
+    # The histogram noise: a Philox stream keyed with 128 secret bits, or PCG64 from numpy's OS-entropy seed.
+    (query_generator,) = query_generators
+    if secure_mode:
+        assert isinstance(query_generator, SecureNoiseGenerator)
+        key = query_generator.bit_generator.state["state"]["key"]
+        assert int(key[0]) + (int(key[1]) << 64) in drawn
+    else:
+        assert not isinstance(query_generator, SecureNoiseGenerator)
+        assert query_generator.bit_generator.seed_seq.entropy not in (None, config.seed)
+    # DP-SGD noise and Poisson sampling: torch generators seeded from secrets, never the experiment seed.
+    (optimizer,), (sampler,) = optimizers, samplers
+    assert optimizer.secure_mode is secure_mode
+    for generator in (optimizer.generator, sampler.generator):
+        assert generator is not torch.default_generator and generator.initial_seed() in drawn
+    assert optimizer.generator is not sampler.generator
