@@ -13,6 +13,8 @@ from torch import nn
 from privimage.config import DiffusionModelConfig, GANModelConfig
 from privimage.diffusion import diffusion_loss_from_noise, draw_diffusion_noise
 from privimage.dp import check_dp_compatible, compute_per_sample_gradients, compute_per_sample_gradients_opacus
+from privimage.dp import per_sample
+from privimage.dp.grouped import grouped_per_example_gradients, supports_grouped_gradients
 from privimage.errors import PrivacyError
 from privimage.models import build_gan, build_unet, discriminator_loss_per_row
 
@@ -58,11 +60,12 @@ def assert_grad_samples_equal(model, expected):
         assert reference.abs().max() > 0, name
 
 
+@pytest.mark.parametrize("strategy", ["grouped", "vmap"])
 @pytest.mark.parametrize("multiplicity", [1, 8])
-def test_unet_per_sample_gradients_match_one_at_a_time_reference(multiplicity):
+def test_unet_per_sample_gradients_match_one_at_a_time_reference(multiplicity, strategy):
     model = small_unet()
     inputs = diffusion_batch(batch=3, multiplicity=multiplicity)
-    losses = compute_per_sample_gradients(model, diffusion_loss_from_noise, *inputs)
+    losses = compute_per_sample_gradients(model, diffusion_loss_from_noise, *inputs, strategy=strategy)
     expected_losses = diffusion_loss_from_noise(model, *inputs)
     assert torch.allclose(losses, expected_losses, rtol=1e-10)
     assert_grad_samples_equal(model, reference_gradients(model, diffusion_loss_from_noise, *inputs))
@@ -87,19 +90,21 @@ def test_per_sample_gradient_with_k_draws_is_the_mean_of_single_draw_gradients()
     assert not torch.allclose(averaged["input_conv.weight"], singles[0]["input_conv.weight"])
 
 
-def test_chunked_computation_equals_unchunked():
+@pytest.mark.parametrize("strategy", ["grouped", "vmap"])
+def test_chunked_computation_equals_unchunked(strategy):
     model = small_unet()
     inputs = diffusion_batch(batch=5, multiplicity=2)
-    compute_per_sample_gradients(model, diffusion_loss_from_noise, *inputs)
+    compute_per_sample_gradients(model, diffusion_loss_from_noise, *inputs, strategy=strategy)
     whole = [p.grad_sample.clone() for p in model.parameters()]
     for p in model.parameters():
         del p.grad_sample
-    compute_per_sample_gradients(model, diffusion_loss_from_noise, *inputs, chunk_size=2)
+    compute_per_sample_gradients(model, diffusion_loss_from_noise, *inputs, chunk_size=2, strategy=strategy)
     for reference, p in zip(whole, model.parameters()):
         assert torch.allclose(p.grad_sample, reference, rtol=1e-10, atol=1e-13)
 
 
-def test_opacus_hooks_over_expanded_batch_give_the_same_gradients():
+@pytest.mark.parametrize("grad_sample_mode", ["hooks", "functorch"])
+def test_opacus_over_expanded_batch_gives_the_same_gradients(grad_sample_mode):
     model = small_unet()
     images, noise, times, conditioning = diffusion_batch(batch=3, multiplicity=4)
     losses = compute_per_sample_gradients(model, diffusion_loss_from_noise, images, noise, times, conditioning)
@@ -109,7 +114,8 @@ def test_opacus_hooks_over_expanded_batch_give_the_same_gradients():
     # B*K rows, each with one draw; opacus sees them as B*K independent samples.
     rows = (images.repeat_interleave(4, dim=0), noise.flatten(0, 1)[:, None], times.flatten()[:, None],
             conditioning.flatten()[:, None])
-    baseline_losses = compute_per_sample_gradients_opacus(model, diffusion_loss_from_noise, *rows, rows_per_example=4)
+    baseline_losses = compute_per_sample_gradients_opacus(model, diffusion_loss_from_noise, *rows, rows_per_example=4,
+                                                          grad_sample_mode=grad_sample_mode)
     assert torch.allclose(losses, baseline_losses, rtol=1e-10)
     for reference, (name, p) in zip(ours, model.named_parameters()):
         assert torch.allclose(p.grad_sample, reference, rtol=1e-8, atol=1e-12), name
@@ -120,7 +126,8 @@ def test_opacus_hooks_over_expanded_batch_give_the_same_gradients():
     assert all(not hasattr(p, "grad_sample") for p in model.parameters())
 
 
-def test_discriminator_per_row_gradients_match_reference_on_mixed_real_and_fake_rows():
+@pytest.mark.parametrize("strategy", ["grouped", "vmap"])
+def test_discriminator_per_row_gradients_match_reference_on_mixed_real_and_fake_rows(strategy):
     torch.manual_seed(0)
     _, discriminator = build_gan(GANModelConfig(discriminator_width=4), image_channels=3, image_size=8,
                                  num_classes=NUM_CLASSES)
@@ -128,7 +135,8 @@ def test_discriminator_per_row_gradients_match_reference_on_mixed_real_and_fake_
     images = torch.rand(4, 3, 8, 8, dtype=torch.float64) * 2 - 1
     labels = torch.tensor([0, 1, 2, 1])
     is_real = torch.tensor([True, True, False, False])
-    losses = compute_per_sample_gradients(discriminator, discriminator_loss_per_row, images, labels, is_real)
+    losses = compute_per_sample_gradients(discriminator, discriminator_loss_per_row, images, labels, is_real,
+                                          strategy=strategy)
     assert torch.allclose(losses, discriminator_loss_per_row(discriminator, images, labels, is_real))
     assert_grad_samples_equal(
         discriminator, reference_gradients(discriminator, discriminator_loss_per_row, images, labels, is_real)
@@ -198,3 +206,91 @@ def test_mismatched_inputs_are_refused():
     images, noise, times, conditioning = diffusion_batch(batch=3, multiplicity=2)
     with pytest.raises(PrivacyError, match="disagree"):
         compute_per_sample_gradients(model, diffusion_loss_from_noise, images, noise[:2], times, conditioning)
+
+
+class ScaledUNet(nn.Module):
+    """The small UNet behind a learnt output scale: a parameter outside every layer the grouped rules know."""
+
+    def __init__(self):
+        super().__init__()
+        self.unet = small_unet()
+        self.scale = nn.Parameter(torch.tensor(1.5, dtype=torch.float64))
+
+    def forward(self, x, t, labels):
+        return self.scale * self.unet(x, t, labels)
+
+
+def test_auto_takes_grouped_for_our_networks_and_vmap_where_a_layer_has_no_grouped_rule(monkeypatch):
+    _, discriminator = build_gan(GANModelConfig(discriminator_width=4), image_channels=1, image_size=8,
+                                 num_classes=NUM_CLASSES)
+    assert supports_grouped_gradients(small_unet()) and supports_grouped_gradients(discriminator)
+    model = ScaledUNet()
+    assert not supports_grouped_gradients(model)
+    inputs = diffusion_batch(batch=2, multiplicity=2)
+    # The training stage calls with the default strategy; here it must fall back to vmap and stay exact.
+    used = []
+    monkeypatch.setattr(per_sample, "grouped_per_example_gradients",
+                        lambda *a, **k: used.append("grouped") or grouped_per_example_gradients(*a, **k))
+    compute_per_sample_gradients(model, diffusion_loss_from_noise, *inputs)
+    assert used == []
+    assert_grad_samples_equal(model, reference_gradients(model, diffusion_loss_from_noise, *inputs))
+    with pytest.raises(PrivacyError, match="no grouped per-example gradient rule"):
+        compute_per_sample_gradients(ScaledUNet(), diffusion_loss_from_noise, *inputs, strategy="grouped")
+    with pytest.raises(PrivacyError, match="unknown per-sample gradient strategy"):
+        compute_per_sample_gradients(small_unet(), diffusion_loss_from_noise, *inputs, strategy="fast")
+
+
+def test_the_training_step_uses_the_grouped_path_by_default(monkeypatch):
+    from privimage.training.dpsgd import dp_sgd_step
+
+    model = small_unet()
+    inputs = diffusion_batch(batch=4, multiplicity=2)
+    used = []
+    monkeypatch.setattr(per_sample, "grouped_per_example_gradients",
+                        lambda *a, **k: used.append(a[2].shape[0]) or grouped_per_example_gradients(*a, **k))
+    optimizer = DPOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), noise_multiplier=0.0, max_grad_norm=1.0,
+                            expected_batch_size=4)
+    before = model.input_conv.weight.detach().clone()
+    dp_sgd_step(model=model, optimizer=optimizer, per_example_loss=diffusion_loss_from_noise,
+                batch_indices=[0, 1, 2, 3], load_inputs=lambda rows: tuple(x[rows] for x in inputs),
+                physical_batch_size=2)
+    # Two physical chunks of two images, both through the grouped path, and the step was applied.
+    assert used == [2, 2]
+    assert not torch.equal(model.input_conv.weight, before)
+
+
+def test_grouped_path_restores_the_parameters_flags_and_trains_only_trainable_ones():
+    model = small_unet()
+    model.input_conv.bias.requires_grad_(False)
+    inputs = diffusion_batch(batch=3, multiplicity=2)
+    compute_per_sample_gradients(model, diffusion_loss_from_noise, *inputs, strategy="grouped")
+    assert not model.input_conv.bias.requires_grad and not hasattr(model.input_conv.bias, "grad_sample")
+    assert all(p.requires_grad for name, p in model.named_parameters() if name != "input_conv.bias")
+    assert all(p.grad is None for p in model.parameters())  # only grad_sample, as opacus expects
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for parameter, reference in zip(trainable, reference_gradients(model, diffusion_loss_from_noise, *inputs)):
+        assert torch.allclose(parameter.grad_sample, reference, rtol=1e-9, atol=1e-12)
+
+    def failing_loss(network, *batch):
+        raise RuntimeError("loss failed")
+
+    with pytest.raises(RuntimeError, match="loss failed"):
+        compute_per_sample_gradients(model, failing_loss, *inputs, strategy="grouped")
+    assert all(p.requires_grad for name, p in model.named_parameters() if name != "input_conv.bias")
+    assert all(not module._forward_hooks for module in model.modules())
+
+
+def test_grouped_path_refuses_rows_that_do_not_split_into_examples():
+    model = small_unet()
+    images, noise, times, conditioning = diffusion_batch(batch=3, multiplicity=2)
+
+    def loss_dropping_a_row(network, images, noise, times, conditioning):
+        # Five rows for three examples: no contiguous equal blocks, so no per-example sums.
+        rows = noise.flatten(0, 1)[:5]
+        predicted = network(rows, times.flatten()[:5], conditioning.flatten()[:5])
+        return predicted.flatten(1).mean(dim=1)[:3]
+
+    with pytest.raises(PrivacyError, match="not a multiple"):
+        compute_per_sample_gradients(model, loss_dropping_a_row, images, noise, times, conditioning,
+                                     strategy="grouped")
+    assert all(p.requires_grad for p in model.parameters())

@@ -5,13 +5,17 @@ the example's loss is averaged over K noise draws first (DPDM's noise
 multiplicity), so we need one gradient per *image* of a loss that touches K
 rows. Opacus' hooks compute one gradient per *row*, which for K draws means a
 B*K expanded batch and B*K per-sample gradients in memory before averaging
-groups of K (`compute_per_sample_gradients_opacus`, kept as the baseline).
+groups of K (`compute_per_sample_gradients_opacus`, kept as the DPDM-style
+baseline, in any of opacus' grad-sample modes).
 
-`compute_per_sample_gradients` instead maps ``torch.func.grad`` over the images
-with ``vmap``: each image's call runs its K noisy rows as one small batch, so
-activations cover B*K rows but only B per-sample gradients are ever stored.
-The result goes to ``p.grad_sample`` (B x *p.shape), where opacus'
-`DPOptimizer` clips, sums, noises and scales it exactly as it would after a
+`compute_per_sample_gradients` stores only B per-sample gradients. Its default
+strategy, ``grouped`` (`privimage.dp.grouped`), runs the B*K rows through one
+ordinary forward and backward pass and sums each example's rows inside
+per-layer hooks; ``vmap`` maps ``torch.func.grad`` over the images instead and
+handles any layer, at 2-3x the cost on CPU at K = 8 (``benchmarks/``). ``auto``
+takes ``grouped`` whenever every parametrised layer has a grouped rule. The
+result goes to ``p.grad_sample`` (B x *p.shape), where opacus' `DPOptimizer`
+clips, sums, noises and scales it exactly as it would after a
 `GradSampleModule` backward pass.
 """
 
@@ -21,14 +25,17 @@ import warnings
 from typing import Callable
 
 import torch
-from opacus.grad_sample import GradSampleModule
+from opacus.grad_sample.utils import prepare_module
 from opacus.validators import ModuleValidator
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
+from privimage.dp.grouped import grouped_per_example_gradients, supports_grouped_gradients
 from privimage.errors import PrivacyError
 
 PerExampleLoss = Callable[..., torch.Tensor]
+STRATEGIES = ("auto", "grouped", "vmap")
+OPACUS_MODES = ("hooks", "functorch", "ew")
 
 
 def compute_per_sample_gradients(
@@ -36,16 +43,21 @@ def compute_per_sample_gradients(
     per_example_loss_fn: PerExampleLoss,
     *inputs: torch.Tensor,
     chunk_size: int | None = None,
+    strategy: str = "auto",
 ) -> torch.Tensor:
     """Per-example gradients of ``per_example_loss_fn`` into ``p.grad_sample``, one per example.
 
     ``per_example_loss_fn(model_call, *batched_inputs) -> Tensor[b]`` is the same
     function the non-private step uses (e.g.
     `privimage.diffusion.diffusion_loss_from_noise` or
-    `privimage.models.discriminator_loss_per_row`): here it receives a callable
-    that runs ``model`` with the parameters being differentiated, and each
-    example's inputs with a leading batch dimension of 1 (for diffusion: one
-    image and its K noise draws).
+    `privimage.models.discriminator_loss_per_row`). It must compute each
+    example's loss from that example's inputs alone. Under ``grouped`` it
+    receives ``model`` and the whole batch, and every layer must see the rows of
+    one example as a contiguous block (example-major, as the diffusion loss lays
+    out an image's K draws); under ``vmap`` it receives a callable that runs
+    ``model`` with the parameters being differentiated, and each example's inputs
+    with a leading batch dimension of 1 (for diffusion: one image and its K
+    noise draws).
 
     Every ``p.grad_sample`` gets shape ``[B, *p.shape]``: the gradient of example
     b's own loss (not divided by B), as opacus' `GradSampleModule` with
@@ -58,6 +70,9 @@ def compute_per_sample_gradients(
         *inputs: tensors whose leading dimension B indexes examples.
         chunk_size: process this many examples at a time (bounds activation memory);
             None processes all B at once.
+        strategy: ``grouped`` (one backward pass over all rows, per-layer sums per
+            example; `privimage.dp.grouped`), ``vmap`` (``torch.func`` over examples,
+            any layer), or ``auto``: grouped when the model's layers allow it.
 
     Returns:
         The per-example losses, shape B (detached).
@@ -73,6 +88,30 @@ def compute_per_sample_gradients(
             if parameter.requires_grad:
                 _store_grad_sample(parameter, parameter.new_zeros((0, *parameter.shape)))
         return inputs[0].new_zeros((0,))
+    if strategy not in STRATEGIES:
+        raise PrivacyError(f"unknown per-sample gradient strategy {strategy!r} (choose from {', '.join(STRATEGIES)})")
+    if strategy == "auto":
+        strategy = "grouped" if supports_grouped_gradients(model) else "vmap"
+    if strategy == "vmap":
+        return _vmap_per_sample_gradients(model, per_example_loss_fn, inputs, chunk_size=chunk_size)
+    # Chunks bound the activation memory; their per-example gradients are concatenated.
+    step = chunk_size or batch
+    chunk_losses, chunk_gradients = [], []
+    for start in range(0, batch, step):
+        losses, gradients = grouped_per_example_gradients(
+            model, per_example_loss_fn, *(x[start:start + step] for x in inputs))
+        chunk_losses.append(losses)
+        chunk_gradients.append(gradients)
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            parts = [gradients[parameter] for gradients in chunk_gradients]
+            _store_grad_sample(parameter, parts[0] if len(parts) == 1 else torch.cat(parts))
+    return torch.cat(chunk_losses)
+
+
+def _vmap_per_sample_gradients(model: nn.Module, per_example_loss_fn: PerExampleLoss,
+                               inputs: tuple[torch.Tensor, ...], *, chunk_size: int | None) -> torch.Tensor:
+    """The ``vmap`` strategy of `compute_per_sample_gradients` (inputs already checked)."""
     trainable = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
     frozen = {name: p.detach() for name, p in model.named_parameters() if not p.requires_grad}
     buffers = dict(model.named_buffers())
@@ -103,8 +142,9 @@ def compute_per_sample_gradients_opacus(
     per_row_loss_fn: PerExampleLoss,
     *rows: torch.Tensor,
     rows_per_example: int = 1,
+    grad_sample_mode: str = "hooks",
 ) -> torch.Tensor:
-    """Baseline: opacus hooks over an expanded batch, then the mean over each example's rows.
+    """Baseline: opacus per-row gradients over an expanded batch, then the mean over each example's rows.
 
     With noise multiplicity K the caller expands B images into B*K rows (the K
     rows of an example contiguous, each with one draw); opacus computes B*K
@@ -116,15 +156,19 @@ def compute_per_sample_gradients_opacus(
         per_row_loss_fn: maps (model, *rows) to one loss per row, shape B*K.
         *rows: tensors with leading dimension B*K.
         rows_per_example: K.
+        grad_sample_mode: opacus' per-row engine: ``hooks`` (DPDM's choice),
+            ``functorch`` or ``ew`` (expanded weights).
 
     Returns:
         The per-example losses (mean over each example's rows), shape B.
     """
+    if grad_sample_mode not in OPACUS_MODES:
+        raise PrivacyError(f"unknown opacus grad_sample_mode {grad_sample_mode!r} (choose from {', '.join(OPACUS_MODES)})")
     total = rows[0].shape[0]
     if total % rows_per_example:
         raise PrivacyError(f"{total} rows do not split into groups of {rows_per_example}")
     batch = total // rows_per_example
-    wrapped = GradSampleModule(model, batch_first=True, loss_reduction="sum")
+    wrapped = prepare_module(model, grad_sample_mode, batch_first=True, loss_reduction="sum")
     try:
         losses = per_row_loss_fn(wrapped, *rows)
         with warnings.catch_warnings():
