@@ -75,3 +75,35 @@ def test_config_hash_depends_on_section_content_only():
     b = load_config("smoke", {"finetune.epochs": 9})
     assert config_hash(a.semantics) == config_hash(b.semantics)
     assert config_hash(a.finetune) != config_hash(b.finetune)
+
+
+@pytest.mark.parametrize(
+    "key, value, requirement",
+    [
+        ("semantics.selection_ratio", 0.0, "lie in (0, 1]"),
+        ("semantics.selection_ratio", 1.5, "lie in (0, 1]"),
+        ("semantics.k", 0, "be > 0"),
+        ("semantics.query_noise_multiplier", -1.0, "be > 0"),
+        ("finetune.delta", 1.0, "lie in (0, 1)"),
+        ("finetune.noise_multiplicity", 0, "be > 0"),
+        ("pretrain.label_dropout", 1.0, "lie in [0, 1)"),
+        ("sampling.num_samples", 0, "be > 0"),
+        ("experiment.epsilons", [1.0, -5.0], "hold only values > 0"),
+    ],
+)
+def test_out_of_range_values_are_refused_naming_the_key(key, value, requirement):
+    with pytest.raises(ConfigError) as error:
+        load_config("smoke", {key: value})
+    assert f"{key} must {requirement}" in str(error.value)
+
+
+def test_out_of_range_value_in_a_profile_file_names_the_file(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("finetune:\n  epochs: 0\n")
+    with pytest.raises(ConfigError, match=r"mine\.yaml: finetune\.epochs must be > 0"):
+        load_config(str(path))
+
+
+def test_edge_values_inside_the_ranges_load():
+    config = load_config("smoke", {"semantics.selection_ratio": 1.0, "pretrain.steps": 0, "pretrain.label_dropout": 0.0})
+    assert config.semantics.selection_ratio == 1.0 and config.pretrain.steps == 0

@@ -67,7 +67,8 @@ def trained_query_function(config: Config, *, data_root: Path | None = None, pro
     """The SQF for this config's public dataset (trained once, then cached)."""
     public_train, public_val = load_public(config, data_root=data_root)
     return train_query_function(
-        public_train=public_train, public_val=public_val, config=config.semantics, seed=config.seed, progress=progress
+        public_train=public_train, public_val=public_val, config=config.semantics, seed=config.semantics.sqf_seed,
+        progress=progress
     )
 
 
@@ -106,7 +107,7 @@ def run_selection(
     semantics_per_row(selection_ratio=semantics.selection_ratio, num_public_classes=public_train.num_classes,
                       num_rows=sensitive.num_classes)
     query_function = train_query_function(
-        public_train=public_train, public_val=public_val, config=semantics, seed=config.seed, progress=progress
+        public_train=public_train, public_val=public_val, config=semantics, seed=semantics.sqf_seed, progress=progress
     )
 
     start = time.perf_counter()
