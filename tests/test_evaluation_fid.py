@@ -75,6 +75,9 @@ def test_fid_of_a_set_against_itself_is_zero(offline, mnist_test):
     result = frechet_distance(synthetic=mnist_test, real=mnist_test, extractor=offline)
     assert abs(result["fid"]) < 1e-6
     assert result["fid_backbone"] == offline.name
+    # The metric names the exact weights it was measured with.
+    assert result["fid_backbone_identity"].endswith(offline.meta["weights_sha256"])
+    assert len(offline.meta["weights_sha256"]) == 16
     assert result["fid_num_synthetic"] == result["fid_num_real"] == 1000
     assert "reporting only" in result["fid_reference"]
 

@@ -19,7 +19,7 @@ import json
 
 import torch
 
-from privimage.cache import atomic_torch_save, atomic_write_json, stage_dir
+from privimage.cache import atomic_torch_save, atomic_write_json, file_sha256, stage_dir
 from privimage.config import EvaluationConfig, config_hash
 from privimage.data.base import ImageDataset, refuse_sensitive
 from privimage.errors import DataError
@@ -57,7 +57,8 @@ def load_or_train_backbone(
 
     Returns:
         ``(model, meta)``: the network in eval mode on CPU, and its description
-        (``name``, ``hash``, public dataset, selected epoch, validation accuracy).
+        (``name``, ``hash`` of the settings, ``weights_sha256``, public dataset, selected
+        epoch, validation accuracy).
     """
     # The backbone is the analogue of ImageNet-trained Inception: public data only.
     refuse_sensitive(public_train, "the offline FID backbone")
@@ -82,6 +83,7 @@ def load_or_train_backbone(
     # Reuse the cached instrument when one exists for exactly these settings.
     if weights_path.is_file() and meta_path.is_file():
         meta = json.loads(meta_path.read_text())
+        meta.setdefault("weights_sha256", file_sha256(weights_path))
         model = SmallCNN(**meta["arch"])
         model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
         return model.eval(), meta
@@ -110,5 +112,6 @@ def load_or_train_backbone(
     }
     # Weights first, then the metadata that marks the stage complete.
     atomic_torch_save(weights_path, fit.model.state_dict())
+    meta["weights_sha256"] = file_sha256(weights_path)
     atomic_write_json(meta_path, meta)
     return fit.model, meta

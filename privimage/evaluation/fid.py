@@ -25,7 +25,6 @@ only) are computed once per backbone and cached under
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import threading
@@ -38,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from privimage.cache import atomic_save_npz, atomic_write_json, stage_dir
+from privimage.cache import atomic_save_npz, atomic_write_json, file_sha256, stage_dir
 from privimage.config import Config, EvaluationConfig, config_hash
 from privimage.data.base import ImageDataset
 from privimage.errors import ConfigError, DataError, PrivImageError
@@ -222,7 +221,10 @@ class OfflineFeatures(FeatureExtractor):
 
     def __init__(self, *, model: SmallCNN, meta: dict, batch_size: int = 200, device: torch.device | None = None):
         self.name = meta["name"]
-        self.identity = f"{meta['name']}-{meta['hash']}"
+        # The weights' digest, not only the settings that trained them: two machines
+        # can train different weights from the same settings, and FIDs compare only
+        # under one backbone.
+        self.identity = f"{meta['name']}-{meta['hash']}-{meta['weights_sha256']}"
         self.feature_dims = int(meta["arch"]["embedding_dim"])
         self.input_shape = tuple(meta["input_shape"])
         self.batch_size = batch_size
@@ -281,11 +283,7 @@ def _file_digest(path: Path) -> str:
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime)
     if key not in _DIGESTS:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(chunk)
-        _DIGESTS[key] = digest.hexdigest()[:16]
+        _DIGESTS[key] = file_sha256(path)
     return _DIGESTS[key]
 
 
@@ -401,7 +399,8 @@ def frechet_distance(
         progress: show progress bars.
 
     Returns:
-        ``{"fid", "fid_backbone", "fid_feature_dims", "fid_num_synthetic", "fid_num_real", "fid_reference"}``.
+        ``{"fid", "fid_backbone", "fid_backbone_identity", "fid_feature_dims", "fid_num_synthetic",
+        "fid_num_real", "fid_reference"}``.
     """
     from pytorch_fid.fid_score import calculate_frechet_distance
 
@@ -428,6 +427,8 @@ def frechet_distance(
     return {
         "fid": float(distance),
         "fid_backbone": extractor.name,
+        # Name, settings and weights digest of the feature network.
+        "fid_backbone_identity": extractor.identity,
         "fid_feature_dims": int(extractor.feature_dims),
         "fid_num_synthetic": len(synthetic),
         "fid_num_real": len(real),
