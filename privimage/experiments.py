@@ -443,8 +443,16 @@ def sds_by_ratio(*, config: Config, data_root: Path | None = None, progress: boo
     One row per seed and selection ratio of ``config.experiment``; the row with
     ``subset == "all public"`` is the whole public training set (no query).
 
+    Beside SDS, ``frechet_sqf`` is the Fréchet distance between the SQF's
+    penultimate features of the subset and of the sensitive data: does the
+    selection look more like the sensitive images than the whole corpus does?
+    It is measured against the sensitive *test* split (reporting only, outside
+    the guarantee, like FID), so that no code path reads the training split
+    outside the ledger.
+
     Returns:
-        Columns ``dataset, public, seed, selection_ratio, subset, num_images, sds, query_epsilon, status, note``.
+        Columns ``dataset, public, seed, selection_ratio, subset, num_images, sds, frechet_sqf,
+        query_epsilon, status, note``.
     """
     data_root = resolve_data_root(data_root)
     from privimage.data import load_dataset
@@ -453,13 +461,16 @@ def sds_by_ratio(*, config: Config, data_root: Path | None = None, progress: boo
 
     sensitive_frequencies = sensitive_test_frequencies(config=config, data_root=data_root)
     public = load_dataset(config.data.public, "train", data_root=data_root, config=config.data)
+    frechet_to_sensitive = _sqf_frechet_distances(config=config, public=public, data_root=data_root,
+                                                  progress=progress)
     # The whole public set needs no query: its SDS is the baseline every selection should beat.
     public_sds = semantic_distribution_similarity(sensitive_frequencies, dataset_frequencies(public))
+    public_frechet = frechet_to_sensitive(public.class_names)
     rows = []
     for seed in config.experiment.seeds:
         rows.append({"dataset": config.data.sensitive, "public": config.data.public, "seed": seed,
                      "selection_ratio": 1.0, "subset": "all public", "num_images": len(public), "sds": public_sds,
-                     "query_epsilon": 0.0, "status": "ok", "note": "no query"})
+                     "frechet_sqf": public_frechet, "query_epsilon": 0.0, "status": "ok", "note": "no query"})
         for ratio in config.experiment.selection_ratios:
             point = GridPoint(method="privimage-d", epsilon=None, seed=seed,
                               overrides={"semantics.selection_ratio": ratio})
@@ -469,9 +480,33 @@ def sds_by_ratio(*, config: Config, data_root: Path | None = None, progress: boo
                 "dataset": config.data.sensitive, "public": config.data.public, "seed": seed,
                 "selection_ratio": ratio, "subset": "selected", "num_images": len(selected),
                 "sds": semantic_distribution_similarity(sensitive_frequencies, summary["selected_counts"]),
+                "frechet_sqf": frechet_to_sensitive([name for names in summary["selected"].values() for name in names]),
                 "query_epsilon": PrivacyLedger.from_dict(summary["ledger"]).epsilon(), "status": "ok", "note": "",
             })
     return pd.DataFrame(rows)
+
+
+def _sqf_frechet_distances(*, config: Config, public, data_root: Path, progress: bool):
+    """A function: public class names -> Fréchet distance (SQF features) of their images to the sensitive test split."""
+    import numpy as np
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    from privimage.evaluation.datasets import load_test_split
+    from privimage.evaluation.fid import feature_statistics
+    from privimage.semantics.stage import trained_query_function
+
+    query_function = trained_query_function(config, data_root=data_root, progress=progress)
+    test = load_test_split(name=config.data.sensitive, data_root=data_root, config=config.data)
+    reference = feature_statistics(query_function.features(test))
+    # Features of the whole corpus once; a subset is a mask over its classes.
+    public_features = query_function.features(public)
+    class_index = {name: index for index, name in enumerate(public.class_names)}
+
+    def frechet_to_sensitive(class_names) -> float:
+        mask = np.isin(public.labels, [class_index[name] for name in class_names])
+        return float(calculate_frechet_distance(*feature_statistics(public_features[mask]), *reference))
+
+    return frechet_to_sensitive
 
 
 def _null_label_model(model, num_classes: int):
@@ -551,7 +586,7 @@ def pretrained_only(*, config: Config, method: str, data_root: Path | None = Non
 def pretrained_only_grid(*, config: Config, data_root: Path | None = None, progress: bool = True) -> pd.DataFrame:
     """`pretrained_only` for every method of ``config.experiment.pretrained_methods`` and seed."""
     rows = []
-    for seed in config.experiment.seeds:
+    for seed in config.experiment.sweep_seeds:
         for method in config.experiment.pretrained_methods:
             seeded = run_config(config=config, point=GridPoint(method=method, epsilon=None, seed=seed))
             rows.append({"dataset": config.data.sensitive,
@@ -567,7 +602,7 @@ def selection_ratio_grid(*, config: Config, data_root: Path | None = None, progr
     grid = config.experiment
     points = [GridPoint(method="privimage-d", epsilon=grid.sweep_epsilon, seed=s,
                         overrides={"semantics.selection_ratio": r}, labels={"selection_ratio": r})
-              for r in grid.selection_ratios for s in grid.seeds]
+              for r in grid.selection_ratios for s in grid.sweep_seeds]
     return run_grid(config=config, points=points, data_root=data_root, progress=progress)
 
 
@@ -576,7 +611,7 @@ def model_size_grid(*, config: Config, data_root: Path | None = None, progress: 
     grid = config.experiment
     points = [GridPoint(method="privimage-d", epsilon=grid.sweep_epsilon, seed=s,
                         overrides={"diffusion.preset": size}, labels={"model_size": size})
-              for size in grid.model_sizes for s in grid.seeds]
+              for size in grid.model_sizes for s in grid.sweep_seeds]
     return run_grid(config=config, points=points, data_root=data_root, progress=progress)
 
 
@@ -587,7 +622,7 @@ def overparameterization_grid(*, config: Config, data_root: Path | None = None, 
     points = [GridPoint(method=grid.overparameterization_method, epsilon=grid.sweep_epsilon, seed=s,
                         overrides={"diffusion.preset": size, "data.sensitive": grid.overparameterization_dataset},
                         labels={"model_size": size})
-              for size in grid.overparameterization_sizes for s in grid.seeds]
+              for size in grid.overparameterization_sizes for s in grid.sweep_seeds]
     return run_grid(config=config, points=points, data_root=data_root, progress=progress)
 
 
@@ -630,10 +665,10 @@ def nonprivate_grid(*, config: Config, data_root: Path | None = None, progress: 
 
     grid = config.experiment
     points = [GridPoint(method=m, epsilon=grid.sweep_epsilon if get_method(m).private else None, seed=s)
-              for m in grid.nonprivate_methods for s in grid.seeds]
+              for m in grid.nonprivate_methods for s in grid.sweep_seeds]
     runs = run_grid(config=config, points=points, data_root=data_root, progress=progress)
     rows = []
-    for seed in grid.seeds:
+    for seed in grid.sweep_seeds:
         seeded = run_config(config=config, point=GridPoint(method="nonpriv-d", epsilon=None, seed=seed))
         rows.append({"dataset": config.data.sensitive, "public": config.data.public, "method": "nonpriv",
                      "epsilon": None, "seed": seed, "status": "ok", "fid": math.nan,
@@ -661,7 +696,7 @@ def resource_grid(
     points = [GridPoint(method=m, epsilon=grid.sweep_epsilon, seed=s,
                         overrides={"diffusion.preset": preset} if preset else {},
                         labels={"model_size": preset or config.diffusion.preset})
-              for m, preset in presets.items() for s in grid.seeds]
+              for m, preset in presets.items() for s in grid.sweep_seeds]
     runs = run_grid(config=config, points=points, data_root=data_root, progress=progress)
     rows = []
     for _, run in runs[runs["status"] == "ok"].iterrows():

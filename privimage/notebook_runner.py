@@ -30,6 +30,41 @@ def discover_notebooks(only: set[str] | None = None) -> list[Path]:
     return notebooks
 
 
+def missing_requirements(profile: str) -> list[str]:
+    """What this machine lacks to run ``profile`` (empty when nothing is missing).
+
+    The embedded profiles need nothing beyond the installed packages. The paper
+    profile trains the paper's models on real datasets: it needs a CUDA GPU,
+    every dataset its config and grids name, and (for its FID) Inception weights.
+    """
+    if profile != "paper":
+        return []
+    import torch
+
+    from privimage.config import load_config
+    from privimage.data import dataset_info
+    from privimage.evaluation.fid import find_inception_weights
+    from privimage.experiments import resolve_data_root
+
+    config = load_config(profile)
+    data_root = resolve_data_root()
+    missing = []
+    if not torch.cuda.is_available():
+        missing.append("a CUDA GPU (torch.cuda.is_available() is False)")
+    datasets = {config.data.sensitive: ("train", "test"), config.data.public: ("train", "val"),
+                config.experiment.overparameterization_dataset: ("train", "test")}
+    for name, splits in datasets.items():
+        for split in splits:
+            info = dataset_info(name, split, data_root=data_root, config=config.data)
+            if not info["available"]:
+                missing.append(f"dataset {name}/{split} at {info['expected_path']} "
+                               f"(`privimage data list` says how to get it)")
+    if config.evaluation.fid_backbone != "offline" and find_inception_weights(config=config.evaluation) is None:
+        missing.append("pytorch-fid's Inception weights (`privimage evaluate --download-inception`, "
+                       "or set $PRIVIMAGE_INCEPTION_WEIGHTS)")
+    return missing
+
+
 def run_notebook(notebook: Path, profile: str, results_dir: Path) -> float:
     """Execute one notebook with papermill; return its wall time in seconds."""
     import papermill
@@ -56,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
 
     only = {part.strip().zfill(2) for part in args.only.split(",") if part.strip()} or None
     notebooks = discover_notebooks(only)
+    # Refuse at once, not hours into a run, when the profile cannot run here.
+    missing = missing_requirements(args.profile)
+    if missing:
+        print(f"error: the {args.profile} profile cannot run on this machine; missing: " + "; ".join(missing),
+              file=sys.stderr)
+        return 2
     from privimage.experiments import results_dir as profile_results_dir
 
     results_dir = profile_results_dir(args.profile)

@@ -164,6 +164,9 @@ def test_02_semantic_query(smoke_run):
     assert all(math.isfinite(v) and v >= 0 for v in pretrained["fid"])
     sds = read_table(results, "tab_rq2_sds")
     assert sds["sds"].between(-1.0, 1.0).all()
+    # A Fréchet distance of every subset (and of the whole corpus) to the sensitive test split.
+    assert set(sds["subset"]) == {"all public", "selected"}
+    assert all(math.isfinite(v) and v >= 0 for v in sds["frechet_sqf"])
     selected = sds[sds["subset"] == "selected"]
     assert sorted(selected["selection_ratio"]) == sorted(smoke_run["config"].experiment.selection_ratios)
     # More selected semantics, more public images; each selection is a DP release with a positive epsilon.
@@ -247,3 +250,27 @@ def test_a_second_run_reads_the_cache_and_writes_the_same_table(smoke_run):
     assert (results / "tables" / "tab_rq1_main.csv").read_text() == before
     # Nothing was trained or rewritten: the finished runs were only read.
     assert stage_files() == files_before
+
+
+# --------------------------------------------------------------------------- the runner's preflight
+
+
+def test_paper_profile_without_gpu_or_data_stops_at_once_listing_what_is_missing(tmp_path, monkeypatch, capsys):
+    from privimage import notebook_runner
+
+    monkeypatch.setenv("PRIVIMAGE_DATA", str(tmp_path / "no-data"))
+    monkeypatch.setenv("PRIVIMAGE_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.setattr("privimage.evaluation.fid.find_inception_weights", lambda **_: None)
+    monkeypatch.setattr(notebook_runner, "run_notebook", lambda *a, **k: pytest.fail("a notebook ran"))
+    assert notebook_runner.main(["--profile", "paper"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and error.startswith("error: the paper profile")
+    for needed in ("CUDA GPU", "cifar10/train", "imagenet32/train", "mnist/train", "Inception weights"):
+        assert needed in error
+
+
+def test_embedded_profiles_need_nothing_more():
+    from privimage.notebook_runner import missing_requirements
+
+    assert missing_requirements("smoke") == [] and missing_requirements("quick") == []
