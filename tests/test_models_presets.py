@@ -8,6 +8,7 @@ from privimage.errors import ConfigError
 from privimage.models import UNET_PRESETS, build_unet, count_parameters, unet_shape
 
 CIFAR10_SIZES = {"1.8M": 1.8e6, "4.0M": 4.0e6, "6.1M": 6.1e6, "15.7M": 15.7e6, "27.9M": 27.9e6, "80M": 80e6}
+CPU_SIZES = {"0.11M": 0.11e6, "0.25M": 0.25e6, "0.44M": 0.44e6}
 MNIST_SIZES = {"1.75M": 1.75e6, "6.99M": 6.99e6, "27.9M": 27.9e6, "62.7M": 62.7e6, "112M": 112e6, "251M": 251e6}
 
 
@@ -28,12 +29,17 @@ def test_mnist_presets_match_paper_parameter_counts(preset, target):
     assert abs(meta_count(preset, channels=1) / target - 1) < 0.05
 
 
+@pytest.mark.parametrize("preset, target", sorted(CPU_SIZES.items()))
+def test_cpu_sweep_presets_match_their_names(preset, target):
+    assert abs(meta_count(preset, channels=1) / target - 1) < 0.05
+
+
 def test_tiny_preset_is_small_enough_for_smoke_tests():
     assert 30_000 < meta_count("tiny", channels=1) < 70_000
 
 
 def test_every_preset_is_tested():
-    assert set(UNET_PRESETS) == set(CIFAR10_SIZES) | set(MNIST_SIZES) | {"tiny"}
+    assert set(UNET_PRESETS) == set(CIFAR10_SIZES) | set(MNIST_SIZES) | set(CPU_SIZES) | {"tiny"}
 
 
 def test_64x64_images_build_with_the_same_presets():

@@ -11,6 +11,9 @@ against its name within 5%.
 - PDP-Diffusion's 80M model (paper Table 1): the 4-level DDPM CIFAR-10 layout.
 - MNIST over-parameterization sweep (paper Appendix B, Fig. 8): 1.75M, 6.99M,
   27.9M, 62.7M, 112M, 251M (base 32, 64, 128, 192, 256, 384).
+- CPU sweep of the quick profile: 0.11M, 0.25M, 0.44M (base 8, 12, 16: the
+  CIFAR-10 sweep's 1.8M/4.0M/6.1M layout at a quarter of the width, so that
+  the size ablation fits a 2-core machine; 1-channel counts).
 - ``tiny``: about 45k parameters, for smoke tests.
 """
 
@@ -38,6 +41,10 @@ UNET_PRESETS: dict[str, UNetPreset] = {
     "15.7M": UNetPreset(base_channels=96),
     "27.9M": UNetPreset(base_channels=128),
     "80M": UNetPreset(base_channels=144, channel_mult=(1, 2, 2, 2), num_res_blocks=4),
+    # The quick profile's CPU sweep (1 channel): the layout above at a quarter of the width.
+    "0.11M": UNetPreset(base_channels=8),
+    "0.25M": UNetPreset(base_channels=12),
+    "0.44M": UNetPreset(base_channels=16),
     # MNIST over-parameterization sweep (1 channel); 27.9M is shared with the list above.
     "1.75M": UNetPreset(base_channels=32),
     "6.99M": UNetPreset(base_channels=64),
