@@ -20,7 +20,7 @@ from privimage.data.base import ImageDataset, refuse_sensitive
 from privimage.errors import DataError
 from privimage.training.common import batch_tensors, model_device
 from privimage.training.dpsgd import finetune_schedule, run_dp_sgd
-from privimage.training.plain import accumulate_mean_loss, run_plain_training
+from privimage.training.plain import accumulate_mean_loss, run_plain_training, sum_gradients_over_ranks
 
 PRETRAIN_STAGE = "pretrain_diffusion"
 DP_FINETUNE_STAGE = "dp_finetune_diffusion"
@@ -117,7 +117,9 @@ def pretrain_diffusion(
 
     def train_step(step: int, rows: np.ndarray) -> dict[str, float]:
         optimizer.zero_grad(set_to_none=True)
-        loss = accumulate_mean_loss(rows_loss, rows, settings.physical_batch_size)
+        # `rows` is this process's share of the batch; the ranks' gradients add up to the batch mean's.
+        loss = accumulate_mean_loss(rows_loss, rows, settings.physical_batch_size, batch_size=settings.batch_size)
+        loss = sum_gradients_over_ranks(model.parameters(), loss)
         optimizer.step()
         ema.update(model)
         return {"loss": loss}
@@ -215,7 +217,8 @@ def finetune_nonprivate_diffusion(
     def train_step(step: int, rows: np.ndarray) -> dict[str, float]:
         optimizer.zero_grad(set_to_none=True)
         loss = accumulate_mean_loss(lambda chunk: loss_fn(model, *batch_tensors(sensitive, chunk, device)),
-                                    rows, settings.physical_batch_size)
+                                    rows, settings.physical_batch_size, batch_size=settings.batch_size)
+        loss = sum_gradients_over_ranks(model.parameters(), loss)
         optimizer.step()
         ema.update(model)
         return {"loss": loss}

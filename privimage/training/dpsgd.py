@@ -25,6 +25,18 @@ never checkpointed; on resume new generators are drawn, which is as private.
 Nothing computed from the sensitive data outside the noisy gradient is
 reported either (no training loss, no realised batch sizes): those would be
 releases the ledger does not account for.
+
+Under torchrun (`privimage.distributed`) the same logical step runs on W
+processes: rank r holds the examples r, r+W, r+2W, ... and Poisson-samples them
+with the same rate q, so the union of the ranks' batches is a Poisson sample of
+the whole set with rate q and expected size batch_size; each rank clips its own
+per-sample gradients and opacus's ``DistributedDPOptimizer`` adds the noise on
+rank 0 only and all-reduces the noisy sum, so each logical step releases one
+noisy gradient of the global batch, divided by the global expected batch size.
+The accounting is therefore the single-process one (q, sigma, T), with one
+journal, one ledger and the checkpoints written by rank 0; a checkpoint holds
+nothing rank-specific but the non-private RNG streams, so a run resumes with
+any number of processes.
 """
 
 from __future__ import annotations
@@ -37,9 +49,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from opacus.optimizers import DPOptimizer
+from opacus.optimizers import DistributedDPOptimizer, DPOptimizer
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+from torch.utils.data import Sampler
 
+from privimage import distributed
 from privimage.config import FinetuneConfig, config_hash
 from privimage.data.base import ImageDataset
 from privimage.dp import check_dp_compatible
@@ -47,8 +61,6 @@ from privimage.errors import ConfigError, PrivacyError
 from privimage.training.checkpoint import load_latest_checkpoint, save_checkpoint
 from privimage.training.common import (
     progress_bar,
-    restore_rng_state,
-    rng_state,
     seed_training_randomness,
     stage_seed,
     write_resources,
@@ -139,41 +151,102 @@ def make_dp_optimizer(
 ) -> DPOptimizer:
     """AdamW wrapped in opacus's ``DPOptimizer`` with a fresh, unseeded noise generator.
 
+    In a distributed run it is opacus's ``DistributedDPOptimizer``: every rank
+    clips and sums its own rows, rank 0 alone adds the noise, and the sums are
+    all-reduced before the update, so the update equals the single-process one
+    on the union of the ranks' rows.
+
     Args:
         parameters: the parameters DP-SGD updates.
         lr, weight_decay, betas: AdamW settings.
         noise_multiplier: sigma; the noise std on the clipped sum is sigma * max_grad_norm.
         max_grad_norm: C, the per-sample clipping norm.
-        expected_batch_size: the divisor of the noisy sum (not the realised batch size).
+        expected_batch_size: the divisor of the noisy sum (not the realised batch
+            size): the *global* expected batch, over all ranks.
         secure_mode: opacus's floating-point-attack mitigation for the noise.
         device: where the parameters live (the noise generator must be there too).
 
     Returns:
-        The ``DPOptimizer``.
+        The ``DPOptimizer`` (a ``DistributedDPOptimizer`` under torchrun).
     """
     from privimage.privacy.noise import torch_noise_generator
 
     if not max_grad_norm > 0:
         raise ConfigError(f"finetune.max_grad_norm must be > 0, got {max_grad_norm}")
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay, betas=betas)
-    return DPOptimizer(
+    # Each rank divides by its share of the expected batch and the all-reduce averages
+    # over ranks, so the update divides by the global one (as opacus's PrivacyEngine sets it).
+    optimizer_class = DistributedDPOptimizer if distributed.is_distributed() else DPOptimizer
+    per_rank = expected_batch_size / distributed.world_size() if distributed.is_distributed() else expected_batch_size
+    return optimizer_class(
         optimizer,
         noise_multiplier=noise_multiplier,
         max_grad_norm=max_grad_norm,
-        expected_batch_size=expected_batch_size,
+        expected_batch_size=per_rank,
         loss_reduction="mean",
         generator=torch_noise_generator(secure=secure_mode, device=str(device)),
         secure_mode=secure_mode,
     )
 
 
-def poisson_sampler(*, num_examples: int, sample_rate: float, steps: int) -> UniformWithReplacementSampler:
-    """opacus's Poisson sampler over ``steps`` logical batches, from a fresh OS-entropy generator."""
+class ShardPoissonSampler(Sampler[np.ndarray]):
+    """Poisson sampling of one rank's shard: opacus's sampler over rows ``rank::world``.
+
+    Why not opacus's ``DistributedUniformWithReplacementSampler``: it skips a
+    rank's empty batches, so ranks would disagree on the number of logical
+    steps and the all-reduce would hang; it also shuffles the shards with a
+    seeded generator, which buys nothing when every row is sampled
+    independently anyway. Here every rank yields exactly ``steps`` batches,
+    empty ones included, as the single-process sampler does.
+
+    Args:
+        shard: the sensitive rows this rank holds.
+        sample_rate: q, the same on every rank.
+        steps: logical batches to draw.
+        generator: a fresh OS-entropy generator of this rank (never seeded by the experiment).
+    """
+
+    def __init__(self, *, shard: np.ndarray, sample_rate: float, steps: int, generator: torch.Generator) -> None:
+        self.shard = np.asarray(shard, dtype=np.int64)
+        self.local = UniformWithReplacementSampler(
+            num_samples=len(self.shard), sample_rate=sample_rate, steps=steps, generator=generator
+        )
+
+    def __len__(self) -> int:
+        return len(self.local)
+
+    def __iter__(self):
+        for local_rows in self.local:
+            yield self.shard[np.asarray(local_rows, dtype=np.int64)]
+
+
+def poisson_sampler(*, num_examples: int, sample_rate: float, steps: int) -> Sampler:
+    """opacus's Poisson sampler over ``steps`` logical batches, from a fresh OS-entropy generator.
+
+    Under torchrun each rank samples its shard (rows ``rank::world``) with the
+    same rate: every row still joins a logical batch independently with
+    probability q, so the union of the ranks' batches is the Poisson sample the
+    accountant assumes, of expected size q * N.
+
+    Args:
+        num_examples: N, the size of the sensitive training set.
+        sample_rate: q.
+        steps: logical batches to draw.
+
+    Returns:
+        An iterable of ``steps`` lists (arrays under torchrun) of this rank's row indices.
+    """
     from privimage.privacy.noise import torch_noise_generator
 
-    return UniformWithReplacementSampler(
-        num_samples=num_examples, sample_rate=sample_rate, steps=steps, generator=torch_noise_generator()
-    )
+    if not distributed.is_distributed():
+        return UniformWithReplacementSampler(
+            num_samples=num_examples, sample_rate=sample_rate, steps=steps, generator=torch_noise_generator()
+        )
+    if num_examples < distributed.world_size():
+        raise PrivacyError(f"{num_examples} sensitive examples cannot be shared among "
+                           f"{distributed.world_size()} processes; use fewer processes")
+    shard = np.arange(distributed.rank(), num_examples, distributed.world_size())
+    return ShardPoissonSampler(shard=shard, sample_rate=sample_rate, steps=steps, generator=torch_noise_generator())
 
 
 def dp_sgd_step(
@@ -249,6 +322,12 @@ def run_dp_sgd(
     readable checkpoint; the ledger is charged for every step in the journal,
     including steps released after that checkpoint and now re-done.
 
+    Under torchrun every rank calls it with the same arguments: each samples and
+    clips its shard, rank 0 adds the noise, keeps the journal and writes the
+    checkpoints, and every rank ends with the same weights and the same ledger
+    (the caller writes it from rank 0). The number of processes may change
+    between a run and its resume.
+
     Args:
         stage: name of the stage (checkpoints of another stage are refused).
         model: the module trained with DP-SGD (the diffusion model, or a GAN's discriminator).
@@ -304,12 +383,26 @@ def run_dp_sgd(
 
     records: list[dict] = []
     session_start = time.perf_counter()
+    main, world_size = distributed.is_main_process(), distributed.world_size()
+    progress = progress and main
+    journal: DPStepJournal | None = None
     with measure_stage("finetuning", log=records):
-        # Journal first: it is the durable count of released steps (and locks the folder).
-        journal = DPStepJournal(run_dir / JOURNAL_NAME, header={
-            **expect, "noise_multiplier": noise_multiplier, "sample_rate": sample_rate, "total_steps": total_steps,
-        })
+        def open_run() -> tuple[int, dict[str, Any] | None]:
+            # Rank 0 only: the journal first (the durable count of released steps, and
+            # the folder's lock), then the newest checkpoint checked against it.
+            nonlocal journal
+            journal = DPStepJournal(run_dir / JOURNAL_NAME, header={
+                **expect, "noise_multiplier": noise_multiplier, "sample_rate": sample_rate, "total_steps": total_steps,
+            })
+            found = load_latest_checkpoint(run_dir=run_dir, expect=expect)
+            if found is not None:
+                _check_checkpoint_account(found, journal=journal, ledger_before=ledger_before,
+                                          noise_multiplier=noise_multiplier, sample_rate=sample_rate,
+                                          generator=generator)
+            return journal.steps, found
+
         try:
+            journal_steps, checkpoint = distributed.main_only(open_run)
             device = next(model.parameters()).device
             optimizer = make_dp_optimizer(
                 parameters=[p for p in model.parameters() if p.requires_grad], lr=lr,
@@ -318,14 +411,12 @@ def run_dp_sgd(
                 expected_batch_size=settings.batch_size, secure_mode=settings.secure_mode, device=device, betas=betas,
             )
 
-            checkpoint = load_latest_checkpoint(run_dir=run_dir, expect=expect)
             if checkpoint is None:
                 start_step, previous = 0, {}
-                seed_training_randomness(stage_seed(seed, stage))
+                seed_training_randomness(distributed.rank_seed(stage_seed(seed, stage)))
+                # Every rank starts from rank 0's weights (what opacus's DPDDP wrapper does).
+                _share_rank0_weights(model, ema, extra_state)
             else:
-                _check_checkpoint_account(checkpoint, journal=journal, ledger_before=ledger_before,
-                                          noise_multiplier=noise_multiplier, sample_rate=sample_rate,
-                                          generator=generator)
                 start_step, previous = int(checkpoint["step"]), dict(checkpoint["stats"])
                 model.load_state_dict(checkpoint["model"])
                 optimizer.load_state_dict(checkpoint["optimizer"])
@@ -333,36 +424,52 @@ def run_dp_sgd(
                     ema.load_state_dict(checkpoint["ema"])
                 for name, obj in extra_state.items():
                     obj.load_state_dict(checkpoint["extra"][name])
-                restore_rng_state(checkpoint["rng"])
+                distributed.restore_rank_rng(saved=checkpoint.get("rng_by_rank") or [checkpoint["rng"]],
+                                             seed=stage_seed(seed, stage), step=start_step)
             checkpoint_journal_steps = int(checkpoint["journal_steps"]) if checkpoint else 0
             # Every released step counts, lost ones (after the checkpoint) included.
-            lost_steps = journal.steps - checkpoint_journal_steps
-            if journal.steps:
+            lost_steps = journal_steps - checkpoint_journal_steps
+            if journal_steps:
                 ledger.record_dpsgd_steps(noise_multiplier=noise_multiplier, sample_rate=sample_rate,
-                                          steps=journal.steps, generator=generator)
+                                          steps=journal_steps, generator=generator)
+            released_steps = journal_steps
 
             def release_step(step: int) -> None:
-                journal.record_step(step=step)
+                # Rank 0 journals before its noise leaves; every rank keeps the same ledger in memory.
+                nonlocal released_steps
+                if journal is not None:
+                    journal.record_step(step=step)
                 ledger.record_dpsgd_steps(noise_multiplier=noise_multiplier, sample_rate=sample_rate,
                                           steps=1, generator=generator)
+                released_steps += 1
 
             def write_checkpoint(step: int) -> None:
-                save_checkpoint(run_dir=run_dir, step=step, payload={
-                    **expect,
-                    "total_steps": total_steps,
-                    "noise_multiplier": noise_multiplier,
-                    "sample_rate": sample_rate,
-                    "journal_steps": journal.steps,
-                    "ledger": ledger.to_dict(),
-                    "model": model.state_dict(),
-                    "ema": ema.state_dict() if ema is not None else {},
-                    "optimizer": optimizer.state_dict(),
-                    "extra": {name: obj.state_dict() for name, obj in extra_state.items()},
-                    "rng": rng_state(),
-                    "stats": {"lost_steps_charged": previous.get("lost_steps_charged", 0) + lost_steps,
-                              "sessions": previous.get("sessions", 0) + 1,
-                              "wall_time_s": previous.get("wall_time_s", 0.0) + time.perf_counter() - session_start},
-                })
+                # Gathering the ranks' non-private RNG streams is a collective: every rank takes part.
+                rng_states = distributed.rng_states_of_all_ranks()
+                # Rank 0 writes; the others wait for it (and learn if it failed).
+                def save() -> None:
+                    save_checkpoint(run_dir=run_dir, step=step, payload={
+                        **expect,
+                        "total_steps": total_steps,
+                        "noise_multiplier": noise_multiplier,
+                        "sample_rate": sample_rate,
+                        "journal_steps": released_steps,
+                        "ledger": ledger.to_dict(),
+                        "model": model.state_dict(),
+                        "ema": ema.state_dict() if ema is not None else {},
+                        "optimizer": optimizer.state_dict(),
+                        "extra": {name: obj.state_dict() for name, obj in extra_state.items()},
+                        "rng": rng_states[0],
+                        "rng_by_rank": rng_states,
+                        "world_size": world_size,
+                        "stats": {
+                            "lost_steps_charged": previous.get("lost_steps_charged", 0) + lost_steps,
+                            "sessions": previous.get("sessions", 0) + 1,
+                            "wall_time_s": previous.get("wall_time_s", 0.0) + time.perf_counter() - session_start,
+                        },
+                    })
+
+                distributed.main_only(save)
 
             model.train()
             remaining = total_steps - start_step
@@ -388,7 +495,8 @@ def run_dp_sgd(
                     bar.update(1)
             bar.close()
         finally:
-            journal.close()
+            if journal is not None:
+                journal.close()
     usage = records[-1]
     epsilon = ledger.epsilon()
     stats = {
@@ -396,10 +504,11 @@ def run_dp_sgd(
         "private": True,
         "steps": total_steps,
         "resumed_from_step": start_step,
-        "released_steps": journal.steps,
+        "released_steps": released_steps,
         "lost_steps_charged": previous.get("lost_steps_charged", 0) + lost_steps,
         "sample_rate": sample_rate,
         "expected_batch_size": settings.batch_size,
+        "world_size": world_size,
         "noise_multiplier": noise_multiplier,
         "max_grad_norm": settings.max_grad_norm,
         "noise_generator": generator,
@@ -411,11 +520,22 @@ def run_dp_sgd(
         # Table 4 counts the whole stage: earlier sessions up to their last checkpoint, plus this one.
         "wall_time_s_all_sessions": previous.get("wall_time_s", 0.0) + usage["wall_time_s"],
     }
-    write_resources(run_dir, stage, {**usage, "wall_time_s_all_sessions": stats["wall_time_s_all_sessions"]})
+    if main:
+        write_resources(run_dir, stage, {**usage, "wall_time_s_all_sessions": stats["wall_time_s_all_sessions"]})
     if progress:
         bar.write(f"{stage}: {total_steps} DP-SGD steps, epsilon {epsilon:.3f} (delta {ledger.delta:g}); "
                   f"checkpoints in {run_dir}", file=sys.stderr)
     return stats
+
+
+def _share_rank0_weights(model: torch.nn.Module, ema: Any | None, extra_state: Mapping[str, Any]) -> None:
+    """Give every rank rank 0's starting weights: the model, its EMA copy and any extra networks."""
+    distributed.broadcast_module(model)
+    if isinstance(getattr(ema, "model", None), torch.nn.Module):
+        distributed.broadcast_module(ema.model)
+    for obj in extra_state.values():
+        if isinstance(obj, torch.nn.Module):
+            distributed.broadcast_module(obj)
 
 
 def _check_ledger_matches(ledger, *, sensitive: ImageDataset, delta: float) -> None:

@@ -12,6 +12,10 @@ Paper Section 3.4 and Table 6, DPGAN as in opacus's DCGAN example:
   generated rows must not follow the realised Poisson batch size: if it did,
   removing one real image would also remove a generated row and the sum could
   change by 2C instead of C.
+
+Under torchrun each rank generates its share of those rows (the shares add up to
+the fixed number), and of the generator's batch; the generator's gradients are
+all-reduced like every non-private gradient (`privimage.training.plain`).
 """
 
 from __future__ import annotations
@@ -23,13 +27,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from privimage import distributed
 from privimage.config import Config, FinetuneConfig
 from privimage.data.base import ImageDataset, refuse_sensitive
 from privimage.errors import DataError
 from privimage.training.common import batch_tensors, model_device
 from privimage.training.diffusion_training import NONPRIVATE_MARK
 from privimage.training.dpsgd import finetune_schedule, run_dp_sgd
-from privimage.training.plain import chunked, run_plain_training
+from privimage.training.plain import chunked, run_plain_training, sum_gradients_over_ranks
 
 PRETRAIN_STAGE = "pretrain_gan"
 DP_FINETUNE_STAGE = "dp_finetune_gan"
@@ -60,7 +65,10 @@ def _generate(generator: torch.nn.Module, count: int, num_classes: int, device: 
 
 def _generator_step(*, generator, discriminator, optimizer, batch_size: int, physical_batch_size: int,
                     num_classes: int) -> float:
-    """One non-saturating generator update through the discriminator (no sensitive data read)."""
+    """One non-saturating generator update through the discriminator (no sensitive data read).
+
+    ``batch_size`` counts the generated images of all ranks; this rank makes its share.
+    """
     from privimage.models import generator_loss_per_example
 
     device = model_device(generator)
@@ -69,20 +77,27 @@ def _generator_step(*, generator, discriminator, optimizer, batch_size: int, phy
     discriminator.requires_grad_(False)
     total = 0.0
     try:
-        for chunk in chunked(np.arange(batch_size), physical_batch_size):
+        for chunk in chunked(np.arange(distributed.share_of_count(batch_size)), physical_batch_size):
+            if len(chunk) == 0:
+                continue
             fake, labels = _generate(generator, len(chunk), num_classes, device, grad=True)
             loss = generator_loss_per_example(discriminator, fake, labels).sum() / batch_size
             loss.backward()
             total += float(loss.detach())
     finally:
         discriminator.requires_grad_(True)
+    total = sum_gradients_over_ranks(generator.parameters(), total)
     optimizer.step()
     return total
 
 
 def _plain_gan_step(*, dataset: ImageDataset, generator, discriminator, d_optimizer, g_optimizer,
-                    update_ratio: int, generator_batch_size: int, physical_batch_size: int, num_classes: int):
-    """A non-private training step: discriminator on real + as many generated rows, then maybe the generator."""
+                    update_ratio: int, batch_size: int, generator_batch_size: int, physical_batch_size: int,
+                    num_classes: int):
+    """A non-private training step: discriminator on real + as many generated rows, then maybe the generator.
+
+    ``batch_size`` is the step's real rows over all ranks (the mean's divisor); ``rows`` this rank's share.
+    """
     from privimage.models import discriminator_loss_fake_per_example, discriminator_loss_real_per_example
 
     device = model_device(discriminator)
@@ -91,12 +106,15 @@ def _plain_gan_step(*, dataset: ImageDataset, generator, discriminator, d_optimi
         d_optimizer.zero_grad(set_to_none=True)
         d_loss = 0.0
         for chunk in chunked(rows, physical_batch_size):
+            if len(chunk) == 0:
+                continue
             images, labels = batch_tensors(dataset, chunk, device)
             fake, fake_labels = _generate(generator, len(chunk), num_classes, device, grad=False)
             loss = (discriminator_loss_real_per_example(discriminator, images, labels).sum()
-                    + discriminator_loss_fake_per_example(discriminator, fake, fake_labels).sum()) / len(rows)
+                    + discriminator_loss_fake_per_example(discriminator, fake, fake_labels).sum()) / batch_size
             loss.backward()
             d_loss += float(loss.detach())
+        d_loss = sum_gradients_over_ranks(discriminator.parameters(), d_loss)
         d_optimizer.step()
         losses = {"d_loss": d_loss}
         # Table 6: one generator update per `update_ratio` discriminator updates.
@@ -144,8 +162,9 @@ def pretrain_gan(
 
     train_step = _plain_gan_step(
         dataset=public, generator=generator, discriminator=discriminator, d_optimizer=d_optimizer,
-        g_optimizer=g_optimizer, update_ratio=config.gan.update_ratio, generator_batch_size=settings.gan_batch_size,
-        physical_batch_size=settings.physical_batch_size, num_classes=num_classes,
+        g_optimizer=g_optimizer, update_ratio=config.gan.update_ratio, batch_size=settings.gan_batch_size,
+        generator_batch_size=settings.gan_batch_size, physical_batch_size=settings.physical_batch_size,
+        num_classes=num_classes,
     )
 
     generator.train()
@@ -198,8 +217,9 @@ def dp_finetune_gan(
                                     weight_decay=settings.weight_decay, betas=GAN_BETAS)
 
     def batch_rows(real_rows: list[int]) -> np.ndarray:
-        # A fixed number of generated rows keeps the sum's sensitivity at C (module docstring).
-        generated = np.full(settings.batch_size, GENERATED_ROW, dtype=np.int64)
+        # A fixed number of generated rows keeps the sum's sensitivity at C (module docstring);
+        # under torchrun each rank adds its share of that number.
+        generated = np.full(distributed.share_of_count(settings.batch_size), GENERATED_ROW, dtype=np.int64)
         return np.concatenate([np.asarray(real_rows, dtype=np.int64), generated])
 
     def load_inputs(rows: np.ndarray) -> tuple[torch.Tensor, ...]:
@@ -262,8 +282,9 @@ def finetune_nonprivate_gan(
 
     train_step = _plain_gan_step(
         dataset=sensitive, generator=generator, discriminator=discriminator, d_optimizer=d_optimizer,
-        g_optimizer=g_optimizer, update_ratio=config.gan.update_ratio, generator_batch_size=settings.batch_size,
-        physical_batch_size=settings.physical_batch_size, num_classes=num_classes,
+        g_optimizer=g_optimizer, update_ratio=config.gan.update_ratio, batch_size=settings.batch_size,
+        generator_batch_size=settings.batch_size, physical_batch_size=settings.physical_batch_size,
+        num_classes=num_classes,
     )
 
     generator.train()

@@ -8,6 +8,20 @@ batches an uninterrupted run would have used. Checkpoints, resume and the
 resources record work as in the DP loop, without a ledger: nothing here is
 private, and nothing here may be given the sensitive set except the NonPriv
 baselines, which say that they have no privacy guarantee.
+
+Under torchrun (`privimage.distributed`) the global batch of a step is the same
+as with one process; rank r trains on its strided share ``rows[r::W]``, back-
+propagates its rows' losses divided by the *global* batch size and the ranks
+all-reduce the gradients (`sum_gradients_over_ranks`), so the update is the
+single-process one whatever W is, and a run may resume with another W.
+
+Why not DDP and ``DistributedSampler``: DDP's reducer fires on every backward
+pass and needs every rank to run the same number of them, while our steps
+accumulate over a varying number of physical chunks per rank and the GAN step
+runs the discriminator twice per backward; one all-reduce of the accumulated
+gradients per step is the same collective, issued once. ``DistributedSampler``
+re-partitions (and pads) each epoch by W, so the batches would change with the
+number of processes and a resume with another W would not continue the run.
 """
 
 from __future__ import annotations
@@ -20,20 +34,19 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
+from privimage import distributed
 from privimage.config import config_hash
 from privimage.data.base import ImageDataset
 from privimage.errors import ConfigError, DataError
 from privimage.training.checkpoint import load_latest_checkpoint, save_checkpoint
 from privimage.training.common import (
     progress_bar,
-    restore_rng_state,
-    rng_state,
     seed_training_randomness,
     stage_seed,
     write_resources,
 )
 
-# One training step on the given rows: (step number, row indices) -> scalar losses to report.
+# One training step on this rank's share of the step's rows: (step number, row indices) -> losses to report.
 TrainStep = Callable[[int, np.ndarray], Mapping[str, float]]
 
 
@@ -95,8 +108,10 @@ def run_plain_training(
         stage: name of the stage (checkpoints of another stage are refused).
         dataset: the training data.
         steps: number of optimisation steps.
-        batch_size: rows per step.
-        train_step: performs one step (forward, backward, optimizer, EMA).
+        batch_size: rows per step (over all ranks under torchrun).
+        train_step: performs one step (forward, backward, optimizer, EMA) on this
+            rank's share of the batch; it divides by ``batch_size`` and calls
+            `sum_gradients_over_ranks` before its optimizer steps.
         state: objects with ``state_dict``/``load_state_dict`` that a checkpoint saves
             (models, EMA, optimizers).
         run_dir: where checkpoints and ``resources.json`` go.
@@ -125,38 +140,54 @@ def run_plain_training(
     losses: dict[str, float] = {}
     earlier_wall_time = 0.0
     session_start = time.perf_counter()
+    main = distributed.is_main_process()
+    progress = progress and main
     with measure_stage(resource_stage, log=records):
-        checkpoint = load_latest_checkpoint(run_dir=run_dir, expect=expect)
+        # Rank 0 reads the folder and hands the checkpoint to every rank (nodes need not share a disk).
+        checkpoint = distributed.main_only(lambda: load_latest_checkpoint(run_dir=run_dir, expect=expect))
         if checkpoint is None:
             start_step = 0
-            seed_training_randomness(stage_seed(seed, stage))
+            seed_training_randomness(distributed.rank_seed(stage_seed(seed, stage)))
+            # Every rank starts from rank 0's weights.
+            for obj in state.values():
+                module = obj if isinstance(obj, torch.nn.Module) else getattr(obj, "model", None)
+                if isinstance(module, torch.nn.Module):
+                    distributed.broadcast_module(module)
         else:
             start_step = int(checkpoint["step"])
             for name, obj in state.items():
                 obj.load_state_dict(checkpoint["state"][name])
-            restore_rng_state(checkpoint["rng"])
+            distributed.restore_rank_rng(saved=checkpoint.get("rng_by_rank") or [checkpoint["rng"]],
+                                         seed=stage_seed(seed, stage), step=start_step)
             losses = dict(checkpoint["losses"])
             earlier_wall_time = float(checkpoint["wall_time_s"])
 
         bar = progress_bar(total=steps, initial=start_step, desc=stage, enabled=progress)
         for step in range(start_step + 1, steps + 1):
-            losses = {key: float(value) for key, value in train_step(step, batches.batch(step)).items()}
+            rows = distributed.rows_of_this_rank(batches.batch(step))
+            losses = {key: float(value) for key, value in train_step(step, rows).items()}
             if step % checkpoint_every == 0 or step == steps:
-                save_checkpoint(run_dir=run_dir, step=step, payload={
+                # A collective (every rank's RNG stream), then rank 0 writes while the others wait.
+                rng_states = distributed.rng_states_of_all_ranks()
+                payload = {
                     **expect,
                     "total_steps": steps,
                     "state": {name: obj.state_dict() for name, obj in state.items()},
-                    "rng": rng_state(),
+                    "rng": rng_states[0],
+                    "rng_by_rank": rng_states,
+                    "world_size": distributed.world_size(),
                     "losses": losses,
                     "wall_time_s": earlier_wall_time + time.perf_counter() - session_start,
-                })
+                }
+                distributed.main_only(lambda step=step, payload=payload: _save(run_dir, step, payload))
             bar.set_postfix({key: f"{value:.4f}" for key, value in losses.items()}, refresh=False)
             bar.update(1)
         bar.close()
     usage = records[-1]
     # Table 4 counts the whole stage: earlier sessions up to their last checkpoint, plus this one.
     all_sessions = earlier_wall_time + usage["wall_time_s"]
-    write_resources(run_dir, stage, {**usage, "wall_time_s_all_sessions": all_sessions})
+    if main:
+        write_resources(run_dir, stage, {**usage, "wall_time_s_all_sessions": all_sessions})
     if progress:
         bar.write(f"{stage}: {steps} steps on {dataset.name}/{dataset.split} ({len(dataset)} images); "
                   f"checkpoints in {run_dir}", file=sys.stderr)
@@ -165,6 +196,7 @@ def run_plain_training(
         "steps": steps,
         "resumed_from_step": start_step,
         "batch_size": batch_size,
+        "world_size": distributed.world_size(),
         "dataset": f"{dataset.name}/{dataset.split}",
         "num_examples": len(dataset),
         "final_losses": losses,
@@ -172,6 +204,10 @@ def run_plain_training(
         "resources": usage,
         "wall_time_s_all_sessions": all_sessions,
     }
+
+
+def _save(run_dir: Path, step: int, payload: Mapping[str, Any]) -> None:
+    save_checkpoint(run_dir=run_dir, step=step, payload=payload)
 
 
 def chunked(indices: np.ndarray, physical_batch_size: int) -> list[np.ndarray]:
@@ -182,22 +218,46 @@ def chunked(indices: np.ndarray, physical_batch_size: int) -> list[np.ndarray]:
 
 
 def accumulate_mean_loss(
-    loss_fn: Callable[[np.ndarray], torch.Tensor], indices: np.ndarray, physical_batch_size: int
+    loss_fn: Callable[[np.ndarray], torch.Tensor],
+    indices: np.ndarray,
+    physical_batch_size: int,
+    *,
+    batch_size: int | None = None,
 ) -> float:
-    """Backpropagate the batch-mean loss chunk by chunk; return its value.
+    """Backpropagate the batch-mean loss (this rank's share of it) chunk by chunk; return that share.
 
     Args:
         loss_fn: rows -> per-example losses (shape B).
-        indices: the batch's rows.
+        indices: the rows this process trains on (its share of the step's batch).
         physical_batch_size: chunk size (0: the whole batch at once).
+        batch_size: the step's batch size over all ranks, the mean's divisor
+            (default: ``len(indices)``, the whole batch of a single process).
 
     Returns:
-        The mean loss over the batch.
+        This process's share of the mean loss (the mean itself with one process).
     """
+    divisor = batch_size if batch_size is not None else len(indices)
     total = 0.0
     for chunk in chunked(indices, physical_batch_size):
+        if len(chunk) == 0:
+            # A rank whose share is empty contributes no gradient (zeros in the all-reduce).
+            continue
         # Weight each chunk by its share so the gradients add up to the batch mean's.
-        chunk_loss = loss_fn(chunk).sum() / len(indices)
+        chunk_loss = loss_fn(chunk).sum() / divisor
         chunk_loss.backward()
         total += float(chunk_loss.detach())
     return total
+
+
+def sum_gradients_over_ranks(parameters, loss_share: float) -> float:
+    """All-reduce the gradients and the loss shares of one step; a no-op with one process.
+
+    Args:
+        parameters: the parameters the optimizer is about to update.
+        loss_share: this rank's share of the batch-mean loss (`accumulate_mean_loss`).
+
+    Returns:
+        The batch-mean loss over all ranks (the same number on every rank).
+    """
+    distributed.all_reduce_gradients(parameters)
+    return distributed.all_reduce_sum(loss_share)
