@@ -19,6 +19,12 @@ absent for the non-private ablations, which have no guarantee and say so in
 only) and ``resources.json`` (time and peak memory per stage). Re-running the
 same command resumes: finished stages are read back, fine-tuning continues from
 its last checkpoint with its privacy journal.
+
+Under ``torchrun`` (`privimage.distributed`) every rank runs ``run_method``:
+all ranks train the SQF, pre-train and fine-tune together; rank 0 alone decides
+what is cached, makes the semantic query (one noisy histogram, handed to the
+others), writes every file, samples and evaluates. The other ranks return once
+fine-tuning is done, with the run's privacy record and no metrics.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from privimage import distributed
 from privimage.cache import atomic_save_npz, atomic_torch_save, atomic_write_json, cache_root, stage_dir
 from privimage.config import Config, config_from_dict, config_hash
 from privimage.data import dataset_info, load_dataset, load_sensitive_train
@@ -111,14 +118,24 @@ def selection_stage(
     })
     directory = stage_dir("selection", key)
     summary_path = directory / "selection.json"
-    if not summary_path.is_file():
+    if not distributed.main_only(summary_path.is_file):
+        from privimage.semantics.stage import trained_query_function
+
         query_ledger = (
             PrivacyLedger(delta=ledger.delta, dataset_hash=ledger.dataset_hash, num_examples=ledger.num_examples)
             if method.private else None
         )
-        run_selection(config, ledger=query_ledger, out_dir=directory, data_root=data_root, sensitive=sensitive,
-                      private=method.private, progress=progress)
-    summary = json.loads(summary_path.read_text())
+        if distributed.is_distributed():
+            # SQF training reads public data only: every rank takes part; rank 0 caches it.
+            trained_query_function(config, data_root=data_root, progress=progress)
+
+        def query_and_select() -> None:
+            run_selection(config, ledger=query_ledger, out_dir=directory, data_root=data_root, sensitive=sensitive,
+                          private=method.private, progress=progress)
+
+        # The noisy histogram is drawn once, by rank 0; the others receive the release.
+        distributed.main_only(query_and_select)
+    summary = distributed.main_only(lambda: json.loads(summary_path.read_text()))
     if method.private:
         cached = PrivacyLedger.from_dict(summary["ledger"])
         ledger.merge(cached)
@@ -155,6 +172,8 @@ def _build_diffusion(config: Config, *, image_channels: int, image_size: int, nu
     from privimage.models import build_unet
 
     model = build_unet(config.diffusion, image_channels=image_channels, image_size=image_size, num_classes=num_classes)
+    # Initialised on the CPU (the same weights everywhere), trained on this process's device.
+    model.to(distributed.device())
     return model, ExponentialMovingAverage(model, config.pretrain.ema_decay)
 
 
@@ -192,6 +211,8 @@ def pretrain_stage(
     else:
         generator, discriminator = build_gan(config.gan, image_channels=image_channels, image_size=image_size,
                                              num_classes=num_classes)
+        generator.to(distributed.device())
+        discriminator.to(distributed.device())
         networks = {"generator": generator, "discriminator": discriminator}
         model_section = dataclasses.asdict(config.gan)
     if public is None:
@@ -204,8 +225,11 @@ def pretrain_stage(
     })
     directory = stage_dir("pretrain", key)
     final_path = directory / "pretrained.pt"
-    if final_path.is_file():
-        state = torch.load(final_path, weights_only=True)
+    # Rank 0 reads the cache and hands the weights to every rank.
+    state = distributed.main_only(
+        lambda: torch.load(final_path, map_location="cpu", weights_only=True) if final_path.is_file() else None
+    )
+    if state is not None:
         for name, network in networks.items():
             network.load_state_dict(state[name])
         return networks, state["stats"]
@@ -221,8 +245,14 @@ def pretrain_stage(
         gan_public = _public_for_gan(public, num_classes=num_classes, seed=config.seed) if public_is_all else public
         stats = pretrain_gan(generator=generator, discriminator=discriminator, public=gan_public, config=config,
                              run_dir=directory, progress=progress)
-    atomic_torch_save(final_path, {**{name: net.state_dict() for name, net in networks.items()}, "stats": _plain(stats)})
+    final = {**{name: _cpu_state(net) for name, net in networks.items()}, "stats": _plain(stats)}
+    distributed.main_only(lambda: atomic_torch_save(final_path, final))
     return networks, stats
+
+
+def _cpu_state(network: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A state dict on the CPU, so a file written on a GPU loads anywhere."""
+    return {key: value.detach().cpu() for key, value in network.state_dict().items()}
 
 
 def _plain(value: Any) -> Any:
@@ -249,10 +279,11 @@ def sample_stage(
     per_class = max(1, sampling.num_samples // num_classes)
     labels = np.repeat(np.arange(num_classes), per_class)
     # Sampling only post-processes the trained model: a seeded generator is fine here.
-    generator = torch.Generator().manual_seed(config.seed)
+    device = next(next(iter(networks.values())).parameters()).device
+    generator = torch.Generator(device=device).manual_seed(config.seed)
     chunks = []
     for start in tqdm(range(0, len(labels), sampling.batch_size), desc="sampling", disable=not progress, leave=False):
-        batch_labels = torch.from_numpy(labels[start : start + sampling.batch_size])
+        batch_labels = torch.from_numpy(labels[start : start + sampling.batch_size]).to(device)
         if "model" in networks:
             images = ddim_sample(
                 networks["model"], labels=batch_labels, image_shape=image_shape, num_classes=num_classes,
@@ -261,9 +292,9 @@ def sample_stage(
         else:
             gan_generator = networks["generator"].eval()
             with torch.no_grad():
-                latent = torch.randn(len(batch_labels), gan_generator.latent_dim, generator=generator)
+                latent = torch.randn(len(batch_labels), gan_generator.latent_dim, generator=generator, device=device)
                 images = gan_generator(latent, batch_labels)
-        chunks.append(((images + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy())
+        chunks.append(((images + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy())
     synthetic = ImageDataset("synthetic", "all", np.concatenate(chunks), labels.astype(np.int64), class_names)
     save_class_grid(dataset=synthetic, path=run_dir / "samples.png", samples_per_class=10, seed=config.seed)
     atomic_save_npz(path, x=synthetic.images, y=synthetic.labels)
@@ -301,11 +332,21 @@ def run_method(
     from privimage.evaluation import measure_stage
     from privimage.privacy import PrivacyLedger
 
+    # Under torchrun, join the launcher's process group (nothing to do for one process).
+    distributed.setup()
     recipe = get_method(method)
     epsilon = check_epsilon(recipe, epsilon)
     # The sensitive training set: read only by the query and DP-SGD below.
     # Loaded and checked (delta < 1/N, ...) before the run folder is created.
-    sensitive = load_sensitive_train(config, data_root=data_root)
+    with distributed.main_process_first():
+        sensitive = load_sensitive_train(config, data_root=data_root)
+        if distributed.is_distributed() and recipe.pretrain_data != "none":
+            from privimage.semantics.stage import load_public
+
+            # Rank 0 renders or unpacks the public data into the cache; the others then read it.
+            load_public(config, data_root=data_root)
+    # Each rank loads its own copy; the shards only add up to the dataset if the copies agree.
+    distributed.check_same_everywhere(sensitive.content_hash(), what="the sensitive dataset's content hash")
     ledger = None
     if recipe.private:
         ledger = PrivacyLedger(delta=config.finetune.delta, dataset_hash=sensitive.content_hash(),
@@ -317,11 +358,17 @@ def run_method(
         )
 
     run_dir = Path(out_dir) if out_dir is not None else default_run_dir(method=recipe, config=config, epsilon=epsilon)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _check_same_run(run_dir, method=recipe.name, epsilon=epsilon, config=config)
-    atomic_write_json(run_dir / "config.json", config.to_dict())
-    atomic_write_json(run_dir / "run.json", {"method": recipe.name, "epsilon": epsilon, "seed": config.seed,
-                                             "delta": config.finetune.delta if recipe.private else None})
+
+    def open_run_dir() -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _check_same_run(run_dir, method=recipe.name, epsilon=epsilon, config=config)
+        atomic_write_json(run_dir / "config.json", config.to_dict())
+        atomic_write_json(run_dir / "run.json", {"method": recipe.name, "epsilon": epsilon, "seed": config.seed,
+                                                 "delta": config.finetune.delta if recipe.private else None})
+
+    # Rank 0 owns the run folder; the others write nothing.
+    distributed.main_only(open_run_dir)
+    progress = progress and distributed.is_main_process()
     resources: list[dict] = []
 
     with measure_stage("selection", log=resources):
@@ -339,15 +386,23 @@ def run_method(
                                         config=config, run_dir=run_dir / "finetune", epsilon=epsilon,
                                         progress=progress)
 
-    # The privacy record is complete once fine-tuning is: write it before any derived artifact.
-    if recipe.private:
-        ledger.save(run_dir / "ledger.json")
-        privacy = {"guarantee": "differential privacy", "epsilon": ledger.epsilon(),
-                   "epsilon_prv": ledger.epsilon(accountant="prv"), "delta": ledger.delta,
-                   "target_epsilon": epsilon, "neighbouring": "add/remove one sensitive image"}
-    else:
-        privacy = {"guarantee": "none", "reason": f"{recipe.name} is the non-private ablation (paper Section 6.1)"}
-    atomic_write_json(run_dir / "privacy.json", privacy)
+    def write_privacy_record() -> dict[str, Any]:
+        # The privacy record is complete once fine-tuning is: write it before any derived artifact.
+        if recipe.private:
+            ledger.save(run_dir / "ledger.json")
+            record = {"guarantee": "differential privacy", "epsilon": ledger.epsilon(),
+                      "epsilon_prv": ledger.epsilon(accountant="prv"), "delta": ledger.delta,
+                      "target_epsilon": epsilon, "neighbouring": "add/remove one sensitive image"}
+        else:
+            record = {"guarantee": "none", "reason": f"{recipe.name} is the non-private ablation (paper Section 6.1)"}
+        atomic_write_json(run_dir / "privacy.json", record)
+        return record
+
+    # One ledger per run, written by rank 0 (every rank holds the same one in memory).
+    privacy = distributed.main_only(write_privacy_record)
+    if not distributed.is_main_process():
+        # Sampling and evaluation only post-process the model: rank 0 does them alone.
+        return RunResult(run_dir=run_dir, method=recipe.name, epsilon=epsilon, metrics={}, privacy=privacy)
 
     with measure_stage("sampling", log=resources):
         synthetic = sample_stage(networks=networks, config=config, class_names=sensitive.class_names,
@@ -422,10 +477,21 @@ def _check_same_run(run_dir: Path, *, method: str, epsilon: float | None, config
 # --------------------------------------------------------------------------- dry run
 
 
-def dry_run(*, method: str, config: Config, epsilon: float | None, data_root: Path | None = None) -> dict[str, Any]:
-    """Resolve a run without training: the DP-SGD schedule, calibrated sigma and model size.
+def dry_run(*, method: str, config: Config, epsilon: float | None, data_root: Path | None = None,
+            world_size: int | None = None) -> dict[str, Any]:
+    """Resolve a run without training: the DP-SGD schedule, calibrated sigma, model size and per-rank batches.
 
     Works without the dataset files: sizes come from the registry.
+
+    Args:
+        method: a name from `privimage.methods.METHODS`.
+        config: the resolved config.
+        epsilon: the run's total budget (None for the non-private ablations).
+        data_root: folder of real datasets.
+        world_size: number of processes the run would use (default: ``$WORLD_SIZE``, else 1).
+
+    Returns:
+        The schedule as a JSON-able dict; ``distributed`` holds what each process runs.
     """
     from privimage.models import build_unet, count_parameters
     from privimage.privacy import PrivacyLedger
@@ -441,12 +507,14 @@ def dry_run(*, method: str, config: Config, epsilon: float | None, data_root: Pa
     sample_rate, steps = finetune_schedule(
         num_examples=num_examples, batch_size=config.finetune.batch_size, epochs=config.finetune.epochs
     )
+    world_size = distributed.launched_world_size() if world_size is None else int(world_size)
     result: dict[str, Any] = {
         "method": recipe.name, "sensitive": config.data.sensitive, "num_examples": num_examples,
         "dataset_available": bool(info.get("available", False)), "sample_rate": sample_rate, "steps": steps,
         "batch_size": config.finetune.batch_size, "epochs": config.finetune.epochs,
         "num_parameters": count_parameters(model), "diffusion_preset": config.diffusion.preset,
         "noise_multiplicity": config.finetune.noise_multiplicity,
+        "distributed": per_rank_batches(config=config, world_size=world_size, num_examples=num_examples),
     }
     if not recipe.private:
         return {**result, "private": False, "epsilon": None}
@@ -460,4 +528,50 @@ def dry_run(*, method: str, config: Config, epsilon: float | None, data_root: Pa
         **result, "private": True, "target_epsilon": epsilon, "delta": config.finetune.delta,
         "query_noise_multiplier": config.semantics.query_noise_multiplier if recipe.uses_query else None,
         "noise_multiplier": sigma, "epsilon": ledger.epsilon(), "epsilon_prv": ledger.epsilon(accountant="prv"),
+    }
+
+
+def per_rank_batches(*, config: Config, world_size: int, num_examples: int) -> dict[str, Any]:
+    """What each of ``world_size`` processes runs per step: its share of each batch and its physical chunk.
+
+    DP-SGD: every rank Poisson-samples its shard of N / W examples at rate q, so
+    its expected logical batch is batch_size / W, run in chunks of at most
+    ``finetune.physical_batch_size`` (a per-process memory bound: it does not
+    shrink with W). Non-private stages split each batch into W strided shares.
+
+    Args:
+        config: the resolved config.
+        world_size: W, the number of processes.
+        num_examples: N, the size of the sensitive training set.
+
+    Returns:
+        Per-rank batch sizes of fine-tuning, pre-training and SQF training.
+    """
+    from privimage.errors import ConfigError
+
+    if world_size < 1:
+        raise ConfigError(f"world size must be >= 1, got {world_size}")
+    if world_size > num_examples:
+        raise ConfigError(f"world size {world_size} exceeds the {num_examples} sensitive examples to share")
+
+    def largest_share(count: int) -> int:
+        return -(-count // world_size)
+
+    def physical(share: float, limit: int) -> int:
+        # 0 means "the whole share at once" (pre-training's physical_batch_size).
+        whole = math.ceil(share)
+        return whole if limit <= 0 else min(limit, whole)
+
+    finetune_share = config.finetune.batch_size / world_size
+    finetune_physical = physical(finetune_share, config.finetune.physical_batch_size)
+    pretrain_share = largest_share(config.pretrain.batch_size)
+    return {
+        "world_size": world_size,
+        "finetune_expected_batch_per_rank": finetune_share,
+        "finetune_physical_batch_per_rank": finetune_physical,
+        "finetune_chunks_per_rank_per_step": max(1, math.ceil(finetune_share / finetune_physical)),
+        "pretrain_batch_per_rank": pretrain_share,
+        "pretrain_physical_batch_per_rank": physical(pretrain_share, config.pretrain.physical_batch_size),
+        "gan_pretrain_batch_per_rank": largest_share(config.pretrain.gan_batch_size),
+        "sqf_batch_per_rank": largest_share(config.semantics.sqf_batch_size),
     }

@@ -6,11 +6,18 @@ training split and the checkpoint is chosen on the public validation split
 (paper Appendix C.2); the sensitive data never reaches it during training
 (`refuse_sensitive`). The paper uses ResNet50 at 32x32; the quick and smoke
 profiles use a width/depth-scaled CIFAR-style ResNet so that training fits a CPU.
+
+It trains on this process's GPU when there is one. Under torchrun every rank
+takes its strided share of each batch and the gradients are all-reduced
+(`privimage.training.plain.sum_gradients_over_ranks`); the shuffling and the
+augmentation come from one seeded generator every rank advances alike, so the
+batches are those of a single process. BatchNorm statistics are each rank's
+own during an epoch (as under DDP without SyncBatchNorm, which needs GPUs) and
+rank 0's after it; rank 0 alone scores the validation split and writes the cache.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from dataclasses import dataclass
@@ -21,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from privimage import distributed
 from privimage.cache import atomic_torch_save, atomic_write_json, stage_dir
 from privimage.config import SemanticQueryConfig, config_hash
 from privimage.data.base import ImageDataset, refuse_sensitive
@@ -123,31 +131,43 @@ class QueryFunction:
     @torch.no_grad()
     def probabilities(self, dataset: ImageDataset, batch_size: int = 512) -> np.ndarray:
         """P(semantic | image) for every image (N x num_public_classes), in eval mode."""
+        if dataset.sensitive:
+            # The semantic query reads the sensitive set: under torchrun, rank 0 alone (one noisy release).
+            distributed.refuse_on_other_ranks(what="the semantic query of the sensitive data")
         self.model.eval()
+        device = _device_of(self.model)
         outputs = []
         for start in range(0, len(dataset), batch_size):
-            batch = torch.from_numpy(dataset.images[start : start + batch_size]).float() / 127.5 - 1.0
-            outputs.append(F.softmax(self.model(batch), dim=1).numpy())
+            batch = torch.from_numpy(dataset.images[start : start + batch_size]).to(device).float() / 127.5 - 1.0
+            outputs.append(F.softmax(self.model(batch), dim=1).cpu().numpy())
         return np.concatenate(outputs) if outputs else np.zeros((0, len(self.public_class_names)))
 
     @torch.no_grad()
     def features(self, dataset: ImageDataset, batch_size: int = 512) -> np.ndarray:
         """Penultimate features for every image (float64, N x feature_dim)."""
         self.model.eval()
+        device = _device_of(self.model)
         outputs = []
         for start in range(0, len(dataset), batch_size):
-            batch = torch.from_numpy(dataset.images[start : start + batch_size]).float() / 127.5 - 1.0
-            outputs.append(self.model.features(batch).double().numpy())
+            batch = torch.from_numpy(dataset.images[start : start + batch_size]).to(device).float() / 127.5 - 1.0
+            outputs.append(self.model.features(batch).double().cpu().numpy())
         return np.concatenate(outputs)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    """Where a model's parameters live (the CPU for a parameter-free stand-in)."""
+    parameter = next(iter(model.parameters()), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
 
 
 def _accuracy(model: nn.Module, dataset: ImageDataset, batch_size: int = 512) -> float:
     model.eval()
+    device = _device_of(model)
     correct = 0
     with torch.no_grad():
         for start in range(0, len(dataset), batch_size):
-            batch = torch.from_numpy(dataset.images[start : start + batch_size]).float() / 127.5 - 1.0
-            labels = torch.from_numpy(dataset.labels[start : start + batch_size])
+            batch = torch.from_numpy(dataset.images[start : start + batch_size]).to(device).float() / 127.5 - 1.0
+            labels = torch.from_numpy(dataset.labels[start : start + batch_size]).to(device)
             correct += int((model(batch).argmax(1) == labels).sum())
     return correct / max(len(dataset), 1)
 
@@ -189,12 +209,20 @@ def train_query_function(
     }
     directory = stage_dir("sqf", config_hash(training_keys))
     model = build_query_function(config, in_channels=public_train.image_shape[0], num_classes=public_train.num_classes)
+    model.to(distributed.device())
 
-    # Load the cached stage when this exact configuration was trained before.
+    # Load the cached stage when this exact configuration was trained before (rank 0 reads, all get it).
     checkpoint_path, report_path = directory / "sqf.pt", directory / "report.json"
-    if checkpoint_path.is_file() and report_path.is_file():
-        model.load_state_dict(torch.load(checkpoint_path, weights_only=True))
-        report = json.loads(report_path.read_text())
+
+    def read_cache():
+        if not (checkpoint_path.is_file() and report_path.is_file()):
+            return None
+        return torch.load(checkpoint_path, map_location="cpu", weights_only=True), json.loads(report_path.read_text())
+
+    cached = distributed.main_only(read_cache)
+    if cached is not None:
+        state, report = cached
+        model.load_state_dict(state)
         model.eval()
         return QueryFunction(
             model, public_train.name, public_train.class_names, report["public_val_accuracy"],
@@ -209,34 +237,53 @@ def train_query_function(
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.sqf_lr, total_steps=steps_per_epoch * config.sqf_epochs, pct_start=0.15
     )
+    from privimage.training.plain import sum_gradients_over_ranks
+
+    device = _device_of(model)
+    # Every rank starts from rank 0's initialisation.
+    distributed.broadcast_module(model)
     images = torch.from_numpy(public_train.images)
     labels = torch.from_numpy(public_train.labels)
     best_accuracy, best_state = -1.0, None
     start_time = time.perf_counter()
+    progress = progress and distributed.is_main_process()
     for epoch in range(config.sqf_epochs):
         model.train()
         order = torch.randperm(len(public_train), generator=generator)
         bar = tqdm(range(steps_per_epoch), desc=f"SQF epoch {epoch + 1}/{config.sqf_epochs}", disable=not progress, leave=False)
         for step in bar:
             index = order[step * config.sqf_batch_size : (step + 1) * config.sqf_batch_size]
-            batch = _random_translate(images[index].float() / 127.5 - 1.0, generator)
-            loss = F.cross_entropy(model(batch), labels[index])
+            # This rank's share of the batch; the augmentation's draw is the same on every rank.
+            local = torch.from_numpy(distributed.rows_of_this_rank(index.numpy()))
+            batch = _random_translate(images[local].float() / 127.5 - 1.0, generator).to(device)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss_share = 0.0
+            if len(local):
+                # The share's mean weighted by its size (exactly the mean with one process).
+                loss = F.cross_entropy(model(batch), labels[local].to(device)) * (len(local) / len(index))
+                loss.backward()
+                loss_share = loss.item()
+            loss_value = sum_gradients_over_ranks(model.parameters(), loss_share)
             optimizer.step()
             scheduler.step()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        # Checkpoint selection on the public validation split only (Appendix C.2).
-        accuracy = _accuracy(model, public_val)
+            bar.set_postfix(loss=f"{loss_value:.3f}")
+        # Rank 0's BatchNorm statistics for all, then checkpoint selection on the
+        # public validation split only (Appendix C.2), scored once by rank 0.
+        distributed.broadcast_module(model)
+        accuracy = distributed.main_only(lambda: _accuracy(model, public_val))
         if accuracy > best_accuracy:
-            best_accuracy, best_state = accuracy, copy.deepcopy(model.state_dict())
+            best_accuracy, best_state = accuracy, {key: value.detach().cpu().clone()
+                                                   for key, value in model.state_dict().items()}
     train_seconds = time.perf_counter() - start_time
     model.load_state_dict(best_state)
     model.eval()
 
-    atomic_torch_save(checkpoint_path, best_state)
-    atomic_write_json(report_path, {
-        "public_val_accuracy": best_accuracy, "train_seconds": train_seconds, "config": training_keys,
-        "public": public_train.name, "num_public_classes": public_train.num_classes,
-    })
+    def write_cache() -> None:
+        atomic_torch_save(checkpoint_path, best_state)
+        atomic_write_json(report_path, {
+            "public_val_accuracy": best_accuracy, "train_seconds": train_seconds, "config": training_keys,
+            "public": public_train.name, "num_public_classes": public_train.num_classes,
+        })
+
+    distributed.main_only(write_cache)
     return QueryFunction(model, public_train.name, public_train.class_names, best_accuracy, train_seconds, str(directory))
