@@ -392,7 +392,11 @@ def run_method(
             ledger.save(run_dir / "ledger.json")
             record = {"guarantee": "differential privacy", "epsilon": ledger.epsilon(),
                       "epsilon_prv": ledger.epsilon(accountant="prv"), "delta": ledger.delta,
-                      "target_epsilon": epsilon, "neighbouring": "add/remove one sensitive image"}
+                      "target_epsilon": epsilon, "neighbouring": "add/remove one sensitive image",
+                      # Which generators drew the noise (the ledger has it per mechanism).
+                      "noise_generators": sorted({entry["generator"] for entry in ledger.entries
+                                                  if "generator" in entry}),
+                      "secure_mode": config.finetune.secure_mode}
         else:
             record = {"guarantee": "none", "reason": f"{recipe.name} is the non-private ablation (paper Section 6.1)"}
         atomic_write_json(run_dir / "privacy.json", record)

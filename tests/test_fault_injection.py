@@ -545,6 +545,8 @@ def test_secure_mode_draws_every_dp_noise_from_secret_seeds_and_the_ledger_names
     assert sorted(e["mechanism"] for e in ledger["entries"]) == ["dp_sgd", "semantic_query"]
     assert {e["generator"] for e in ledger["entries"]} == {name}
     assert json.loads((result.run_dir / "resources.json").read_text())["finetuning"]["noise_generator"] == name
+    privacy = json.loads((result.run_dir / "privacy.json").read_text())
+    assert privacy["noise_generators"] == [name] and privacy["secure_mode"] is secure_mode
     audit = audit_run(run_dir=result.run_dir)
     assert audit.status == "pass" and {c.name: c.passed for c in audit.checks}["noise_generator"]
 
