@@ -3,9 +3,9 @@
 With noise multiplicity K (DPDM Section 3.2) an image's loss is the mean over K
 noisy rows, so DP-SGD needs one gradient per *group* of K rows. Opacus' hooks
 give one gradient per row (B*K of them, K times the memory), and
-``torch.func.vmap`` over images runs the batch-norm-free UNet's GroupNorm and
-convolution backward through batching rules that, measured on CPU (see
-``benchmarks/README.md``), cost 2-3x a non-private step at K = 8.
+``torch.func.vmap`` over images runs the UNet's GroupNorm and convolution
+backward through batching rules that, measured on CPU (``benchmarks/README.md``),
+need about 3x the memory of a non-private step and 1.4-2.6x its time at K = 8.
 
 This module instead runs the loss once over all B*K rows, as the non-private
 step does, with the parameters' own gradients switched off (autograd then only

@@ -12,7 +12,8 @@ baseline, in any of opacus' grad-sample modes).
 strategy, ``grouped`` (`privimage.dp.grouped`), runs the B*K rows through one
 ordinary forward and backward pass and sums each example's rows inside
 per-layer hooks; ``vmap`` maps ``torch.func.grad`` over the images instead and
-handles any layer, at 2-3x the cost on CPU at K = 8 (``benchmarks/``). ``auto``
+handles any layer, at about 3x the memory of a non-private step and more time
+(``benchmarks/``). ``auto``
 takes ``grouped`` whenever every parametrised layer has a grouped rule. The
 result goes to ``p.grad_sample`` (B x *p.shape), where opacus' `DPOptimizer`
 clips, sums, noises and scales it exactly as it would after a
