@@ -221,7 +221,7 @@ def pretrain_stage(
     key = config_hash({
         "generator": method.generator, "model": model_section,
         "pretrain": dataclasses.asdict(config.pretrain), "data": data_key, "seed": config.seed,
-        "num_classes": num_classes, "unconditional": public_is_all, "file_format": 2,
+        "num_classes": num_classes, "unconditional": public_is_all, "file_format": 3,  # 3: EMA with warm-up
     })
     directory = stage_dir("pretrain", key)
     final_path = directory / "pretrained.pt"

@@ -86,14 +86,31 @@ def test_ema_follows_the_exponential_average_and_round_trips():
         model.weight.fill_(1.0)
     ema.update(model)
     ema.update(model)
-    # 0 -> 0.1 -> 0.19
-    assert torch.allclose(ema.model.weight, torch.full((1, 2), 0.19))
+    # Warm-up decays 1/10 then 2/11: 0 -> 0.9 -> 0.9 * 2/11 + 9/11.
+    expected = 0.9 * 2 / 11 + 9 / 11
+    assert torch.allclose(ema.model.weight, torch.full((1, 2), expected))
     assert not ema.model.weight.requires_grad
     restored = ExponentialMovingAverage(torch.nn.Linear(2, 1), decay=0.5)
     restored.load_state_dict(ema.state_dict())
     assert restored.decay == 0.9 and restored.num_updates == 2
     target = torch.nn.Linear(2, 1)
     restored.copy_to(target)
-    assert torch.allclose(target.weight, torch.full((1, 2), 0.19))
+    assert torch.allclose(target.weight, torch.full((1, 2), expected))
     with pytest.raises(ConfigError, match="ema_decay"):
         ExponentialMovingAverage(model, decay=1.0)
+
+
+def test_ema_warm_up_reaches_the_configured_decay_and_forgets_the_initialisation():
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema = ExponentialMovingAverage(model, decay=0.999)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    for _ in range(300):
+        ema.update(model)
+    # Without the warm-up the average would still be 74% initialisation (0.999^300).
+    assert ema.model.weight.item() > 0.99
+    assert ema.current_decay() < 0.999
+    ema.num_updates = 100_000
+    assert ema.current_decay() == 0.999
