@@ -306,3 +306,21 @@ def test_data_root_is_absolute_whatever_the_working_directory(monkeypatch, tmp_p
     monkeypatch.setenv("PRIVIMAGE_DATA", str(tmp_path / "d"))
     assert experiments.resolve_data_root() == tmp_path / "d"
     assert experiments.resolve_data_root(tmp_path / "x") == tmp_path / "x"
+
+
+def test_main_grid_averages_seeds_and_one_setting_sweeps_average_sweep_seeds(monkeypatch):
+    config = load_config("smoke", {"experiment.seeds": [0, 1, 2], "experiment.sweep_seeds": [7],
+                                   "experiment.selection_ratios": [0.01, 0.05],
+                                   "experiment.model_sizes": ["tiny"], "experiment.overparameterization_sizes": ["tiny"]})
+    captured = {}
+
+    def record(*, config, points, data_root=None, progress=True):
+        captured.setdefault("seeds", []).append(sorted({point.seed for point in points}))
+        return pd.DataFrame()
+
+    monkeypatch.setattr(experiments, "run_grid", record)
+    experiments.main_grid(config=config)
+    for sweep in (experiments.selection_ratio_grid, experiments.model_size_grid,
+                  experiments.overparameterization_grid):
+        sweep(config=config)
+    assert captured["seeds"] == [[0, 1, 2], [7], [7], [7]]
