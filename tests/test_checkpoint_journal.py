@@ -1,36 +1,178 @@
-"""The DP-SGD journal: durable step count, torn writes counted, foreign or concurrent runs refused."""
+"""The DP-SGD journal: released updates before their lines, torn or missing writes settled, foreign runs refused."""
 
 import json
+import os
 
 import pytest
+import torch
 
 from privimage.errors import PrivacyError
-from privimage.training.journal import DPStepJournal, read_journal
+from privimage.training.journal import (
+    UPDATES_DIR,
+    DPStepJournal,
+    JournalEntry,
+    read_journal,
+    read_journal_entries,
+    update_file_name,
+)
 
 HEADER = {"stage": "demo", "run_hash": "abc", "noise_multiplier": 1.25, "sample_rate": 0.1}
 
 
-def test_steps_survive_reopening(tmp_path):
+def update_of(step: int) -> list[torch.Tensor]:
+    """A stand-in released update whose values say which step it belongs to."""
+    return [torch.full((2, 3), float(step)), torch.arange(4.0) * step]
+
+
+def record(journal: DPStepJournal, *steps: int) -> None:
+    for step in steps:
+        journal.record_step(step=step, update=update_of(step))
+
+
+def test_steps_and_their_updates_survive_reopening(tmp_path):
     path = tmp_path / "journal.jsonl"
     with DPStepJournal(path, header=HEADER) as journal:
-        for step in (1, 2, 3):
-            journal.record_step(step=step)
+        record(journal, 1, 2, 3)
     with DPStepJournal(path, header=HEADER) as reopened:
         assert reopened.steps == 3
+        for entry in reopened.entries:
+            assert entry.replayable and entry.update == update_file_name(step=entry.step, release=entry.release)
+            # What comes back is exactly what was released.
+            assert all(torch.equal(got, want) for got, want in zip(reopened.load_update(entry), update_of(entry.step)))
 
 
-def test_a_torn_last_line_counts_and_the_next_record_starts_a_new_line(tmp_path):
+def fail_the_next_journal_line(monkeypatch, *, torn: bool) -> None:
+    """The next journal line hits a full disk: after half of it landed (``torn``) or before any of it did."""
+    import privimage.training.journal as journal_module
+
+    real_open = open
+
+    class FullDisk:
+        def __init__(self, handle):
+            self._handle = handle
+
+        def write(self, data):
+            if b'"step"' in data:
+                if torn:
+                    self._handle.write(data[: len(data) // 2])
+                    self._handle.flush()
+                raise OSError(28, os.strerror(28))
+            return self._handle.write(data)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self._handle.__exit__(*exc)
+
+        def __getattr__(self, name):
+            return getattr(self._handle, name)
+
+    def failing_open(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        return FullDisk(handle) if mode == "ab" else handle
+
+    monkeypatch.setattr(journal_module, "open", failing_open, raising=False)
+
+
+@pytest.mark.parametrize("torn", [False, True])
+def test_an_update_whose_line_did_not_make_it_is_charged_and_replayable_on_reopening(tmp_path, monkeypatch, torn):
     path = tmp_path / "journal.jsonl"
     with DPStepJournal(path, header=HEADER) as journal:
-        journal.record_step(step=1)
+        record(journal, 1, 2)
+        fail_the_next_journal_line(monkeypatch, torn=torn)
+        with pytest.raises(OSError, match="No space left"):
+            record(journal, 3)
+        monkeypatch.undo()
+    # The update was written (fsynced) before its line: it is on disk either way.
+    assert (tmp_path / UPDATES_DIR / update_file_name(step=3, release=3)).is_file()
+    assert read_journal(path)[1] == (3 if torn else 2)  # a torn line counts as a step
+    with DPStepJournal(path, header=HEADER) as reopened:
+        # Adopted (a line appended) or completed (the torn line rewritten): charged once, replayable.
+        assert reopened.steps == 3
+        last = reopened.entries[-1]
+        assert (last.step, last.release, last.replayable, last.torn) == (3, 3, True, False)
+        assert torch.equal(reopened.load_update(last)[0], update_of(3)[0])
+        record(reopened, 4)
+    lines = path.read_text().splitlines()
+    assert len(lines) == 5 and all(json.loads(line)["step"] == step for step, line in enumerate(lines[1:], 1))
+
+
+def test_a_torn_line_without_its_update_still_counts(tmp_path):
+    path = tmp_path / "journal.jsonl"
+    with DPStepJournal(path, header=HEADER) as journal:
+        record(journal, 1)
     with open(path, "ab") as handle:
-        handle.write(b'{"st')  # the process died in the middle of this write
+        handle.write(b'{"step": 2, "rel')  # the process died in the middle of this write
     with DPStepJournal(path, header=HEADER) as journal:
         assert journal.steps == 2
-        journal.record_step(step=2)
+        torn = journal.entries[-1]
+        assert torn.torn and torn.step == 2 and not torn.replayable
+        record(journal, 2)
         assert journal.steps == 3
     lines = path.read_text().splitlines()
-    assert json.loads(lines[-1]) == {"step": 2} and lines[-2] == '{"st'
+    assert json.loads(lines[-1])["step"] == 2 and lines[-2] == '{"step": 2, "rel'
+
+
+def test_a_partial_update_file_is_charged_as_released_but_never_replayed(tmp_path):
+    path = tmp_path / "journal.jsonl"
+    with DPStepJournal(path, header=HEADER) as journal:
+        record(journal, 1)
+    # A kill in the middle of the atomic write of step 2's update left its temporary file.
+    partial = tmp_path / UPDATES_DIR / f".{update_file_name(step=2, release=2)}.x1y2.tmp"
+    partial.write_bytes(b"PK\x03\x04 half a noisy gradient")
+    with DPStepJournal(path, header=HEADER) as journal:
+        assert journal.steps == 2 and not partial.exists()
+        assert journal.entries[-1] == JournalEntry(release=2, step=2, unapplied=True)
+        # Resuming from step 1: the charged-but-unapplied release is skipped, step 2 is taken again.
+        assert journal.replay_plan(checkpoint_step=1, position=1) == []
+
+
+def test_a_tampered_update_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "journal.jsonl"
+    with DPStepJournal(path, header=HEADER) as journal:
+        record(journal, 1)
+        entry = journal.entries[0]
+        update_path = tmp_path / UPDATES_DIR / entry.update
+        data = bytearray(update_path.read_bytes())
+        data[-30] ^= 0xFF
+        update_path.write_bytes(bytes(data))
+        with pytest.raises(PrivacyError, match="SHA-256 differs from journal line 1") as error:
+            journal.load_update(entry)
+    assert "\n" not in str(error.value) and "refusing to replay" in str(error.value)
+
+
+def test_the_replay_plan_follows_what_was_applied_and_stops_at_a_missing_update(tmp_path):
+    path = tmp_path / "journal.jsonl"
+    with DPStepJournal(path, header=HEADER) as journal:
+        record(journal, 1, 2, 3, 4, 5)
+        # Checkpoint after step 2 (journal line 2): steps 3, 4, 5 are replayed, in order.
+        assert [e.step for e in journal.replay_plan(checkpoint_step=2, position=2)] == [3, 4, 5]
+        # Step 4's update is lost: 3 is replayed; 4 and 5 stay charged, their files go, they are taken again.
+        (tmp_path / UPDATES_DIR / journal.entries[3].update).unlink()
+        assert [e.step for e in journal.replay_plan(checkpoint_step=2, position=2)] == [3]
+        assert not (tmp_path / UPDATES_DIR / journal.entries[4].update).exists()
+        # Steps 4 and 5 taken again (lines 6 and 7), then a crash: the second attempt is what was applied.
+        record(journal, 4, 5)
+        plan = journal.replay_plan(checkpoint_step=2, position=2)
+        assert [(e.step, e.release) for e in plan] == [(3, 3), (4, 6), (5, 7)]
+
+
+def test_updates_beyond_the_next_release_are_refused(tmp_path):
+    path = tmp_path / "journal.jsonl"
+    with DPStepJournal(path, header=HEADER) as journal:
+        record(journal, 1)
+    stray = tmp_path / UPDATES_DIR / update_file_name(step=5, release=5)
+    stray.write_bytes(b"not released by this journal")
+    with pytest.raises(PrivacyError, match="the folder was altered"):
+        DPStepJournal(path, header=HEADER)
+
+
+def test_pruning_deletes_the_updates_a_checkpoint_holds(tmp_path):
+    with DPStepJournal(tmp_path / "journal.jsonl", header=HEADER) as journal:
+        record(journal, 1, 2, 3)
+        journal.prune_updates(through_step=2)
+        assert sorted(p.name for p in (tmp_path / UPDATES_DIR).iterdir()) == [journal.entries[2].update]
 
 
 @pytest.mark.parametrize("field, value", [("run_hash", "other"), ("noise_multiplier", 1.3)])
@@ -57,10 +199,11 @@ def test_two_runs_cannot_share_a_folder_at_once(tmp_path):
     DPStepJournal(path, header=HEADER).close()
 
 
-def test_an_audit_reads_the_count_while_the_run_holds_the_lock(tmp_path):
+def test_an_audit_reads_the_journal_while_the_run_holds_the_lock(tmp_path):
     path = tmp_path / "journal.jsonl"
     with DPStepJournal(path, header=HEADER) as journal:
-        journal.record_step(step=1)
-        journal.record_step(step=2)
+        record(journal, 1, 2)
         header, steps = read_journal(path)
+        _, entries = read_journal_entries(path)
     assert header == HEADER and steps == 2
+    assert [(e.step, e.release, e.replayable) for e in entries] == [(1, 1, True), (2, 2, True)]

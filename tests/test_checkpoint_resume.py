@@ -1,11 +1,13 @@
-"""Crash and resume: a killed run resumes, reaches the same step count, and never spends less epsilon.
+"""Crash and resume: a killed run resumes, replays what it released, and spends exactly the uninterrupted epsilon.
 
 A crash is simulated in-process by an exception raised at the start of a
-logical step: nothing runs between it and the process ending that writes to
-the run folder, so the folder is left as a SIGKILL leaves it. The test at the
-bottom does the real thing with a subprocess and SIGKILL (slow tier).
+logical step or inside a checkpoint write: nothing runs between it and the
+process ending that writes to the run folder, so the folder is left as a
+SIGKILL leaves it. The test at the bottom does the real thing with a
+subprocess and SIGKILL (slow tier).
 """
 
+import copy
 import dataclasses
 import functools
 import json
@@ -24,8 +26,9 @@ import privimage.privacy.calibration as calibration
 from privimage.config import FinetuneConfig
 from privimage.errors import PrivacyError
 from privimage.training import dpsgd
+from privimage.diffusion import ExponentialMovingAverage
 from privimage.training.checkpoint import list_checkpoints
-from privimage.training.journal import JOURNAL_NAME
+from privimage.training.journal import JOURNAL_NAME, UPDATES_DIR, DPStepJournal
 from privimage.training.plain import run_plain_training
 from test_training_standins import TinyNet, dpsgd_steps, load_rows, tiny_dataset, tiny_ledger, tiny_loss
 
@@ -65,11 +68,29 @@ def crash_at_step(monkeypatch, step_number):
     monkeypatch.setattr(dpsgd, "dp_sgd_step", step)
 
 
-def fine_tune(run_dir, *, ledger=None, settings=SETTINGS, dataset=None):
+def crash_in_checkpoint_write(monkeypatch, step_number, written):
+    """Make the checkpoint write after ``step_number`` die; record every payload handed to the writer."""
+    real_save = dpsgd.save_checkpoint
+    failed = []
+
+    def save(*, run_dir, step, payload, **kwargs):
+        # A copy: the payload holds the live tensors, which later steps change.
+        written.append({**copy.deepcopy(payload), "step": step})
+        if step == step_number and not failed:
+            failed.append(step)
+            raise Crash()
+        return real_save(run_dir=run_dir, step=step, payload=payload, **kwargs)
+
+    monkeypatch.setattr(dpsgd, "save_checkpoint", save)
+
+
+def fine_tune(run_dir, *, ledger=None, settings=SETTINGS, dataset=None, with_ema=False):
     dataset = dataset or tiny_dataset()
     ledger = ledger if ledger is not None else tiny_ledger(dataset)
+    model = TinyNet()
     stats = dpsgd.run_dp_sgd(
-        stage="test_resume", model=TinyNet(), ema=None, per_example_loss=tiny_loss, load_inputs=load_rows(dataset),
+        stage="test_resume", model=model, ema=ExponentialMovingAverage(model, decay=0.9) if with_ema else None,
+        per_example_loss=tiny_loss, load_inputs=load_rows(dataset),
         sensitive=dataset, ledger=ledger, settings=settings, lr=settings.lr, epochs=settings.epochs,
         target_epsilon=TARGET_EPSILON, run_dir=run_dir, seed=0,
         identity={"finetune": dataclasses.asdict(settings)}, progress=False,
@@ -105,30 +126,167 @@ def test_kill_right_after_a_checkpoint_resumes_at_the_same_epsilon(tmp_path, mon
     assert 0.99 * TARGET_EPSILON <= stats["epsilon"] <= TARGET_EPSILON
 
 
-def test_steps_lost_after_the_last_checkpoint_are_charged_again(tmp_path, monkeypatch):
+def test_steps_released_after_the_last_checkpoint_are_replayed_not_charged_again(tmp_path, monkeypatch):
     # Dies before step 6: steps 4 and 5 were released but only step 3 was checkpointed.
     crash_at_step(monkeypatch, 6)
     with pytest.raises(Crash):
         fine_tune(tmp_path)
     monkeypatch.undo()
     stats, ledger = fine_tune(tmp_path)
-    assert stats["steps"] == TOTAL_STEPS and stats["resumed_from_step"] == 3
-    assert stats["lost_steps_charged"] == 2
-    assert dpsgd_steps(ledger) == TOTAL_STEPS + 2 == journal_steps(tmp_path)
-    assert stats["epsilon"] == pytest.approx(uninterrupted_epsilon(stats, TOTAL_STEPS + 2), rel=1e-12)
-    assert stats["epsilon"] > uninterrupted_epsilon(stats)
+    assert stats["steps"] == TOTAL_STEPS and stats["resumed_from_step"] == 3 and stats["replayed_steps"] == 2
+    assert stats["lost_steps_charged"] == 0 and stats["released_steps"] == TOTAL_STEPS
+    assert dpsgd_steps(ledger) == TOTAL_STEPS == journal_steps(tmp_path)
+    assert stats["epsilon"] == pytest.approx(uninterrupted_epsilon(stats), rel=1e-12)
 
 
-def test_kill_before_the_first_checkpoint_restarts_but_keeps_the_charge(tmp_path, monkeypatch):
+def test_kill_before_the_first_checkpoint_replays_from_the_starting_weights(tmp_path, monkeypatch):
     crash_at_step(monkeypatch, 3)
     with pytest.raises(Crash):
         fine_tune(tmp_path)
     assert list_checkpoints(tmp_path) == [] and journal_steps(tmp_path) == 2
     monkeypatch.undo()
     stats, ledger = fine_tune(tmp_path)
-    assert stats["resumed_from_step"] == 0 and stats["lost_steps_charged"] == 2
-    assert dpsgd_steps(ledger) == TOTAL_STEPS + 2
+    assert stats["resumed_from_step"] == 0 and stats["replayed_steps"] == 2 and stats["lost_steps_charged"] == 0
+    assert dpsgd_steps(ledger) == TOTAL_STEPS
+    assert stats["epsilon"] == pytest.approx(uninterrupted_epsilon(stats), rel=1e-12)
+
+
+def test_replayed_updates_give_the_live_run_s_model_optimizer_and_ema_bitwise(tmp_path, monkeypatch):
+    # The checkpoint after step 6 dies: steps 4-6 were released and applied, ckpt-3 is the newest.
+    written = []
+    crash_in_checkpoint_write(monkeypatch, 6, written)
+    with pytest.raises(Crash):
+        fine_tune(tmp_path, with_ema=True)
+    live = written[-1]
+    assert live["step"] == 6 and [path.name for path in list_checkpoints(tmp_path)] == ["ckpt-3.pt"]
+    stats, _ = fine_tune(tmp_path, with_ema=True)
+    replayed = next(payload for payload in written if payload is not live and payload["step"] == 6)
+    assert stats["resumed_from_step"] == 3 and stats["replayed_steps"] == 3 and stats["lost_steps_charged"] == 0
+    for part in ("model", "ema"):
+        flat = {k: v for k, v in (live[part]["model"] if part == "ema" else live[part]).items()}
+        other = replayed[part]["model"] if part == "ema" else replayed[part]
+        assert all(torch.equal(flat[key], other[key]) for key in flat), part
+    for index, state in live["optimizer"]["state"].items():
+        assert all(torch.equal(value, replayed["optimizer"]["state"][index][key]) for key, value in state.items())
+    assert replayed["journal_position"] == live["journal_position"] == 6
+    # Not vacuous: the model after step 6 differs from the one after step 3.
+    before = next(payload for payload in written if payload["step"] == 3)
+    assert not all(torch.equal(before["model"][key], live["model"][key]) for key in live["model"])
+
+
+@pytest.mark.parametrize("noise_multiplier", [0.0, 1.0])
+def test_replaying_k_journalled_updates_from_a_checkpoint_reproduces_the_live_parameters(tmp_path, noise_multiplier):
+    dataset = tiny_dataset(num_examples=40)
+
+    def optimizer_of(model):
+        return dpsgd.make_dp_optimizer(parameters=model.parameters(), lr=0.05, weight_decay=0.01,
+                                       noise_multiplier=noise_multiplier, max_grad_norm=0.5, expected_batch_size=8,
+                                       secure_mode=False, device=torch.device("cpu"))
+
+    model = TinyNet()
+    optimizer = optimizer_of(model)
+    batches = [np.arange(8 * k, 8 * k + 8) for k in range(5)]
+    with DPStepJournal(tmp_path / JOURNAL_NAME, header={"stage": "unit"}) as journal:
+        for step, rows in enumerate(batches, 1):
+            dpsgd.dp_sgd_step(model=model, optimizer=optimizer, per_example_loss=tiny_loss, batch_indices=rows,
+                              load_inputs=load_rows(dataset), physical_batch_size=3,
+                              before_release=lambda update, step=step: journal.record_step(step=step, update=update))
+            if step == 2:
+                checkpoint = copy.deepcopy({"model": model.state_dict(), "optimizer": optimizer.state_dict()})
+        live = [p.detach().clone() for p in model.parameters()]
+        entries = journal.replay_plan(checkpoint_step=2, position=2)
+        assert [entry.step for entry in entries] == [3, 4, 5]
+
+        resumed = TinyNet(seed=1)
+        resumed.load_state_dict(checkpoint["model"])
+        resumed_optimizer = optimizer_of(resumed)
+        # A copy: loading keeps AdamW's step counters by reference, and the redo below loads it again.
+        resumed_optimizer.load_state_dict(copy.deepcopy(checkpoint["optimizer"]))
+        for entry in entries:
+            dpsgd.apply_released_update(optimizer=resumed_optimizer, update=journal.load_update(entry))
+    for got, want in zip(resumed.parameters(), live):
+        assert torch.equal(got, want)
+    # Taking steps 3-5 again on the same rows instead gives the live model only when there is no noise.
+    redone = TinyNet(seed=1)
+    redone.load_state_dict(checkpoint["model"])
+    redone_optimizer = optimizer_of(redone)
+    redone_optimizer.load_state_dict(checkpoint["optimizer"])
+    for rows in batches[2:]:
+        dpsgd.dp_sgd_step(model=redone, optimizer=redone_optimizer, per_example_loss=tiny_loss, batch_indices=rows,
+                          load_inputs=load_rows(dataset), physical_batch_size=3)
+    same = all(torch.allclose(got, want, atol=1e-6) for got, want in zip(redone.parameters(), live))
+    assert same is (noise_multiplier == 0.0)
+
+
+def test_a_gan_replays_its_discriminator_updates_and_generator_steps_exactly(tmp_path, monkeypatch):
+    from privimage.config import load_config
+    from privimage.models import build_gan
+    from privimage.training import dp_finetune_gan
+
+    # N = 40, q = 8 / 40: 0.8 epochs are 4 discriminator steps; the generator steps after steps 2 and 4.
+    config = load_config("smoke", {
+        "gan": {"latent_dim": 8, "generator_width": 4, "discriminator_width": 4, "update_ratio": 2},
+        "finetune": {"delta": 1e-3, "batch_size": 8, "physical_batch_size": 16, "gan_epochs": 0.8,
+                     "checkpoint_every": 1},
+    })
+    sensitive = tiny_dataset(num_examples=40)
+
+    def fine_tune_gan():
+        torch.manual_seed(0)
+        generator, discriminator = build_gan(config.gan, image_channels=1, image_size=8, num_classes=3)
+        ledger = tiny_ledger(sensitive, delta=1e-3)
+        stats = dp_finetune_gan(generator=generator, discriminator=discriminator, sensitive=sensitive, ledger=ledger,
+                                config=config, run_dir=tmp_path, target_epsilon=8.0, progress=False)
+        return stats, ledger
+
+    # The checkpoint after step 2 dies: the discriminator update and the generator step after it were applied.
+    written = []
+    crash_in_checkpoint_write(monkeypatch, 2, written)
+    with pytest.raises(Crash):
+        fine_tune_gan()
+    live = written[-1]
+    stats, ledger = fine_tune_gan()
+    replayed = next(payload for payload in written if payload is not live and payload["step"] == 2)
+    assert stats["resumed_from_step"] == 1 and stats["replayed_steps"] == 1 and stats["lost_steps_charged"] == 0
+    assert dpsgd_steps(ledger) == 4 == stats["released_steps"]
+    generator_live, generator_replayed = live["extra"]["generator"], replayed["extra"]["generator"]
+    after_step_1 = written[0]["extra"]["generator"]
+    # The generator step drew its latents afresh from the step's seed: the same images, the same update.
+    assert all(torch.equal(generator_live[key], generator_replayed[key]) for key in generator_live)
+    assert not all(torch.equal(generator_live[key], after_step_1[key]) for key in generator_live)
+    assert all(torch.equal(live["model"][key], replayed["model"][key]) for key in live["model"])
+
+
+def test_a_missing_update_is_charged_again_and_taken_with_fresh_noise(tmp_path, monkeypatch):
+    crash_at_step(monkeypatch, 6)
+    with pytest.raises(Crash):
+        fine_tune(tmp_path)
+    monkeypatch.undo()
+    # Step 5's update is gone (deleted by hand): step 4 is replayed, step 5 cannot be and is paid twice.
+    (step_5,) = (tmp_path / UPDATES_DIR).glob("step-000005-*.pt")
+    step_5.unlink()
+    stats, ledger = fine_tune(tmp_path)
+    assert stats["resumed_from_step"] == 3 and stats["replayed_steps"] == 1 and stats["lost_steps_charged"] == 1
+    assert dpsgd_steps(ledger) == TOTAL_STEPS + 1 == journal_steps(tmp_path)
+    assert stats["epsilon"] == pytest.approx(uninterrupted_epsilon(stats, TOTAL_STEPS + 1), rel=1e-12)
     assert stats["epsilon"] > uninterrupted_epsilon(stats)
+
+
+def test_a_tampered_update_stops_the_resume_in_one_line(tmp_path, monkeypatch):
+    crash_at_step(monkeypatch, 6)
+    with pytest.raises(Crash):
+        fine_tune(tmp_path)
+    monkeypatch.undo()
+    (step_4,) = (tmp_path / UPDATES_DIR).glob("step-000004-*.pt")
+    data = bytearray(step_4.read_bytes())
+    data[-40] ^= 0x01
+    step_4.write_bytes(bytes(data))
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
+    with pytest.raises(PrivacyError, match="SHA-256 differs from journal line 4") as error:
+        fine_tune(tmp_path)
+    assert "\n" not in str(error.value)
+    # Refused before anything was written: no checkpoint, no journal line.
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()} == before
 
 
 def test_rerunning_a_finished_run_trains_nothing_and_reports_its_account(tmp_path):
@@ -228,7 +386,7 @@ stats = run_dp_sgd(
     target_epsilon={target}, run_dir=sys.argv[1], seed=0, identity={{"finetune": dataclasses.asdict(settings)}},
     after_step=lambda step: time.sleep(float(sys.argv[3])), progress=False,
 )
-print(json.dumps({{"stats": {{k: stats[k] for k in ("steps", "resumed_from_step", "lost_steps_charged",
+print(json.dumps({{"stats": {{k: stats[k] for k in ("steps", "resumed_from_step", "replayed_steps", "lost_steps_charged",
                    "noise_multiplier", "sample_rate", "epsilon")}}, "ledger_steps": dpsgd_steps(ledger)}}))
 """
 
@@ -260,9 +418,9 @@ def test_sigkill_mid_run_then_the_same_command_resumes(tmp_path):
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     result = json.loads(done.stdout.decode().strip().splitlines()[-1])
     stats = result["stats"]
-    lost = killed_at - checkpointed
+    # The steps released after the checkpoint are replayed: nothing is charged twice.
     assert stats["steps"] == TOTAL_STEPS and stats["resumed_from_step"] == checkpointed
-    assert stats["lost_steps_charged"] == lost
-    assert result["ledger_steps"] == TOTAL_STEPS + lost == journal_steps(run_dir)
-    assert stats["epsilon"] == pytest.approx(uninterrupted_epsilon(stats, TOTAL_STEPS + lost), rel=1e-12)
-    assert stats["epsilon"] > uninterrupted_epsilon(stats)
+    assert stats["replayed_steps"] == killed_at - checkpointed
+    assert stats["lost_steps_charged"] == 0
+    assert result["ledger_steps"] == TOTAL_STEPS == journal_steps(run_dir)
+    assert stats["epsilon"] == pytest.approx(uninterrupted_epsilon(stats), rel=1e-12)

@@ -91,9 +91,32 @@ def test_empty_poisson_batch_is_a_noisy_step():
                                   device=torch.device("cpu"))
     released = []
     dp_sgd_step(model=model, optimizer=optimizer, per_example_loss=tiny_loss, batch_indices=[],
-                load_inputs=load_rows(dataset), physical_batch_size=4, before_release=lambda: released.append(1))
-    assert released == [1]
+                load_inputs=load_rows(dataset), physical_batch_size=4,
+                before_release=lambda update: released.append([u.clone() for u in update]))
+    (update,) = released
+    assert [u.shape for u in update] == [p.shape for p in model.parameters()]
+    # The release is the noise alone: std sigma * C / B = 1/4 on each of ~800 coordinates (std known to ~3%).
+    assert torch.cat([u.flatten() for u in update]).std().item() == pytest.approx(0.25, rel=0.15)
     assert any(not torch.equal(p, b) for p, b in zip(model.parameters(), before))
+
+
+def test_the_release_is_handed_over_before_the_update_is_applied_and_a_refusal_applies_nothing():
+    dataset = tiny_dataset(num_examples=10)
+    model = TinyNet()
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = make_dp_optimizer(parameters=model.parameters(), lr=0.1, weight_decay=0.0, noise_multiplier=1.0,
+                                  max_grad_norm=1.0, expected_batch_size=4, secure_mode=False,
+                                  device=torch.device("cpu"))
+
+    def refuse(update):
+        # The journal could not record the release (a full disk): the parameters must still be the old ones.
+        assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        dp_sgd_step(model=model, optimizer=optimizer, per_example_loss=tiny_loss, batch_indices=[0, 1, 2],
+                    load_inputs=load_rows(dataset), physical_batch_size=2, before_release=refuse)
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
 
 
 def test_noise_is_not_controlled_by_the_experiment_seed():
@@ -176,8 +199,13 @@ def test_ledger_and_journal_count_exactly_the_logical_steps(tmp_path, monkeypatc
     stats = run(tmp_path, dataset, ledger)
     assert stats["steps"] == 5 and len(released) == 5
     assert dpsgd_steps(ledger) == 5
-    journal = (tmp_path / JOURNAL_NAME).read_text().splitlines()
-    assert [json.loads(line)["step"] for line in journal[1:]] == [1, 2, 3, 4, 5]
+    journal = [json.loads(line) for line in (tmp_path / JOURNAL_NAME).read_text().splitlines()[1:]]
+    assert [line["step"] for line in journal] == [1, 2, 3, 4, 5]
+    # Each line names its released update and the update's SHA-256. Checkpoints after steps 2, 4 and 5 keep
+    # ckpt-5 and ckpt-4: the updates up to step 4 are redundant, step 5's stays for a fall-back to ckpt-4.
+    assert all(len(line["sha256"]) == 64 for line in journal)
+    kept = sorted(path.name for path in (tmp_path / "dpsgd_updates").iterdir())
+    assert kept == [journal[4]["update"]]
     assert 0.99 * 4.0 <= stats["epsilon"] <= 4.0
     assert stats["epsilon"] == ledger.epsilon()
     assert stats["sample_rate"] == 0.1

@@ -2,7 +2,10 @@
 
 A checkpoint is one ``ckpt-<step>.pt`` file in the stage's run folder holding
 only tensors, numbers, strings, lists and dicts: model, EMA and optimizer state,
-the step, the privacy ledger (as its JSON dict) and the non-private RNG state.
+the step, and for a DP stage the privacy ledger (as its JSON dict) and the
+journal line its model ends with (a non-private stage keeps its RNG state; a DP
+stage seeds its non-private randomness per step instead, see
+`privimage.training.dpsgd`).
 It is written with `privimage.cache.atomic_torch_save` (temporary file, fsync,
 rename), so a crash leaves either the old file set or the new one, never a
 half-written file under a final name. It is read back with
@@ -10,7 +13,9 @@ half-written file under a final name. It is read back with
 unpickle is refused, never executed.
 
 The two newest checkpoints are kept. If the newest cannot be read (truncated
-by a full disk or a copy, say), loading warns and falls back to the one before.
+by a full disk or a copy, say), loading warns and falls back to the one before;
+a DP stage keeps the released updates after that older checkpoint, so it can
+replay them from either.
 A checkpoint that belongs to another run (different stage, config hash or
 sensitive dataset) is refused with a `PrivacyError`: resuming from it would
 mix two runs' privacy accounts.
@@ -50,6 +55,11 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
         return []
     found = [(int(match.group(1)), path) for path in run_dir.iterdir() if (match := _NAME.match(path.name))]
     return [path for _step, path in sorted(found, reverse=True)]
+
+
+def checkpoint_steps(run_dir: Path) -> list[int]:
+    """The steps of a run folder's checkpoint files, newest first."""
+    return [int(_NAME.match(path.name).group(1)) for path in list_checkpoints(run_dir)]
 
 
 def save_checkpoint(*, run_dir: Path, step: int, payload: Mapping[str, Any], keep: int = KEEP_CHECKPOINTS) -> Path:

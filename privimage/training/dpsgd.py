@@ -15,16 +15,23 @@ Paper Algorithm 1 and Appendix E, as DESIGN.md restores them:
   protocol: ``signal_skip_step``).
 - sigma is calibrated so that the whole ledger -- the semantic query already
   in it plus the T planned steps -- meets the target epsilon (Theorem E.3).
-- Every logical step is written to the run's journal and ledger *before* its
-  noisy update is applied (see `privimage.training.journal` for why), and a
-  checkpoint holding the ledger is written every ``checkpoint_every`` steps.
+- Every logical step's noisy update is written to the run's journal (the
+  update file, then a line naming it and its hash) and charged to the ledger
+  *before* it is applied, and a checkpoint holding the ledger is written every
+  ``checkpoint_every`` steps. On resume the updates released after the
+  checkpoint are replayed, not drawn again (see `privimage.training.journal`),
+  so a resumed run ends with the uninterrupted run's steps and epsilon.
 
 Randomness of the mechanism (which examples a batch holds, the gradient noise)
 comes from fresh OS-entropy generators, never from the experiment seed, and is
 never checkpointed; on resume new generators are drawn, which is as private.
-Nothing computed from the sensitive data outside the noisy gradient is
-reported either (no training loss, no realised batch sizes): those would be
-releases the ledger does not account for.
+The non-private randomness (diffusion noise and timesteps, a GAN's latents) is
+seeded afresh at every step from (experiment seed, stage, step), so a replayed
+step's post-processing draws what the live step drew, and no generator state
+that depends on the realised batch size reaches a checkpoint. Nothing computed
+from the sensitive data outside the noisy gradient is reported either (no
+training loss, no realised batch sizes): those would be releases the ledger
+does not account for.
 
 Under torchrun (`privimage.distributed`) the same logical step runs on W
 processes: rank r holds the examples r, r+W, r+2W, ... and Poisson-samples them
@@ -35,12 +42,13 @@ rank 0 only and all-reduces the noisy sum, so each logical step releases one
 noisy gradient of the global batch, divided by the global expected batch size.
 The accounting is therefore the single-process one (q, sigma, T), with one
 journal, one ledger and the checkpoints written by rank 0; a checkpoint holds
-nothing rank-specific but the non-private RNG streams, so a run resumes with
-any number of processes.
+nothing rank-specific, and every rank replays the updates rank 0 reads from the
+journal, so a run resumes with any number of processes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import sys
 import time
@@ -58,14 +66,14 @@ from privimage.config import FinetuneConfig, config_hash
 from privimage.data.base import ImageDataset
 from privimage.dp import check_dp_compatible
 from privimage.errors import ConfigError, PrivacyError
-from privimage.training.checkpoint import load_latest_checkpoint, save_checkpoint
+from privimage.training.checkpoint import checkpoint_steps, load_latest_checkpoint, save_checkpoint
 from privimage.training.common import (
     progress_bar,
     seed_training_randomness,
     stage_seed,
     write_resources,
 )
-from privimage.training.journal import JOURNAL_NAME, DPStepJournal
+from privimage.training.journal import JOURNAL_NAME, DPStepJournal, JournalEntry
 
 # Per-example loss: (model call, *inputs) -> one loss per example (shape B), as
 # `privimage.dp.compute_per_sample_gradients` takes it.
@@ -257,7 +265,7 @@ def dp_sgd_step(
     batch_indices: Sequence[int],
     load_inputs: LoadInputs,
     physical_batch_size: int,
-    before_release: Callable[[], None] | None = None,
+    before_release: Callable[[list[torch.Tensor]], None] | None = None,
 ) -> None:
     """One logical DP-SGD step (Algorithm 1): clip per sample, sum over chunks, one noise draw, update.
 
@@ -270,8 +278,11 @@ def dp_sgd_step(
             plus whatever rows the caller's ``load_inputs`` understands); may be empty.
         load_inputs: maps rows to the loss's input tensors.
         physical_batch_size: largest chunk that is run at once.
-        before_release: called once, right before the noisy update is applied
-            (the journal and the ledger record the step here).
+        before_release: called once with the released update (the noisy gradient
+            divided by the expected batch size, all ranks' sums included, one
+            tensor per parameter in the optimizer's order) after the noise is
+            drawn and before the update is applied; the journal and the ledger
+            record the step here. If it raises, nothing is applied.
     """
     from privimage.dp.per_sample import compute_per_sample_gradients
 
@@ -288,10 +299,54 @@ def dp_sgd_step(
                                                     dtype=parameter.dtype)
         # Chunks before the last only clip and accumulate (opacus BatchMemoryManager protocol).
         optimizer.signal_skip_step(do_skip=not is_last)
-        if is_last and before_release is not None:
-            before_release()
-        optimizer.step()
+        if not is_last:
+            optimizer.step()
+        else:
+            _release_and_apply(optimizer, before_release)
         optimizer.zero_grad(set_to_none=True)
+
+
+def _release_and_apply(optimizer: DPOptimizer, before_release: Callable[[list[torch.Tensor]], None] | None) -> None:
+    """opacus's ``DPOptimizer.step`` opened up, so the noisy update can be recorded between noise and update."""
+    # Clip and accumulate the last chunk, draw the noise once, divide by the expected batch size.
+    if not optimizer.pre_step():
+        return
+    if isinstance(optimizer, DistributedDPOptimizer):
+        # The noisy sum of every rank's rows: what every rank applies, and what the journal keeps.
+        optimizer.reduce_gradients()
+    if before_release is not None:
+        before_release([parameter.grad for parameter in optimizer.params])
+    optimizer.original_optimizer.step()
+
+
+def apply_released_update(*, optimizer: DPOptimizer, update: Sequence[torch.Tensor]) -> None:
+    """Apply a journalled noisy update exactly as the live step applied it: no data read, no noise drawn.
+
+    Args:
+        optimizer: the run's ``DPOptimizer``, in the state it had before the step
+            (restored from the checkpoint, then earlier replayed steps).
+        update: the released update of the step, one tensor per parameter in the
+            optimizer's order (`privimage.training.journal.DPStepJournal.load_update`).
+    """
+    parameters = optimizer.params
+    if len(update) != len(parameters) or any(u.shape != p.shape for u, p in zip(update, parameters)):
+        raise PrivacyError(f"a released update of {len(update)} tensors does not fit this model's "
+                           f"{len(parameters)} trained parameters; the journal belongs to another model")
+    for parameter, released in zip(parameters, update):
+        parameter.grad = released.to(device=parameter.device, dtype=parameter.dtype)
+    # The same AdamW step, on the same gradient, from the same optimizer state: the same parameters.
+    optimizer.original_optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _seed_step(*, seed: int, stage: str, step: int, phase: str) -> None:
+    """Seed the non-private randomness of one phase of one step from (seed, stage, step, rank).
+
+    A replayed step's post-processing then draws what the live one drew, and the
+    generators' state never carries the realised batch size to a later step or a checkpoint.
+    """
+    digest = hashlib.sha256(f"{stage_seed(seed, stage)}:{phase}:{int(step)}".encode()).digest()
+    seed_training_randomness(distributed.rank_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)))
 
 
 def run_dp_sgd(
@@ -319,8 +374,11 @@ def run_dp_sgd(
     """The DP-SGD fine-tuning loop with journal, ledger, checkpoints and resume.
 
     Re-running the same call with the same ``run_dir`` resumes from the newest
-    readable checkpoint; the ledger is charged for every step in the journal,
-    including steps released after that checkpoint and now re-done.
+    readable checkpoint and replays the updates the journal released after it
+    (without the sensitive data and without new noise); the ledger is charged
+    once for every step in the journal, so a resumed run spends what an
+    uninterrupted one does. Only a step whose update cannot be replayed (see
+    `privimage.training.journal`) is taken again, and stays charged twice.
 
     Under torchrun every rank calls it with the same arguments: each samples and
     clips its shard, rank 0 adds the noise, keeps the journal and writes the
@@ -346,14 +404,18 @@ def run_dp_sgd(
         identity: config that must match for a checkpoint to be resumed.
         extra_state: other objects with ``state_dict``/``load_state_dict`` to checkpoint
             (a GAN's generator and its optimizer).
-        after_step: called with the number of completed steps after each logical step.
+        after_step: called with the number of completed steps after each logical step,
+            replayed ones included (post-processing such as a GAN's generator
+            step); its non-private randomness is seeded from the step, so a
+            replayed step draws what the live one did.
         batch_rows: maps the Poisson-sampled rows to the rows ``load_inputs`` receives
             (the GAN adds a fixed number of generated rows); identity if None.
         betas: AdamW betas.
         progress: show a tqdm bar.
 
     Returns:
-        Statistics of the run (steps, sigma, q, epsilon, time, memory, ...).
+        Statistics of the run (steps, sigma, q, epsilon, released, replayed and
+        lost steps, time, memory, ...).
     """
     from privimage.evaluation.resources import measure_stage
 
@@ -387,9 +449,10 @@ def run_dp_sgd(
     progress = progress and main
     journal: DPStepJournal | None = None
     with measure_stage("finetuning", log=records):
-        def open_run() -> tuple[int, dict[str, Any] | None]:
+        def open_run() -> tuple[int, dict[str, Any] | None, list[dict[str, Any]]]:
             # Rank 0 only: the journal first (the durable count of released steps, and
-            # the folder's lock), then the newest checkpoint checked against it.
+            # the folder's lock), then the newest checkpoint checked against it, then
+            # which released updates to replay on top of that checkpoint.
             nonlocal journal
             journal = DPStepJournal(run_dir / JOURNAL_NAME, header={
                 **expect, "noise_multiplier": noise_multiplier, "sample_rate": sample_rate, "total_steps": total_steps,
@@ -399,10 +462,12 @@ def run_dp_sgd(
                 _check_checkpoint_account(found, journal=journal, ledger_before=ledger_before,
                                           noise_multiplier=noise_multiplier, sample_rate=sample_rate,
                                           generator=generator)
-            return journal.steps, found
+            plan = journal.replay_plan(checkpoint_step=int(found["step"]) if found else 0,
+                                       position=_journal_position(found))
+            return journal.steps, found, [entry.to_dict() for entry in plan]
 
         try:
-            journal_steps, checkpoint = distributed.main_only(open_run)
+            journal_steps, checkpoint, replay = distributed.main_only(open_run)
             device = next(model.parameters()).device
             optimizer = make_dp_optimizer(
                 parameters=[p for p in model.parameters() if p.requires_grad], lr=lr,
@@ -413,7 +478,6 @@ def run_dp_sgd(
 
             if checkpoint is None:
                 start_step, previous = 0, {}
-                seed_training_randomness(distributed.rank_seed(stage_seed(seed, stage)))
                 # Every rank starts from rank 0's weights (what opacus's DPDDP wrapper does).
                 _share_rank0_weights(model, ema, extra_state)
             else:
@@ -424,28 +488,28 @@ def run_dp_sgd(
                     ema.load_state_dict(checkpoint["ema"])
                 for name, obj in extra_state.items():
                     obj.load_state_dict(checkpoint["extra"][name])
-                distributed.restore_rank_rng(saved=checkpoint.get("rng_by_rank") or [checkpoint["rng"]],
-                                             seed=stage_seed(seed, stage), step=start_step)
-            checkpoint_journal_steps = int(checkpoint["journal_steps"]) if checkpoint else 0
-            # Every released step counts, lost ones (after the checkpoint) included.
-            lost_steps = journal_steps - checkpoint_journal_steps
+            # Every released step is charged once, those about to be replayed and any that cannot be.
             if journal_steps:
                 ledger.record_dpsgd_steps(noise_multiplier=noise_multiplier, sample_rate=sample_rate,
                                           steps=journal_steps, generator=generator)
             released_steps = journal_steps
+            # The journal line whose update the model's current state ends with.
+            position = _journal_position(checkpoint)
 
-            def release_step(step: int) -> None:
-                # Rank 0 journals before its noise leaves; every rank keeps the same ledger in memory.
-                nonlocal released_steps
-                if journal is not None:
-                    journal.record_step(step=step)
+            def release_step(step: int, update: list[torch.Tensor]) -> None:
+                # Rank 0 writes the update and its journal line before any rank applies it; its failure reaches all.
+                nonlocal released_steps, position
+
+                def record() -> None:
+                    journal.record_step(step=step, update=update)
+
+                distributed.main_only(record)
                 ledger.record_dpsgd_steps(noise_multiplier=noise_multiplier, sample_rate=sample_rate,
                                           steps=1, generator=generator)
                 released_steps += 1
+                position = released_steps
 
             def write_checkpoint(step: int) -> None:
-                # Gathering the ranks' non-private RNG streams is a collective: every rank takes part.
-                rng_states = distributed.rng_states_of_all_ranks()
                 # Rank 0 writes; the others wait for it (and learn if it failed).
                 def save() -> None:
                     save_checkpoint(run_dir=run_dir, step=step, payload={
@@ -454,45 +518,59 @@ def run_dp_sgd(
                         "noise_multiplier": noise_multiplier,
                         "sample_rate": sample_rate,
                         "journal_steps": released_steps,
+                        "journal_position": position,
                         "ledger": ledger.to_dict(),
                         "model": model.state_dict(),
                         "ema": ema.state_dict() if ema is not None else {},
                         "optimizer": optimizer.state_dict(),
                         "extra": {name: obj.state_dict() for name, obj in extra_state.items()},
-                        "rng": rng_states[0],
-                        "rng_by_rank": rng_states,
                         "world_size": world_size,
                         "stats": {
-                            "lost_steps_charged": previous.get("lost_steps_charged", 0) + lost_steps,
                             "sessions": previous.get("sessions", 0) + 1,
                             "wall_time_s": previous.get("wall_time_s", 0.0) + time.perf_counter() - session_start,
                         },
                     })
+                    # Updates the checkpoint a resume may fall back to already holds are redundant.
+                    fallback = checkpoint_steps(run_dir)[1:2]
+                    journal.prune_updates(through_step=fallback[0] if fallback else 0)
 
                 distributed.main_only(save)
 
+            def finish_step(step: int) -> None:
+                # Post-processing of the released update: the same for a live and a replayed step.
+                if ema is not None:
+                    ema.update(model)
+                if after_step is not None:
+                    _seed_step(seed=seed, stage=stage, step=step, phase="after_step")
+                    after_step(step)
+                if step % settings.checkpoint_every == 0 or step == total_steps:
+                    write_checkpoint(step)
+                    if progress:
+                        # Epsilon so far costs an RDP evaluation; only worth it when someone watches.
+                        bar.set_postfix(epsilon=f"{ledger.epsilon():.3f}")
+                bar.update(1)
+
             model.train()
-            remaining = total_steps - start_step
             bar = progress_bar(total=total_steps, initial=start_step, desc=stage, enabled=progress)
+            resumed_from_step = start_step
+            # Replay what was released after the checkpoint: no sensitive data read, no noise drawn, nothing charged.
+            for entry in replay:
+                update = distributed.main_only(lambda entry=entry: journal.load_update(JournalEntry(**entry)))
+                apply_released_update(optimizer=optimizer, update=update)
+                start_step, position = start_step + 1, int(entry["release"])
+                finish_step(start_step)
+            remaining = total_steps - start_step
             if remaining > 0:
                 sampler = iter(poisson_sampler(num_examples=num_examples, sample_rate=sample_rate, steps=remaining))
                 for step in range(start_step + 1, total_steps + 1):
+                    _seed_step(seed=seed, stage=stage, step=step, phase="dp_step")
                     dp_sgd_step(
                         model=model, optimizer=optimizer, per_example_loss=per_example_loss,
                         batch_indices=batch_rows(next(sampler)), load_inputs=load_inputs,
                         physical_batch_size=settings.physical_batch_size,
-                        before_release=lambda step=step: release_step(step),
+                        before_release=lambda update, step=step: release_step(step, update),
                     )
-                    if ema is not None:
-                        ema.update(model)
-                    if after_step is not None:
-                        after_step(step)
-                    if step % settings.checkpoint_every == 0 or step == total_steps:
-                        write_checkpoint(step)
-                        if progress:
-                            # Epsilon so far costs an RDP evaluation; only worth it when someone watches.
-                            bar.set_postfix(epsilon=f"{ledger.epsilon():.3f}")
-                    bar.update(1)
+                    finish_step(step)
             bar.close()
         finally:
             if journal is not None:
@@ -503,9 +581,11 @@ def run_dp_sgd(
         "stage": stage,
         "private": True,
         "steps": total_steps,
-        "resumed_from_step": start_step,
+        "resumed_from_step": resumed_from_step,
+        "replayed_steps": len(replay),
         "released_steps": released_steps,
-        "lost_steps_charged": previous.get("lost_steps_charged", 0) + lost_steps,
+        # Charged but not part of the trained model: released, then neither kept nor replayable.
+        "lost_steps_charged": released_steps - total_steps,
         "sample_rate": sample_rate,
         "expected_batch_size": settings.batch_size,
         "world_size": world_size,
@@ -566,6 +646,11 @@ def _check_checkpoint_account(
     from privimage.privacy.ledger import PrivacyLedger
 
     steps_then = int(checkpoint["journal_steps"])
+    if not 0 <= _journal_position(checkpoint) <= steps_then:
+        raise PrivacyError(
+            f"checkpoint step {checkpoint['step']}: it ends with journal line {_journal_position(checkpoint)} "
+            f"but was taken when the journal listed {steps_then}; use a fresh run folder"
+        )
     if journal.steps < steps_then:
         raise PrivacyError(
             f"the DP-SGD journal lists {journal.steps} steps but the checkpoint was taken after {steps_then}; "
@@ -580,6 +665,17 @@ def _check_checkpoint_account(
             f"checkpoint step {checkpoint['step']}: its privacy ledger disagrees with this run's "
             "(another query, delta or dataset); use a fresh run folder"
         )
+
+
+def _journal_position(checkpoint: Mapping[str, Any] | None) -> int:
+    """The journal line whose update a checkpoint's model ends with (0 without a checkpoint).
+
+    Checkpoints written before updates were journalled lack the field; theirs is the
+    journal's length then, as the live loop writes it.
+    """
+    if checkpoint is None:
+        return 0
+    return int(checkpoint.get("journal_position", checkpoint["journal_steps"]))
 
 
 def _ledger_content(ledger) -> dict[str, Any]:
