@@ -17,7 +17,12 @@ computed about itself and re-derives every number from the run's own records
 - custody: no artifact derived from the sensitive data (synthetic images,
   samples, metrics, fine-tuning checkpoints) exists without a ledger, and every
   checkpoint carries a ledger consistent with the journal. Checkpoints are read
-  with ``weights_only`` loading: one that holds pickled code is refused, never run.
+  with ``weights_only`` loading: one that holds pickled code is refused, never run;
+- released updates: every noisy update kept on disk is charged by the journal
+  line that names it, with the same SHA-256, and every step journalled after the
+  newest checkpoint still has its update to replay (see `privimage.training.journal`).
+
+The journal is only read: the audit takes no lock and changes nothing in the folder.
 
 A non-private ablation has nothing to verify: it is reported as ``no guarantee``,
 a status of its own. A folder where nothing derived from the sensitive data
@@ -242,6 +247,7 @@ def audit_run(*, run_dir: Path, data_root: Path | None = None) -> RunAudit:
     checks.run("noise_multiplier_calibrated", lambda: _check_calibration(audit, config, ledger, journal))
     checks.run("noise_generator", lambda: _check_generators(config, ledger))
     checks.run("checkpoints_carry_ledger", lambda: _check_checkpoints(run_dir / FINETUNE_DIR, ledger, journal))
+    checks.run("released_updates_charged", lambda: _check_released_updates(run_dir / FINETUNE_DIR, journal))
     if (run_dir / "metrics.json").exists():
         checks.run("metrics_labelled_reporting_only", lambda: _check_metrics_label(run_dir / "metrics.json"))
     audit.checks = checks.items
@@ -339,26 +345,27 @@ class _Journal:
 
     path: Path
     header: dict[str, Any] | None
-    steps: int
+    entries: tuple = ()
     error: str | None = None
+
+    @property
+    def steps(self) -> int:
+        """Released steps; a torn line counts, as training counts it."""
+        return len(self.entries)
 
     @classmethod
     def read(cls, folder: Path) -> "_Journal":
-        from privimage.training.journal import JOURNAL_NAME, DPStepJournal
+        from privimage.training.journal import JOURNAL_NAME, read_journal_entries
 
         path = folder / JOURNAL_NAME
         if not path.is_file():
-            return cls(path=path, header=None, steps=0, error=f"{path} not found")
+            return cls(path=path, header=None, error=f"{path} not found")
         try:
-            lines = path.read_text().splitlines()
-            header = json.loads(lines[0])["header"] if lines else None
-            if not isinstance(header, dict):
-                raise PrivacyError(f"{path}: not a DP-SGD journal (no header line)")
-            # The journal's own reader counts steps (a torn last line counts, as training counts it).
-            steps = DPStepJournal(path, header=header).steps
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, PrivImageError) as exc:
-            return cls(path=path, header=None, steps=0, error=f"{path}: unreadable journal ({exc})")
-        return cls(path=path, header=header, steps=steps)
+            # Read-only: no lock taken, nothing settled or rewritten (a running fine-tuning keeps its folder).
+            header, entries = read_journal_entries(path)
+        except (OSError, UnicodeDecodeError, PrivImageError) as exc:
+            return cls(path=path, header=None, error=f"{path}: unreadable journal ({exc})")
+        return cls(path=path, header=header, entries=tuple(entries))
 
 
 def _dpsgd_entries(ledger) -> list[dict[str, Any]]:
@@ -443,9 +450,53 @@ def _check_checkpoints(folder: Path, ledger, journal: _Journal) -> tuple[bool, s
         elif steps != payload.get("journal_steps") or steps > journal.steps:
             problems.append(f"{path.name}: its ledger charges {steps} steps, the journal listed "
                             f"{payload.get('journal_steps')} then and {journal.steps} now")
+        elif not 0 <= payload.get("journal_position", steps) <= steps:
+            problems.append(f"{path.name}: its model ends with journal line {payload.get('journal_position')}, "
+                            f"after the {steps} steps its ledger charges")
     if problems:
         return False, "; ".join(problems)
     return True, f"{len(paths)} checkpoint(s) read weights-only, each with a consistent ledger"
+
+
+def _check_released_updates(folder: Path, journal: _Journal) -> tuple[bool, str]:
+    """Released updates on disk are charged, and the steps after the newest checkpoint can be replayed."""
+    from privimage.training.checkpoint import CheckpointUnreadable, list_checkpoints, load_checkpoint
+    from privimage.training.journal import UPDATES_DIR, partial_update_files, sha256_of, update_files
+
+    if journal.error:
+        return False, journal.error
+    updates_dir = folder / UPDATES_DIR
+    by_release = {entry.release: entry for entry in journal.entries}
+    problems = []
+    # A noisy update on disk is a release: the journal must charge it, for exactly these bytes.
+    files = update_files(updates_dir)
+    for release, (_step, path) in sorted(files.items()):
+        entry = by_release.get(release)
+        if entry is None or entry.unapplied:
+            problems.append(f"{path.name}: a released update no journal line charges")
+        elif entry.update != path.name or entry.sha256 != sha256_of(path):
+            problems.append(f"{path.name}: its SHA-256 differs from journal line {release} (altered after release)")
+    problems += [f"{path.name}: part of an update written and not yet charged (resume the run to charge it)"
+                 for path in partial_update_files(updates_dir)]
+    # The steps after the newest readable checkpoint live only in their update files.
+    position, newest = 0, "no checkpoint"
+    for path in list_checkpoints(folder):
+        try:
+            payload = load_checkpoint(path)
+        except (PrivImageError, CheckpointUnreadable):
+            continue
+        position, newest = int(payload.get("journal_position", payload.get("journal_steps", 0))), path.name
+        break
+    pending = [entry for entry in journal.entries[position:] if not entry.unapplied]
+    for entry in pending:
+        if entry.release not in files or not entry.replayable:
+            problems.append(f"journal line {entry.release} (step {entry.step}) came after {newest} "
+                            "and has no update to replay")
+    if problems:
+        return False, "; ".join(problems)
+    unapplied = sum(entry.unapplied for entry in journal.entries)
+    return True, (f"{len(files)} update file(s) kept, each charged by its journal line with the same SHA-256; "
+                  f"{len(pending)} step(s) after {newest} await replay; {unapplied} charged but never applied")
 
 
 def _check_metrics_label(path: Path) -> tuple[bool, str]:

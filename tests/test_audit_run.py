@@ -26,7 +26,7 @@ from privimage.privacy import PrivacyLedger
 from privimage.privacy_audit import audit_run
 from privimage.training.checkpoint import save_checkpoint
 from privimage.training.dpsgd import calibrate_to_ledger, finetune_schedule
-from privimage.training.journal import JOURNAL_NAME, DPStepJournal
+from privimage.training.journal import JOURNAL_NAME, UPDATES_DIR, DPStepJournal, read_journal, update_file_name
 
 EPSILON = 10.0
 
@@ -55,11 +55,14 @@ def _write_run(run_dir: Path, *, method: str, sensitive, config, epsilon: float 
         "stage": "dp_finetune_diffusion", "run_hash": "0" * 16, "dataset_hash": sensitive.content_hash(),
         "noise_multiplier": sigma, "sample_rate": sample_rate, "total_steps": steps})
     for step in range(1, steps + 1):
-        journal.record_step(step=step)
+        journal.record_step(step=step, update=[torch.full((2,), 0.01 * step)])
         ledger.record_dpsgd_steps(noise_multiplier=sigma, sample_rate=sample_rate, steps=1, generator="os-entropy")
     save_checkpoint(run_dir=finetune, step=steps, payload={
-        "stage": "dp_finetune_diffusion", "journal_steps": journal.steps, "ledger": ledger.to_dict(),
-        "model": {"weight": torch.zeros(2)}})
+        "stage": "dp_finetune_diffusion", "journal_steps": journal.steps, "journal_position": journal.steps,
+        "ledger": ledger.to_dict(), "model": {"weight": torch.zeros(2)}})
+    # As fine-tuning does: the updates before the last two steps are held by a checkpoint, and go.
+    journal.prune_updates(through_step=steps - 2)
+    journal.close()
     ledger.save(run_dir / "ledger.json")
     atomic_write_json(run_dir / "privacy.json", {
         "guarantee": "differential privacy", "epsilon": ledger.epsilon(), "epsilon_prv": ledger.epsilon(accountant="prv"),
@@ -109,7 +112,8 @@ def test_a_faithful_private_run_passes_with_both_accountants(capsys, runs):
     assert code == 0 and result["status"] == "pass", result
     assert all(verdicts(result).values())
     assert {"semantic_query_recorded", "dpsgd_steps_match_journal", "noise_multiplier_calibrated",
-            "dataset_hash", "epsilon_within_target", "checkpoints_carry_ledger"} <= set(verdicts(result))
+            "dataset_hash", "epsilon_within_target", "checkpoints_carry_ledger",
+            "released_updates_charged"} <= set(verdicts(result))
     ledger = PrivacyLedger.load(runs / "privimage-d" / "ledger.json")
     assert result["epsilon_rdp"] == pytest.approx(ledger.epsilon())
     assert result["epsilon_prv"] == pytest.approx(ledger.epsilon(accountant="prv"))
@@ -200,6 +204,46 @@ def test_uncharged_released_steps_fail(capsys, copy_run):
     code, result = audit_cli(capsys, run_dir)
     assert code == 1 and verdicts(result)["dpsgd_steps_match_journal"] is False
     assert verdicts(result)["noise_multiplier_calibrated"] is True
+
+
+def test_an_update_altered_after_its_release_fails(capsys, copy_run):
+    run_dir = copy_run("dpdm")
+    kept = sorted((run_dir / "finetune" / UPDATES_DIR).glob("step-*.pt"))
+    assert len(kept) == 2
+    data = bytearray(kept[-1].read_bytes())
+    data[-40] ^= 0x01
+    kept[-1].write_bytes(bytes(data))
+    code, result = audit_cli(capsys, run_dir)
+    assert code == 1 and verdicts(result) == {**{k: True for k in verdicts(result)}, "released_updates_charged": False}
+    assert "differs from journal line" in {c["name"]: c["detail"] for c in result["checks"]}["released_updates_charged"]
+
+
+def test_a_released_update_that_no_journal_line_charges_fails(capsys, copy_run):
+    run_dir = copy_run("dpdm")
+    updates = run_dir / "finetune" / UPDATES_DIR
+    steps = read_journal(run_dir / "finetune" / JOURNAL_NAME)[1]
+    # An update written after the last journal line (the line was never written) is a release all the same.
+    shutil.copy(sorted(updates.glob("step-*.pt"))[-1], updates / update_file_name(step=steps + 1, release=steps + 1))
+    code, result = audit_cli(capsys, run_dir)
+    assert code == 1 and verdicts(result)["released_updates_charged"] is False
+    assert "no journal line charges" in {c["name"]: c["detail"] for c in result["checks"]}["released_updates_charged"]
+
+
+def test_a_step_journalled_after_the_newest_checkpoint_must_keep_its_update(capsys, copy_run):
+    run_dir = copy_run("dpdm")
+    (newest,) = [path for path in (run_dir / "finetune").glob("ckpt-*.pt")]
+    payload = torch.load(newest, weights_only=True)
+    # A checkpoint one step earlier: the last journalled step lives only in its update file.
+    payload["journal_position"] -= 1
+    torch.save(payload, newest)
+    code, result = audit_cli(capsys, run_dir)
+    assert code == 0 and "1 step(s) after ckpt-" in {c["name"]: c["detail"] for c in result["checks"]}[
+        "released_updates_charged"]
+    for update in (run_dir / "finetune" / UPDATES_DIR).glob("step-*.pt"):
+        update.unlink()
+    code, result = audit_cli(capsys, run_dir)
+    assert code == 1 and verdicts(result)["released_updates_charged"] is False
+    assert "has no update to replay" in {c["name"]: c["detail"] for c in result["checks"]}["released_updates_charged"]
 
 
 def test_a_missing_journal_fails(capsys, copy_run):
