@@ -168,6 +168,15 @@ def test_updates_beyond_the_next_release_are_refused(tmp_path):
         DPStepJournal(path, header=HEADER)
 
 
+def test_released_updates_without_their_journal_are_refused(tmp_path):
+    path = tmp_path / "journal.jsonl"
+    with DPStepJournal(path, header=HEADER) as journal:
+        record(journal, 1, 2)
+    path.unlink()
+    with pytest.raises(PrivacyError, match="holds released DP-SGD updates but journal.jsonl is missing"):
+        DPStepJournal(path, header=HEADER)
+
+
 def test_pruning_deletes_the_updates_a_checkpoint_holds(tmp_path):
     with DPStepJournal(tmp_path / "journal.jsonl", header=HEADER) as journal:
         record(journal, 1, 2, 3)

@@ -135,6 +135,11 @@ class DPStepJournal:
             else:
                 # No complete line: the header write was cut short (full disk, kill). Steps are
                 # appended only once the header is durable, so none was released: start afresh.
+                if update_files(self.updates_dir) or partial_update_files(self.updates_dir):
+                    raise PrivacyError(
+                        f"{self.updates_dir} holds released DP-SGD updates but {self.path.name} is missing or "
+                        "empty: the budget already spent cannot be established (use a fresh run folder)"
+                    )
                 self.path.unlink(missing_ok=True)
                 self._append_line({"header": self.header})
                 self._entries = []
