@@ -1,11 +1,11 @@
 """The DP-SGD journal: released updates before their lines, torn or missing writes settled, foreign runs refused."""
 
 import json
-import os
 
 import pytest
 import torch
 
+from disk_faults import fill_the_disk_in_journal_line
 from privimage.errors import PrivacyError
 from privimage.training.journal import (
     UPDATES_DIR,
@@ -43,36 +43,7 @@ def test_steps_and_their_updates_survive_reopening(tmp_path):
 
 def fail_the_next_journal_line(monkeypatch, *, torn: bool) -> None:
     """The next journal line hits a full disk: after half of it landed (``torn``) or before any of it did."""
-    import privimage.training.journal as journal_module
-
-    real_open = open
-
-    class FullDisk:
-        def __init__(self, handle):
-            self._handle = handle
-
-        def write(self, data):
-            if b'"step"' in data:
-                if torn:
-                    self._handle.write(data[: len(data) // 2])
-                    self._handle.flush()
-                raise OSError(28, os.strerror(28))
-            return self._handle.write(data)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return self._handle.__exit__(*exc)
-
-        def __getattr__(self, name):
-            return getattr(self._handle, name)
-
-    def failing_open(file, mode="r", *args, **kwargs):
-        handle = real_open(file, mode, *args, **kwargs)
-        return FullDisk(handle) if mode == "ab" else handle
-
-    monkeypatch.setattr(journal_module, "open", failing_open, raising=False)
+    fill_the_disk_in_journal_line(monkeypatch, record='"step"', torn=torn)
 
 
 @pytest.mark.parametrize("torn", [False, True])

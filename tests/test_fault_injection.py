@@ -36,9 +36,9 @@ import pytest
 import torch
 import yaml
 
+from disk_faults import fill_the_disk_in_journal_line
 import privimage.diffusion
 import privimage.semantics.query
-import privimage.training.journal as journal_module
 from privimage.cli import main
 from privimage.config import load_config
 from privimage.errors import PrivacyError
@@ -349,34 +349,7 @@ def test_an_exception_inside_sampling_leaves_no_synthetic_set_and_the_rerun_spen
 
 def fill_the_disk_in_the_journal(monkeypatch, *, record: str, torn: bool) -> None:
     """The journal line holding ``record`` hits a full disk, after half of it (``torn``) or none of it landed."""
-    real_open = open
-
-    class FullDisk:
-        def __init__(self, handle):
-            self._handle = handle
-
-        def write(self, data):
-            if record in data.decode():
-                if torn:
-                    self._handle.write(data[: len(data) // 2])
-                    self._handle.flush()
-                disk_full()
-            return self._handle.write(data)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return self._handle.__exit__(*exc)
-
-        def __getattr__(self, name):
-            return getattr(self._handle, name)
-
-    def journal_open(path, mode="r", *args, **kwargs):
-        handle = real_open(path, mode, *args, **kwargs)
-        return FullDisk(handle) if Path(path).name == JOURNAL_NAME and mode == "ab" else handle
-
-    monkeypatch.setattr(journal_module, "open", journal_open, raising=False)
+    fill_the_disk_in_journal_line(monkeypatch, record=record, torn=torn)
 
 
 # Where the disk fills -> (file named in the error, checkpoints left, journal steps left, step resumed from,
