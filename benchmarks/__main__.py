@@ -10,29 +10,25 @@ import argparse
 import sys
 
 from benchmarks import dp_step, throughput
-from privimage.errors import PrivImageError
+from benchmarks.cli import run_command
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
-    dp_step.add_common_arguments(parser)
-    dp_step.add_arguments(parser)
-    throughput.add_arguments(parser)
-    parser.add_argument("--skip-throughput", action="store_true", help="only the DP-step benchmark")
-    args = parser.parse_args(argv)
-    try:
-        device = dp_step.apply_common_arguments(args)
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        dp_step.add_arguments(parser)
+        throughput.add_arguments(parser)
+        parser.add_argument("--skip-throughput", action="store_true", help="only the DP-step benchmark")
+
+    def run(args: argparse.Namespace, device) -> str:
         dp_step.dp_step_from_args(args, device=device)
         written = [f"dp_step{args.suffix}.json", f"dp_step{args.suffix}.md"]
         if not args.skip_throughput:
             throughput.throughput_from_args(args, device=device, suffix=args.suffix)
             written.append(f"throughput{args.suffix}.json")
-    except PrivImageError as exc:
-        # Bad options end in one line and status 2, as in the privimage CLI.
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"benchmarks: wrote {', '.join(written)} in {args.out}", file=sys.stderr)
-    return 0
+        return f"benchmarks: wrote {', '.join(written)} in {args.out}"
+
+    return run_command(argv, prog="python -m benchmarks", description=__doc__.splitlines()[0],
+                       add_arguments=add_arguments, run=run)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from privimage.dp.benchmark import (
     ratio_row,
     targets_met,
 )
-from privimage.errors import ConfigError, PrivImageError
+from privimage.errors import ConfigError
 
 DP_STEP_FILE = "dp_step.json"
 DP_STEP_TABLE = "dp_step.md"
@@ -256,18 +256,13 @@ def dp_step_from_args(args: argparse.Namespace, *, device: torch.device) -> dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_arguments(parser)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        device = apply_common_arguments(args)
+    from benchmarks.cli import run_command
+
+    def run(args: argparse.Namespace, device: torch.device) -> str:
         dp_step_from_args(args, device=device)
-    except PrivImageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"dp_step: wrote {args.out / (Path(DP_STEP_FILE).stem + args.suffix + '.json')} and .md", file=sys.stderr)
-    return 0
+        return f"dp_step: wrote {args.out / (Path(DP_STEP_FILE).stem + args.suffix + '.json')} and .md"
+
+    return run_command(argv, prog=None, description=__doc__.splitlines()[0], add_arguments=add_arguments, run=run)
 
 
 if __name__ == "__main__":

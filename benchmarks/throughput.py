@@ -34,7 +34,6 @@ from privimage.cache import atomic_write_json
 from privimage.config import load_config
 from privimage.diffusion import ddim_sample
 from privimage.dp.benchmark import environment, synchronize, unet_config
-from privimage.errors import PrivImageError
 from privimage.models import build_unet, count_parameters
 
 THROUGHPUT_FILE = "throughput.json"
@@ -200,21 +199,13 @@ def throughput_from_args(args: argparse.Namespace, *, device: torch.device, suff
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.dp_step import add_common_arguments, apply_common_arguments
+    from benchmarks.cli import run_command
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_arguments(parser)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        device = apply_common_arguments(args)
+    def run(args: argparse.Namespace, device: torch.device) -> str:
         throughput_from_args(args, device=device, suffix=args.suffix)
-    except PrivImageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"throughput: wrote {Path(args.out) / (Path(THROUGHPUT_FILE).stem + args.suffix + '.json')}",
-          file=sys.stderr)
-    return 0
+        return f"throughput: wrote {Path(args.out) / (Path(THROUGHPUT_FILE).stem + args.suffix + '.json')}"
+
+    return run_command(argv, prog=None, description=__doc__.splitlines()[0], add_arguments=add_arguments, run=run)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,47 @@
+"""The command-line frame every benchmark command shares: options, errors, exit status."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+import torch
+
+from privimage.errors import PrivImageError
+
+
+def run_command(
+    argv: list[str] | None,
+    *,
+    prog: str | None,
+    description: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace, torch.device], str],
+) -> int:
+    """Parse the shared and the command's options, run it, and report as the privimage CLI does.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+        prog: the program name shown in ``--help`` (default: argparse's).
+        description: the one-line description shown in ``--help``.
+        add_arguments: adds the command's own options.
+        run: does the work given the parsed options and the device; returns what it wrote.
+
+    Returns:
+        0, or 2 after one ``error:`` line when an option is bad.
+    """
+    from benchmarks.dp_step import add_common_arguments, apply_common_arguments
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_common_arguments(parser)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        written = run(args, apply_common_arguments(args))
+    except PrivImageError as exc:
+        # Bad options end in one line and status 2, as in the privimage CLI.
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(written, file=sys.stderr)
+    return 0
