@@ -21,7 +21,6 @@ exactly; ``privimage audit`` must agree.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -36,7 +35,7 @@ import pytest
 import torch
 import yaml
 
-from disk_faults import fill_the_disk_in_journal_line
+from disk_faults import FailingFile, disk_full, fill_the_disk_in_journal_line
 import privimage.diffusion
 import privimage.semantics.query
 from privimage.cli import main
@@ -161,32 +160,6 @@ def assert_audit_agrees(record: dict) -> None:
     assert audit.status == "pass"
 
 
-class FailingFile:
-    """A file object whose ``write`` puts half the bytes on disk, then fails the way ``on_write`` says."""
-
-    def __init__(self, handle, on_write):
-        self._handle = handle
-        self._on_write = on_write
-
-    def write(self, data):
-        self._handle.write(data[: len(data) // 2])
-        self._handle.flush()
-        self._on_write()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return self._handle.__exit__(*exc)
-
-    def __getattr__(self, name):
-        return getattr(self._handle, name)
-
-
-def disk_full() -> None:
-    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-
 def fail_atomic_writes(monkeypatch, prefix: str) -> None:
     """Make the atomic writer's temporary file for a name starting ``prefix`` hit a full disk half-way."""
     real_fdopen = os.fdopen
@@ -204,7 +177,7 @@ def fail_atomic_writes(monkeypatch, prefix: str) -> None:
 KILLED_IN_A_WRITE = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
-from test_fault_injection import FailingFile
+from disk_faults import FailingFile
 
 real_fdopen = os.fdopen
 
