@@ -82,13 +82,17 @@ def test_dp_step_divides_by_the_expected_batch_size_and_clips():
     assert update.norm() <= clip_norm
 
 
+def noisy_optimizer(model):
+    """DP-SGD at sigma 1, C 1 and expected batch 4 (noise std 1/4 per coordinate)."""
+    return make_dp_optimizer(parameters=model.parameters(), lr=0.1, weight_decay=0.0, noise_multiplier=1.0,
+                             max_grad_norm=1.0, expected_batch_size=4, secure_mode=False, device=torch.device("cpu"))
+
+
 def test_empty_poisson_batch_is_a_noisy_step():
     dataset = tiny_dataset(num_examples=10)
     model = TinyNet()
     before = [p.detach().clone() for p in model.parameters()]
-    optimizer = make_dp_optimizer(parameters=model.parameters(), lr=0.1, weight_decay=0.0, noise_multiplier=1.0,
-                                  max_grad_norm=1.0, expected_batch_size=4, secure_mode=False,
-                                  device=torch.device("cpu"))
+    optimizer = noisy_optimizer(model)
     released = []
     dp_sgd_step(model=model, optimizer=optimizer, per_example_loss=tiny_loss, batch_indices=[],
                 load_inputs=load_rows(dataset), physical_batch_size=4,
@@ -104,9 +108,7 @@ def test_the_release_is_handed_over_before_the_update_is_applied_and_a_refusal_a
     dataset = tiny_dataset(num_examples=10)
     model = TinyNet()
     before = [p.detach().clone() for p in model.parameters()]
-    optimizer = make_dp_optimizer(parameters=model.parameters(), lr=0.1, weight_decay=0.0, noise_multiplier=1.0,
-                                  max_grad_norm=1.0, expected_batch_size=4, secure_mode=False,
-                                  device=torch.device("cpu"))
+    optimizer = noisy_optimizer(model)
 
     def refuse(update):
         # The journal could not record the release (a full disk): the parameters must still be the old ones.
