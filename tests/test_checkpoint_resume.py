@@ -110,6 +110,14 @@ def journal_steps(run_dir):
     return len((run_dir / JOURNAL_NAME).read_text().splitlines()) - 1
 
 
+
+def fine_tune_until_crash_before_step_6(run_dir, monkeypatch) -> None:
+    """Fine-tune in ``run_dir`` until the run dies before step 6: steps 4 and 5 released after checkpoint 3."""
+    crash_at_step(monkeypatch, 6)
+    with pytest.raises(Crash):
+        fine_tune(run_dir)
+    monkeypatch.undo()
+
 def test_kill_right_after_a_checkpoint_resumes_at_the_same_epsilon(tmp_path, monkeypatch):
     crash_at_step(monkeypatch, 7)
     with pytest.raises(Crash):
@@ -128,10 +136,7 @@ def test_kill_right_after_a_checkpoint_resumes_at_the_same_epsilon(tmp_path, mon
 
 def test_steps_released_after_the_last_checkpoint_are_replayed_not_charged_again(tmp_path, monkeypatch):
     # Dies before step 6: steps 4 and 5 were released but only step 3 was checkpointed.
-    crash_at_step(monkeypatch, 6)
-    with pytest.raises(Crash):
-        fine_tune(tmp_path)
-    monkeypatch.undo()
+    fine_tune_until_crash_before_step_6(tmp_path, monkeypatch)
     stats, ledger = fine_tune(tmp_path)
     assert stats["steps"] == TOTAL_STEPS and stats["resumed_from_step"] == 3 and stats["replayed_steps"] == 2
     assert stats["lost_steps_charged"] == 0 and stats["released_steps"] == TOTAL_STEPS
@@ -258,10 +263,7 @@ def test_a_gan_replays_its_discriminator_updates_and_generator_steps_exactly(tmp
 
 
 def test_a_missing_update_is_charged_again_and_taken_with_fresh_noise(tmp_path, monkeypatch):
-    crash_at_step(monkeypatch, 6)
-    with pytest.raises(Crash):
-        fine_tune(tmp_path)
-    monkeypatch.undo()
+    fine_tune_until_crash_before_step_6(tmp_path, monkeypatch)
     # Step 5's update is gone (deleted by hand): step 4 is replayed, step 5 cannot be and is paid twice.
     (step_5,) = (tmp_path / UPDATES_DIR).glob("step-000005-*.pt")
     step_5.unlink()
@@ -273,10 +275,7 @@ def test_a_missing_update_is_charged_again_and_taken_with_fresh_noise(tmp_path, 
 
 
 def test_a_tampered_update_stops_the_resume_in_one_line(tmp_path, monkeypatch):
-    crash_at_step(monkeypatch, 6)
-    with pytest.raises(Crash):
-        fine_tune(tmp_path)
-    monkeypatch.undo()
+    fine_tune_until_crash_before_step_6(tmp_path, monkeypatch)
     (step_4,) = (tmp_path / UPDATES_DIR).glob("step-000004-*.pt")
     data = bytearray(step_4.read_bytes())
     data[-40] ^= 0x01
