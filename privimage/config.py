@@ -86,6 +86,8 @@ class DiffusionModelConfig:
     # Feature-map sizes (e.g. [16]) with self-attention; the lowest resolution always has it.
     attention_resolutions: tuple[int, ...] = ()
     dropout: float = 0.0
+    # EDM's data standard deviation in the denoiser's preconditioning and loss weight (`privimage.diffusion`).
+    sigma_data: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -362,6 +364,7 @@ VALUE_RULES: tuple[tuple[str, Any, str], ...] = (
     ("semantics.sqf_width", *_POSITIVE),
     ("semantics.sqf_epochs", *_POSITIVE),
     ("semantics.sqf_batch_size", *_POSITIVE),
+    ("diffusion.sigma_data", *_POSITIVE),
     ("pretrain.steps", *_NON_NEGATIVE),
     ("pretrain.gan_steps", *_NON_NEGATIVE),
     ("pretrain.batch_size", *_POSITIVE),

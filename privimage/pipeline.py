@@ -288,6 +288,7 @@ def sample_stage(
             images = ddim_sample(
                 networks["model"], labels=batch_labels, image_shape=image_shape, num_classes=num_classes,
                 steps=sampling.ddim_steps, guidance_scale=sampling.guidance_scale, generator=generator,
+                sigma_data=config.diffusion.sigma_data,
             )
         else:
             gan_generator = networks["generator"].eval()

@@ -1,7 +1,8 @@
-"""The DDPM loss (paper Eq. 2) with noise multiplicity and label dropout."""
+"""The denoising loss (paper Eq. 2 with EDM's preconditioning and weight), noise multiplicity and label dropout."""
 
 import pytest
 import torch
+from diffusion_oracle import OracleDenoiser
 
 from privimage.diffusion import (
     MIN_ALPHA_BAR,
@@ -9,22 +10,12 @@ from privimage.diffusion import (
     diffusion_loss_from_noise,
     diffusion_loss_per_example,
     draw_diffusion_noise,
+    network_target,
+    preconditioning,
 )
 from privimage.errors import ConfigError
 
 torch.set_num_threads(2)
-
-
-class OracleDenoiser(torch.nn.Module):
-    """The exact noise predictor for a dataset holding one image per class."""
-
-    def __init__(self, images_by_label):
-        super().__init__()
-        self.images_by_label = images_by_label
-
-    def forward(self, x, times, labels):
-        signal = alpha_bar(times).view(-1, 1, 1, 1)
-        return (x - signal.sqrt() * self.images_by_label[labels]) / (1 - signal).sqrt()
 
 
 def test_cosine_schedule_runs_from_clean_to_noise():
@@ -36,18 +27,56 @@ def test_cosine_schedule_runs_from_clean_to_noise():
     assert alpha_bar(torch.tensor(0.5)) == pytest.approx(0.5, abs=0.03)  # cosine: half signal at mid-time
 
 
-def test_oracle_denoiser_has_zero_loss():
-    """x_t is built as sqrt(ab) x0 + sqrt(1 - ab) eps; an exact denoiser recovers eps."""
-    prototypes = torch.rand(3, 1, 8, 8) * 2 - 1
+@pytest.mark.parametrize("sigma_data", [0.5, 1.0])
+def test_oracle_denoiser_has_zero_loss(sigma_data):
+    """x_t is built as sqrt(ab) x0 + sqrt(1 - ab) eps; EDM's exact denoiser output gives zero loss."""
+    # float64: the oracle divides by c_out, which vanishes as t -> 0.
+    prototypes = torch.rand(3, 1, 8, 8, dtype=torch.float64) * 2 - 1
     labels = torch.tensor([0, 2, 1, 2])
-    loss = diffusion_loss_per_example(OracleDenoiser(prototypes), prototypes[labels], labels,
-                                      noise_multiplicity=5, label_dropout=0.0, num_classes=3)
+    oracle = OracleDenoiser(prototypes, sigma_data=sigma_data)
+    loss = diffusion_loss_per_example(oracle, prototypes[labels], labels, noise_multiplicity=5, label_dropout=0.0,
+                                      num_classes=3, sigma_data=sigma_data)
     assert loss.shape == (4,)
-    assert loss.max() < 1e-6
+    assert loss.max() < 1e-10
     # The wrong clean image gives a positive loss.
-    wrong = diffusion_loss_per_example(OracleDenoiser(prototypes), prototypes[(labels + 1) % 3], labels,
-                                       noise_multiplicity=5, label_dropout=0.0, num_classes=3)
+    wrong = diffusion_loss_per_example(oracle, prototypes[(labels + 1) % 3], labels, noise_multiplicity=5,
+                                       label_dropout=0.0, num_classes=3, sigma_data=sigma_data)
     assert (wrong > 1e-3).all()
+
+
+def test_loss_is_edm_weighted_clean_image_error():
+    """||F - target||^2 = lambda(sigma) ||D - x0||^2 with EDM's lambda = (sigma^2 + sd^2) / (sigma sd)^2.
+
+    At high noise the clean-image error keeps weight ~1 / sd^2 = 4, where the
+    epsilon loss would weight it by alpha_bar / (1 - alpha_bar) (below 0.03 at t = 0.9).
+    """
+    torch.manual_seed(0)
+    images = torch.rand(4, 1, 6, 6, dtype=torch.float64) * 2 - 1
+    noise = torch.randn(4, 1, 1, 6, 6, dtype=torch.float64)
+    times = torch.tensor([[0.05], [0.3], [0.6], [0.9]], dtype=torch.float64)
+    output = torch.randn(4, 1, 6, 6, dtype=torch.float64)
+    loss = diffusion_loss_from_noise(lambda x, t, y: output, images, noise, times, torch.zeros(4, 1, dtype=torch.long))
+
+    signal = alpha_bar(times).view(4, 1, 1, 1)
+    noisy = signal.sqrt() * images + (1 - signal).sqrt() * noise[:, 0]
+    _, skip, out = preconditioning(signal)
+    denoised = skip * noisy + out * output
+    sigma_squared = (1 - signal) / signal
+    weight = (sigma_squared + 0.25) / (sigma_squared * 0.25)
+    expected = (weight * (denoised - images) ** 2).flatten(1).mean(dim=1)
+    assert torch.allclose(loss, expected, rtol=1e-9)
+    assert weight.flatten()[-1] > 4 and (signal / (1 - signal)).flatten()[-1] < 0.03
+
+
+def test_sigma_data_one_is_v_prediction():
+    """With sd = 1 the target is -v, v = sqrt(ab) eps - sqrt(1 - ab) x0 (Salimans & Ho, 2022), and c_in = 1."""
+    images, noise = torch.rand(5, 1, 4, 4) * 2 - 1, torch.randn(5, 1, 4, 4)
+    signal = alpha_bar(torch.linspace(0.1, 1.0, 5)).view(5, 1, 1, 1)
+    velocity = signal.sqrt() * noise - (1 - signal).sqrt() * images
+    assert torch.allclose(network_target(images, noise, signal, sigma_data=1.0), -velocity, atol=1e-6)
+    assert torch.allclose(preconditioning(signal, sigma_data=1.0)[0], torch.ones_like(signal))
+    with pytest.raises(ConfigError, match="sigma_data"):
+        preconditioning(signal, sigma_data=0.0)
 
 
 def test_k_draws_give_the_mean_of_the_single_draw_losses():

@@ -2,35 +2,24 @@
 
 import pytest
 import torch
+from diffusion_oracle import OracleDenoiser
 
 from privimage.config import DiffusionModelConfig
-from privimage.diffusion import ExponentialMovingAverage, alpha_bar, ddim_sample
+from privimage.diffusion import ExponentialMovingAverage, ddim_sample
 from privimage.errors import ConfigError
 from privimage.models import build_unet
 
 torch.set_num_threads(2)
 
 
-class OracleDenoiser(torch.nn.Module):
-    """Exact noise predictor when class y's data is the single image images_by_label[y] (null included)."""
-
-    def __init__(self, images_by_label):
-        super().__init__()
-        self.images_by_label = images_by_label
-        self.calls = []
-
-    def forward(self, x, times, labels):
-        self.calls.append(labels.clone())
-        signal = alpha_bar(times).view(-1, 1, 1, 1)
-        return (x - signal.sqrt() * self.images_by_label[labels]) / (1 - signal).sqrt()
-
-
 @pytest.mark.parametrize("steps", [1, 5, 50])
-def test_ddim_with_an_exact_denoiser_returns_the_data(steps):
+@pytest.mark.parametrize("sigma_data", [0.5, 1.0])
+def test_ddim_with_an_exact_denoiser_returns_the_data(steps, sigma_data):
+    """The sampler assembles D from F with EDM's coefficients: an exact F lands on the data."""
     prototypes = torch.rand(3, 1, 8, 8) * 1.6 - 0.8  # two classes and the null class
     labels = torch.tensor([0, 1, 1, 0])
-    samples = ddim_sample(OracleDenoiser(prototypes), labels=labels, image_shape=(1, 8, 8), num_classes=2,
-                          steps=steps, generator=torch.Generator().manual_seed(0))
+    samples = ddim_sample(OracleDenoiser(prototypes, sigma_data=sigma_data), labels=labels, image_shape=(1, 8, 8),
+                          num_classes=2, steps=steps, generator=torch.Generator().manual_seed(0), sigma_data=sigma_data)
     assert torch.allclose(samples, prototypes[labels], atol=1e-4)
 
 

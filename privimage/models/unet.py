@@ -121,7 +121,10 @@ class Upsample(nn.Module):
 
 
 class UNet(nn.Module):
-    """Class-conditional noise-prediction UNet: ``forward(x, noise_level, labels) -> predicted noise``.
+    """Class-conditional denoising UNet: ``forward(x, noise_level, labels) -> F``, the raw output of EDM's denoiser.
+
+    `privimage.diffusion` feeds it the scaled noisy image and turns F into a
+    clean-image estimate (EDM preconditioning).
 
     Args:
         image_channels: 1 (MNIST) or 3 (CIFAR-10, CelebA).
@@ -196,15 +199,15 @@ class UNet(nn.Module):
         self.output = nn.Sequential(group_norm(channels), nn.SiLU(), nn.Conv2d(channels, image_channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor, noise_level: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Predict the noise in ``x``.
+        """The network output F for noisy ``x`` (`privimage.diffusion.preconditioning` says how it is used).
 
         Args:
-            x: noisy images, B x C x H x W.
+            x: noisy images scaled to unit variance (c_in * x_t), B x C x H x W.
             noise_level: diffusion time t in [0, 1] per image (shape B).
             labels: class per image in [0, num_classes]; ``num_classes`` is the null class.
 
         Returns:
-            The predicted noise, same shape as ``x``.
+            F, same shape as ``x``.
         """
         embedding = self.noise_embedding(timestep_embedding(noise_level, self.base_channels))
         embedding = embedding + self.class_embedding(labels)

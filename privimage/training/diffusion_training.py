@@ -9,6 +9,7 @@ optimiser settings of the paper's Table 5 and the EMA, and hand the rest to
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ def _check_labels(dataset: ImageDataset, num_classes: int, *, role: str) -> None
         )
 
 
-def _diffusion_loss(*, noise_multiplicity: int, label_dropout: float, num_classes: int):
+def _diffusion_loss(*, noise_multiplicity: int, label_dropout: float, num_classes: int, sigma_data: float):
     """Per-example denoising loss (Eq. 2), K noise draws averaged per image (DPDM's noise multiplicity)."""
     from privimage.diffusion import diffusion_loss_per_example
 
@@ -50,6 +51,7 @@ def _diffusion_loss(*, noise_multiplicity: int, label_dropout: float, num_classe
         return diffusion_loss_per_example(
             model, images, labels,
             noise_multiplicity=noise_multiplicity, label_dropout=label_dropout, num_classes=num_classes,
+            sigma_data=sigma_data,
         )
 
     return per_example_loss
@@ -107,7 +109,8 @@ def pretrain_diffusion(
     device = model_device(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     # Pre-training takes one noise draw per image: K only matters for DP-SGD's signal-to-noise.
-    loss_fn = _diffusion_loss(noise_multiplicity=1, label_dropout=settings.label_dropout, num_classes=num_classes)
+    loss_fn = _diffusion_loss(noise_multiplicity=1, label_dropout=settings.label_dropout, num_classes=num_classes,
+                              sigma_data=config.diffusion.sigma_data)
 
     def rows_loss(rows: np.ndarray) -> torch.Tensor:
         images, labels = batch_tensors(public, rows, device)
@@ -173,7 +176,8 @@ def dp_finetune_diffusion(
         label_dropout=settings.label_dropout, num_classes=num_classes,
     )
     return run_dp_sgd(
-        stage=DP_FINETUNE_STAGE, model=model, ema=ema, per_example_loss=diffusion_loss_from_noise,
+        stage=DP_FINETUNE_STAGE, model=model, ema=ema,
+        per_example_loss=functools.partial(diffusion_loss_from_noise, sigma_data=config.diffusion.sigma_data),
         load_inputs=load_inputs,
         sensitive=sensitive, ledger=ledger, settings=settings, lr=settings.lr, epochs=settings.epochs,
         target_epsilon=target_epsilon, run_dir=run_dir, seed=config.seed,
@@ -211,7 +215,8 @@ def finetune_nonprivate_diffusion(
     device = model_device(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     loss_fn = _diffusion_loss(
-        noise_multiplicity=settings.noise_multiplicity, label_dropout=settings.label_dropout, num_classes=num_classes
+        noise_multiplicity=settings.noise_multiplicity, label_dropout=settings.label_dropout, num_classes=num_classes,
+        sigma_data=config.diffusion.sigma_data,
     )
 
     def train_step(step: int, rows: np.ndarray) -> dict[str, float]:
