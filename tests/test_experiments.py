@@ -282,6 +282,46 @@ def test_null_label_model_always_asks_for_the_null_class():
     assert seen[0].tolist() == [10, 10, 10]
 
 
+class _StopBeforeTraining(Exception):
+    pass
+
+
+def test_matched_glyph_reference_pretrains_on_each_digits_own_glyph_class(tmp_path, monkeypatch):
+    from privimage import pipeline
+    from privimage.data import load_dataset
+    from privimage.data.glyphs import DIGIT_NAMES
+    from privimage.data.mnist5k import CLASS_NAMES
+
+    monkeypatch.setenv("PRIVIMAGE_CACHE", str(tmp_path))
+    seen = {}
+
+    def record_and_stop(*, public, data_key, num_classes, **_):
+        seen.update(public=public, data_key=data_key, num_classes=num_classes)
+        raise _StopBeforeTraining
+
+    monkeypatch.setattr(pipeline, "pretrain_stage", record_and_stop)
+    config = load_config("smoke")
+    with pytest.raises(_StopBeforeTraining):
+        experiments.matched_glyph_pretraining(config=config, progress=False)
+    matched, glyphs = seen["public"], load_dataset("glyphs1k", "train", config=config.data)
+    assert matched.class_names == CLASS_NAMES and seen["num_classes"] == 10 and not matched.sensitive
+    assert seen["data_key"] == f"matched:{matched.content_hash()}"
+    # Label d holds exactly the public images of the glyph class that names digit d.
+    for digit, name in enumerate(DIGIT_NAMES):
+        expected = glyphs.images[glyphs.labels == glyphs.class_names.index(name)]
+        assert np.array_equal(matched.images[matched.labels == digit], expected) and len(expected) > 0
+    assert len(matched) == sum((glyphs.labels == glyphs.class_names.index(n)).sum() for n in DIGIT_NAMES)
+
+
+def test_matched_glyph_reference_is_skipped_off_the_embedded_benchmark(monkeypatch):
+    from privimage import pipeline
+
+    monkeypatch.setattr(pipeline, "pretrain_stage", lambda **_: pytest.fail("nothing should be trained"))
+    row = experiments.matched_glyph_pretraining(config=load_config("smoke", {"data.sensitive": "cifar10"}),
+                                                progress=False)
+    assert row["status"] == "skipped" and "digit" in row["note"] and math.isnan(row["fid"])
+
+
 # --------------------------------------------------------------------------- privacy ledger view
 
 
