@@ -160,7 +160,8 @@ def test_01_main_results(smoke_run):
 def test_02_semantic_query(smoke_run):
     results = execute("02_semantic_query.ipynb", smoke_run)
     pretrained = read_table(results, "tab_rq2_pretrained_fid")
-    assert set(pretrained["method"]) == set(smoke_run["config"].experiment.pretrained_methods)
+    # The embedded benchmark adds the reference pre-trained on each digit's own glyph class.
+    assert set(pretrained["method"]) == {*smoke_run["config"].experiment.pretrained_methods, "matched-glyphs"}
     assert all(math.isfinite(v) and v >= 0 for v in pretrained["fid"])
     sds = read_table(results, "tab_rq2_sds")
     assert sds["sds"].between(-1.0, 1.0).all()
@@ -174,6 +175,8 @@ def test_02_semantic_query(smoke_run):
     assert (selected["query_epsilon"] > 0).all()
     assert_png(results / "figures" / "fig_rq2_pretrained_fid_sds.png")
     assert_png(results / "figures" / "fig_rq2_selected_samples.png")
+    for method in ("privimage-d", "matched-glyphs"):
+        assert_png(results / "figures" / f"fig_rq2_pretrained_samples_{method}.png")
 
 
 @pytest.mark.notebook
