@@ -539,8 +539,6 @@ def pretrained_only(*, config: Config, method: str, data_root: Path | None = Non
     import torch
 
     from privimage.data import load_sensitive_train
-    from privimage.evaluation import frechet_distance, load_fid_backbone
-    from privimage.evaluation.datasets import load_test_split
     from privimage.methods import get_method
     from privimage.pipeline import pretrain_stage, pretraining_data, sample_stage
     from privimage.privacy import PrivacyLedger
@@ -572,6 +570,15 @@ def pretrained_only(*, config: Config, method: str, data_root: Path | None = Non
         # The samples derive from the noisy query: the ledger and config go beside them.
         atomic_write_json(folder / "ledger.json", ledger.to_dict())
         atomic_write_json(folder / "config.json", config.to_dict())
+    return {**_samples_fid(folder=folder, config=config, data_root=data_root, progress=progress, row=row),
+            "query_epsilon": ledger.epsilon()}
+
+
+def _samples_fid(*, folder: Path, config: Config, data_root: Path, progress: bool, row: dict) -> dict:
+    """``row`` with the FID of the synthetic set in ``folder`` against the sensitive test split (reporting only)."""
+    from privimage.evaluation import frechet_distance, load_fid_backbone
+    from privimage.evaluation.datasets import load_test_split
+
     synthetic = load_run_synthetic(folder)
     test = load_test_split(name=config.data.sensitive, data_root=data_root, config=config.data)
     extractor = load_fid_backbone(config=config, data_root=data_root, progress=progress)
@@ -579,8 +586,7 @@ def pretrained_only(*, config: Config, method: str, data_root: Path | None = Non
                            allow_singular_covariance=config.evaluation.fid_allow_singular_covariance)
     return {**row, "fid": float(fid["fid"]), "fid_backbone": fid["fid_backbone"],
             "fid_num_synthetic": fid["fid_num_synthetic"], "fid_num_real": fid["fid_num_real"],
-            "samples_dir": str(folder),
-            "query_epsilon": ledger.epsilon()}
+            "samples_dir": str(folder)}
 
 
 def pretrained_only_grid(*, config: Config, data_root: Path | None = None, progress: bool = True) -> pd.DataFrame:
@@ -620,8 +626,6 @@ def matched_glyph_pretraining(*, config: Config, data_root: Path | None = None, 
     from privimage.data import dataset_info, load_dataset
     from privimage.data.glyphs import DIGIT_NAMES
     from privimage.data.mnist5k import CLASS_NAMES as DIGIT_CLASS_NAMES
-    from privimage.evaluation import frechet_distance, load_fid_backbone
-    from privimage.evaluation.datasets import load_test_split
     from privimage.methods import get_method
     from privimage.pipeline import pretrain_stage, sample_stage
     from privimage.semantics.selection import relabel_selected
@@ -646,14 +650,8 @@ def matched_glyph_pretraining(*, config: Config, data_root: Path | None = None, 
         sample_stage(networks=networks, config=config, class_names=DIGIT_CLASS_NAMES, image_shape=image_shape,
                      run_dir=folder, progress=progress)
         atomic_write_json(folder / "config.json", config.to_dict())
-    synthetic = load_run_synthetic(folder)
-    test = load_test_split(name=config.data.sensitive, data_root=data_root, config=config.data)
-    extractor = load_fid_backbone(config=config, data_root=data_root, progress=progress)
-    fid = frechet_distance(synthetic=synthetic, real=test, extractor=extractor,
-                           allow_singular_covariance=config.evaluation.fid_allow_singular_covariance)
-    return {**row, "fid": float(fid["fid"]), "fid_backbone": fid["fid_backbone"],
-            "fid_num_synthetic": fid["fid_num_synthetic"], "fid_num_real": fid["fid_num_real"],
-            "samples_dir": str(folder), "query_epsilon": 0.0}
+    return {**_samples_fid(folder=folder, config=config, data_root=data_root, progress=progress, row=row),
+            "query_epsilon": 0.0}
 
 
 # --------------------------------------------------------------------------- RQ3 (Fig. 7)
