@@ -96,8 +96,8 @@ def network_target(
     The closed form stays finite as t -> 0, where c_out -> 0 and the quotient loses
     all precision in float32.
     """
-    variance = 1 - signal + sigma_data**2 * signal
-    return ((1 - signal).sqrt() * images / sigma_data - sigma_data * signal.sqrt() * noise) * variance.rsqrt()
+    input_scale, _, _ = preconditioning(signal, sigma_data)
+    return ((1 - signal).sqrt() * images / sigma_data - sigma_data * signal.sqrt() * noise) * input_scale
 
 
 def draw_diffusion_noise(
