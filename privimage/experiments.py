@@ -632,7 +632,8 @@ def matched_glyph_pretraining(*, config: Config, data_root: Path | None = None, 
 
     row = {"method": "matched-glyphs", "seed": config.seed, "status": "ok", "note": "", "fid": math.nan,
            "fid_backbone": None, "fid_num_synthetic": None, "fid_num_real": None, "samples_dir": None}
-    info = dataset_info(config.data.sensitive, "train", data_root=data_root, config=config.data)
+    # Class names and image shape from the test split's metadata: the training split is never opened here.
+    info = dataset_info(config.data.sensitive, "test", data_root=data_root, config=config.data)
     if config.data.public != "glyphs1k" or tuple(info["class_names"]) != DIGIT_CLASS_NAMES:
         return {**row, "status": "skipped", "note": "needs glyphs1k public data and the ten digit classes"}
     public = load_dataset(config.data.public, "train", data_root=data_root, config=config.data)
