@@ -6,7 +6,9 @@ LETTER ALPHA", ...), drawn from the TrueType faces matplotlib ships (DejaVu
 Sans/Serif/Sans Mono and STIX General, four styles each).
 
 Each image imitates a handwritten character the way NIST digits were written
-and then normalised into MNIST:
+and then normalised into MNIST (the ten digit classes are instead drawn from
+the digits' handwritten forms, `privimage.data.handwriting`; fonts draw only
+one form of each digit):
 
 1. a random face draws the character large (anti-aliased, PIL);
 2. a random affine map (rotation within +-15 degrees, slant, aspect ratio) and
@@ -41,6 +43,7 @@ from scipy import ndimage
 from privimage.cache import atomic_save_npz, atomic_write_json, cache_root
 from privimage.config import DataConfig, config_hash
 from privimage.data.base import ImageDataset
+from privimage.data.handwriting import DIGIT_FORMS, draw_handwritten_digit
 from privimage.data.imagefiles import process_pool
 from privimage.errors import DataError
 
@@ -48,7 +51,7 @@ NAME = "glyphs1k"
 SPLITS = ("train", "val")
 NUM_CLASSES = 1000
 # Bump when the rendering changes, so that old caches are not reused.
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 # Faces that cover Unicode text (the Display, NonUni, size-variant, Computer
 # Modern and LastResort faces are symbol or placeholder fonts).
 FACE_PREFIXES = ("DejaVuSans", "DejaVuSerif", "STIXGeneral")
@@ -75,6 +78,8 @@ ELASTIC_SIGMA = 4.0 * CANVAS / 28
 PEN_WIDTH_RANGE = (0.08, 0.2)
 # Share of images retraced with a round pen; the rest keep the face's own strokes, thinned or thickened.
 PEN_STROKE_PROBABILITY = 0.7
+# Height of a handwritten digit on the canvas: about a face's digit height at FONT_SIZE.
+HANDWRITTEN_HEIGHT = 26
 # Above this half width (fraction of the longer side) a glyph is a filled shape, not strokes.
 MAX_STROKE_HALF_WIDTH = 0.22
 
@@ -372,7 +377,15 @@ def mnist_format(coverage: np.ndarray) -> np.ndarray:
 
 
 def render_glyph(character: str, face_index: int, rng: np.random.Generator) -> np.ndarray:
-    """One handwriting-like 32x32 uint8 image of ``character`` in the given face."""
+    """One handwriting-like 32x32 uint8 image of ``character`` in the given face.
+
+    The ten ASCII digits are drawn from their handwritten forms instead
+    (`privimage.data.handwriting`; ``face_index`` is then unused): a font draws
+    one form of each digit, and handwriting uses several.
+    """
+    if character in DIGIT_FORMS:
+        coverage = draw_handwritten_digit(character, CANVAS, HANDWRITTEN_HEIGHT, PEN_WIDTH_RANGE, rng)
+        return mnist_format(_warp(coverage, rng))
     coverage = _warp(_draw(character, face_index), rng)
     if rng.random() < PEN_STROKE_PROBABILITY:
         coverage = _pen_stroke(coverage, rng)
