@@ -43,7 +43,7 @@ from scipy import ndimage
 from privimage.cache import atomic_save_npz, atomic_write_json, cache_root
 from privimage.config import DataConfig, config_hash
 from privimage.data.base import ImageDataset
-from privimage.data.handwriting import DIGIT_FORMS, draw_handwritten_digit
+from privimage.data.handwriting import DIGIT_FORMS, draw_handwritten_digit, trace_with_pen
 from privimage.data.imagefiles import process_pool
 from privimage.errors import DataError
 
@@ -319,10 +319,7 @@ def _pen_stroke(coverage: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if ndimage.distance_transform_edt(ink).max() > MAX_STROKE_HALF_WIDTH * longer_side:
         return _set_pen_width(coverage, rng)
     skeleton = thin(ink)
-    half_width = 0.5 * rng.uniform(*PEN_WIDTH_RANGE) * longer_side
-    distance = ndimage.distance_transform_edt(~skeleton)
-    # Soft edge one pixel wide: anti-aliased like a scanned pen stroke.
-    return np.clip(half_width + 0.5 - distance, 0.0, 1.0)
+    return trace_with_pen(skeleton, 0.5 * rng.uniform(*PEN_WIDTH_RANGE) * longer_side)
 
 
 def _set_pen_width(coverage: np.ndarray, rng: np.random.Generator) -> np.ndarray:

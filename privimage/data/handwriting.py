@@ -130,7 +130,14 @@ def draw_handwritten_digit(digit: str, canvas: int, height: int, pen_width: tupl
         rows = np.clip(np.round(ys).astype(int), 0, canvas - 1)
         cols = np.clip(np.round(xs).astype(int), 0, canvas - 1)
         skeleton[rows, cols] = True
-    half_width = 0.5 * rng.uniform(*pen_width) * height
+    return trace_with_pen(skeleton, 0.5 * rng.uniform(*pen_width) * height)
+
+
+def trace_with_pen(skeleton: np.ndarray, half_width: float) -> np.ndarray:
+    """Coverage of a round pen of the given half width drawn along a boolean skeleton.
+
+    The edge is soft and one pixel wide, anti-aliased like a scanned pen stroke.
+    Shared with Glyphs-1k's retrace of font glyphs, so both draw the same pen.
+    """
     distance = ndimage.distance_transform_edt(~skeleton)
-    # Soft edge one pixel wide, like Glyphs-1k's pen retrace of font glyphs.
     return np.clip(half_width + 0.5 - distance, 0.0, 1.0)
