@@ -10,7 +10,7 @@ from privimage.data.base import ImageDataset
 from privimage.errors import DataError, PrivacyError
 from privimage.privacy import PrivacyLedger
 from privimage.semantics.query import query_semantic_distribution
-from privimage.semantics.query_function import QueryFunction, train_query_function
+from privimage.semantics.query_function import QueryFunction, _random_translate, train_query_function
 
 
 def _dataset(n=40, num_classes=2, sensitive=False, seed=0, name="toy"):
@@ -39,6 +39,16 @@ def test_sqf_training_refuses_the_sensitive_training_set():
         train_query_function(public_train=sensitive, public_val=_dataset(), config=SemanticQueryConfig(sqf_epochs=1))
     with pytest.raises(DataError, match="must not read the sensitive training set"):
         train_query_function(public_train=_dataset(), public_val=sensitive, config=SemanticQueryConfig(sqf_epochs=1))
+
+
+def test_sqf_shift_augmentation_opens_background_margins_not_grey_ones():
+    white = torch.ones(4, 1, 32, 32)
+    generator = torch.Generator().manual_seed(0)
+    shifted = [_random_translate(white, generator) for _ in range(25)]
+    # Every pixel is ink (+1) or background (-1): no queried image has a grey (0) margin.
+    assert all(set(batch.unique().tolist()) <= {-1.0, 1.0} for batch in shifted)
+    # The draws do shift (some batches lose ink to a margin).
+    assert any((batch == -1.0).any() for batch in shifted)
 
 
 def test_query_records_itself_and_gives_fresh_float64_noise():

@@ -173,8 +173,9 @@ def _accuracy(model: nn.Module, dataset: ImageDataset, batch_size: int = 512) ->
 
 
 def _random_translate(batch: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> torch.Tensor:
-    """Shift each image by up to ``max_shift`` pixels: cheap augmentation against over-fitting the renderer."""
-    padded = F.pad(batch, (max_shift,) * 4)
+    """Shift the batch by up to ``max_shift`` pixels (one draw per batch): cheap augmentation against over-fitting the renderer."""
+    # Pad with the background (-1), not 0: a grey margin is something no queried image has.
+    padded = F.pad(batch, (max_shift,) * 4, value=-1.0)
     size = batch.shape[-1]
     shifts = torch.randint(0, 2 * max_shift + 1, (2,), generator=generator).tolist()
     return padded[..., shifts[0] : shifts[0] + size, shifts[1] : shifts[1] + size]
@@ -206,6 +207,8 @@ def train_query_function(
         "arch": config.sqf_arch, "width": config.sqf_width, "blocks": list(config.sqf_blocks),
         "epochs": config.sqf_epochs, "batch_size": config.sqf_batch_size, "lr": config.sqf_lr, "seed": seed,
         "train": public_train.content_hash(), "val": public_val.content_hash(),
+        # The shift's margin: SQFs cached before it was the background had grey margins.
+        "shift_margin": "background",
     }
     directory = stage_dir("sqf", config_hash(training_keys))
     model = build_query_function(config, in_channels=public_train.image_shape[0], num_classes=public_train.num_classes)
