@@ -110,11 +110,19 @@ def selection_stage(
     from privimage.semantics.selection import relabel_selected
     from privimage.semantics.stage import run_selection
 
+    from privimage.semantics.query_function import query_function_key
+    from privimage.semantics.stage import load_public
+
     semantics = config.semantics
+    # The SQF's own key (public images, training settings, code version), so that a
+    # retrained SQF never reuses a selection an earlier one made.
+    public_train, public_val = load_public(config, data_root=data_root)
     key = config_hash({
         "private": method.private, "sensitive": sensitive.content_hash(), "public": config.data.public,
         "data": dataclasses.asdict(config.data), "semantics": dataclasses.asdict(semantics),
         "delta": config.finetune.delta, "secure_mode": config.finetune.secure_mode, "seed": config.seed,
+        "sqf": query_function_key(public_train=public_train, public_val=public_val, config=semantics,
+                                  seed=semantics.sqf_seed),
     })
     directory = stage_dir("selection", key)
     summary_path = directory / "selection.json"
@@ -139,8 +147,7 @@ def selection_stage(
     if method.private:
         cached = PrivacyLedger.from_dict(summary["ledger"])
         ledger.merge(cached)
-    public = load_dataset(config.data.public, "train", data_root=data_root, config=config.data)
-    selected = relabel_selected(public=public, selected=summary["selected"])
+    selected = relabel_selected(public=public_train, selected=summary["selected"])
     return selected, summary
 
 

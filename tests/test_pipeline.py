@@ -95,3 +95,29 @@ def test_nonprivate_methods_refuse_nothing_and_private_ones_need_epsilon():
     with pytest.raises(PrivImageError, match="positive finite"):
         dry_run(method="dpdm", config=load_config("smoke"), epsilon=-1.0)
     assert dry_run(method="nonpriv-d", config=load_config("smoke"), epsilon=None)["private"] is False
+
+
+@pytest.mark.slow
+def test_a_retrained_query_function_never_reuses_an_earlier_selection(shared_cache, monkeypatch):
+    from privimage.cache import cache_root
+    from privimage.data import load_sensitive_train
+    from privimage.pipeline import selection_stage
+    from privimage.privacy import PrivacyLedger
+    from privimage.semantics import query_function
+
+    config = load_config("smoke", TINY)
+    sensitive = load_sensitive_train(config)
+
+    def select():
+        ledger = PrivacyLedger(delta=config.finetune.delta, dataset_hash=sensitive.content_hash(),
+                               num_examples=len(sensitive))
+        selection_stage(method=METHODS["privimage-d"], config=config, sensitive=sensitive, ledger=ledger,
+                        data_root=None, progress=False)
+        return {path.name for path in (cache_root() / "selection").iterdir()}
+
+    first = select()
+    assert select() == first  # the same SQF: the cached release is reused
+    # Same config, another SQF (as after a change to how it is trained): a new query.
+    real_key = query_function.query_function_key
+    monkeypatch.setattr(query_function, "query_function_key", lambda **kwargs: "another-" + real_key(**kwargs))
+    assert len(select() - first) == 1

@@ -181,6 +181,24 @@ def _random_translate(batch: torch.Tensor, generator: torch.Generator, max_shift
     return padded[..., shifts[0] : shifts[0] + size, shifts[1] : shifts[1] + size]
 
 
+def _training_keys(*, public_train: ImageDataset, public_val: ImageDataset, config: SemanticQueryConfig,
+                   seed: int) -> dict:
+    """Everything the trained SQF depends on: its cache key."""
+    return {
+        "arch": config.sqf_arch, "width": config.sqf_width, "blocks": list(config.sqf_blocks),
+        "epochs": config.sqf_epochs, "batch_size": config.sqf_batch_size, "lr": config.sqf_lr, "seed": seed,
+        "train": public_train.content_hash(), "val": public_val.content_hash(),
+        # The shift's margin: SQFs cached before it was the background had grey margins.
+        "shift_margin": "background",
+    }
+
+
+def query_function_key(*, public_train: ImageDataset, public_val: ImageDataset, config: SemanticQueryConfig,
+                       seed: int = 0) -> str:
+    """The hash naming the SQF these arguments train, for the caches of the stages that use it."""
+    return config_hash(_training_keys(public_train=public_train, public_val=public_val, config=config, seed=seed))
+
+
 def train_query_function(
     *,
     public_train: ImageDataset,
@@ -203,13 +221,7 @@ def train_query_function(
     """
     refuse_sensitive(public_train, "the semantic query function")
     refuse_sensitive(public_val, "the semantic query function")
-    training_keys = {
-        "arch": config.sqf_arch, "width": config.sqf_width, "blocks": list(config.sqf_blocks),
-        "epochs": config.sqf_epochs, "batch_size": config.sqf_batch_size, "lr": config.sqf_lr, "seed": seed,
-        "train": public_train.content_hash(), "val": public_val.content_hash(),
-        # The shift's margin: SQFs cached before it was the background had grey margins.
-        "shift_margin": "background",
-    }
+    training_keys = _training_keys(public_train=public_train, public_val=public_val, config=config, seed=seed)
     directory = stage_dir("sqf", config_hash(training_keys))
     model = build_query_function(config, in_channels=public_train.image_shape[0], num_classes=public_train.num_classes)
     model.to(distributed.device())
