@@ -383,6 +383,7 @@ def run_method(
         public, data_key, selection = pretraining_data(
             method=recipe, config=config, sensitive=sensitive, ledger=ledger, data_root=data_root, progress=progress
         )
+    distributed.main_only(lambda: _check_same_pretraining_data(run_dir, data_key))
     image_channels, image_size = _image_geometry(sensitive)
     with measure_stage("pretraining", log=resources):
         networks, pretrain_stats = pretrain_stage(
@@ -484,6 +485,25 @@ def _check_same_run(run_dir: Path, *, method: str, epsilon: float | None, config
     # The experiment grid section does not change one run (run_identity), so it may differ.
     if config_json.is_file() and run_identity(config_from_dict(json.loads(config_json.read_text()))) != run_identity(config):
         raise PrivImageError(f"{run_dir} was run with another config; choose another --out")
+
+
+def _check_same_pretraining_data(run_dir: Path, data_key: str) -> None:
+    """Refuse to resume a run pre-trained on other data; record the data on a first run.
+
+    The folder's name follows the config, but a selection also depends on the
+    query function (`selection_stage`): a run fine-tuned from a model pre-trained
+    on an earlier selection must not be resumed, or reused, as this one.
+    """
+    path = run_dir / "pretraining_data.json"
+    if path.is_file():
+        previous = json.loads(path.read_text())["data"]
+        if previous != data_key:
+            raise PrivImageError(
+                f"{run_dir} holds a run pre-trained on other data ({previous}, now {data_key}); "
+                "choose another --out or delete the folder"
+            )
+        return
+    atomic_write_json(path, {"data": data_key})
 
 
 # --------------------------------------------------------------------------- dry run

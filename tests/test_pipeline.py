@@ -121,3 +121,13 @@ def test_a_retrained_query_function_never_reuses_an_earlier_selection(shared_cac
     real_key = query_function.query_function_key
     monkeypatch.setattr(query_function, "query_function_key", lambda **kwargs: "another-" + real_key(**kwargs))
     assert len(select() - first) == 1
+
+
+def test_a_run_pre_trained_on_other_data_is_never_resumed(tmp_path):
+    from privimage.errors import PrivImageError
+    from privimage.pipeline import _check_same_pretraining_data
+
+    _check_same_pretraining_data(tmp_path, "selected:aaaa")
+    _check_same_pretraining_data(tmp_path, "selected:aaaa")  # the same data: resume
+    with pytest.raises(PrivImageError, match="holds a run pre-trained on other data"):
+        _check_same_pretraining_data(tmp_path, "selected:bbbb")
