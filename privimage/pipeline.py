@@ -107,11 +107,9 @@ def selection_stage(
     post-processing of it, and this run depends on it.
     """
     from privimage.privacy import PrivacyLedger
-    from privimage.semantics.selection import relabel_selected
-    from privimage.semantics.stage import run_selection
-
     from privimage.semantics.query_function import query_function_key
-    from privimage.semantics.stage import load_public
+    from privimage.semantics.selection import relabel_selected
+    from privimage.semantics.stage import load_public, run_selection
 
     semantics = config.semantics
     # The SQF's own key (public images, training settings, code version), so that a

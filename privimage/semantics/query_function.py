@@ -173,7 +173,7 @@ def _accuracy(model: nn.Module, dataset: ImageDataset, batch_size: int = 512) ->
 
 
 def _random_translate(batch: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> torch.Tensor:
-    """Shift the batch by up to ``max_shift`` pixels (one draw per batch): cheap augmentation against over-fitting the renderer."""
+    """Shift the batch by up to ``max_shift`` pixels (one draw per batch), against over-fitting the renderer."""
     # Pad with the background (-1), not 0: a grey margin is something no queried image has.
     padded = F.pad(batch, (max_shift,) * 4, value=-1.0)
     size = batch.shape[-1]
