@@ -45,7 +45,7 @@ def test_homoglyphs_are_one_class():
 def test_unicode_confusables_of_the_digits_are_not_classes():
     """UTS #39 gives them a digit's skeleton; the digit, taken first, is their one class."""
     characters = set(glyph_table()[0])
-    confusable = {"O": "0", "\u039f": "0",            # Latin O, Greek Omicron
+    confusable = {"O": "0", "\u039f": "0", "\u041e": "0",  # Latin O, Greek Omicron, Cyrillic O
                   "l": "1", "I": "1", "|": "1",       # small l, capital I, vertical line
                   "\u01b7": "3", "\u0417": "3",       # Latin Ezh, Cyrillic Ze
                   "\u01bc": "5", "\u0431": "6"}       # capital tone five, Cyrillic small be

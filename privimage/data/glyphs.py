@@ -206,11 +206,12 @@ def glyph_table() -> tuple[tuple[str, ...], tuple[tuple[int, ...], ...]]:
     for index, character in enumerate(candidates):
         if len(taken) == NUM_CLASSES:
             break
-        if confusables.skeleton(character) in taken_skeletons:
+        shape = confusables.skeleton(character)
+        if shape in taken_skeletons:
             continue
         if not taken or similarity[index, taken].max() < HOMOGLYPH_SIMILARITY:
             taken.append(index)
-            taken_skeletons.add(confusables.skeleton(character))
+            taken_skeletons.add(shape)
     if len(taken) < NUM_CLASSES:
         raise DataError(
             f"glyphs1k: matplotlib's fonts in {font_dir()} draw only {len(taken)} distinct eligible characters, "
