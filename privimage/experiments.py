@@ -224,17 +224,21 @@ def run_point(*, config: Config, point: GridPoint, data_root: Path | None = None
             row.update(status="skipped", note=f"not run: {exc}")
             return row
     row.update(read_run(run_dir))
-    row["num_parameters"] = count_generator_parameters(method=recipe.name, config=resolved)
+    row["num_parameters"] = count_generator_parameters(method=recipe.name, config=resolved, data_root=data_root)
     return row
 
 
-def count_generator_parameters(*, method: str, config: Config) -> int:
-    """Parameters of a method's generator (the UNet, or the GAN's generator) for the config's sensitive data."""
+def count_generator_parameters(*, method: str, config: Config, data_root: Path | None = None) -> int:
+    """Parameters of a method's generator (the UNet, or the GAN's generator) for the config's sensitive data.
+
+    ``data_root`` is where the user's own sensitive dataset lies (the embedded and
+    known datasets need no files).
+    """
     from privimage.data import dataset_info
     from privimage.methods import get_method
     from privimage.models import build_gan, build_unet, count_parameters
 
-    info = dataset_info(config.data.sensitive, "train", config=config.data)
+    info = dataset_info(config.data.sensitive, "train", data_root=data_root, config=config.data)
     channels, _, size = (int(v) for v in info["image_shape"])
     if get_method(method).generator == "diffusion":
         # The meta device counts without allocating (the paper-size presets are large).
@@ -357,16 +361,18 @@ def main_grid(*, config: Config, data_root: Path | None = None, progress: bool =
     return run_grid(config=config, points=points, data_root=data_root, progress=progress)
 
 
-def load_run_synthetic(run_dir: Path):
+def load_run_synthetic(run_dir: Path, *, data_root: Path | None = None):
     """The synthetic set of a run folder (``synthetic.npz``) as an `ImageDataset` named by the sensitive classes.
 
-    The class names come from the folder's ``config.json`` (its sensitive dataset).
+    The class names come from the folder's ``config.json`` (its sensitive dataset,
+    looked up under ``data_root`` when it is the user's own).
     """
     from privimage.data import dataset_info
     from privimage.data.base import ImageDataset
 
     resolved = config_from_dict(json.loads((Path(run_dir) / "config.json").read_text()))
-    names = tuple(dataset_info(resolved.data.sensitive, "test", config=resolved.data)["class_names"])
+    names = tuple(dataset_info(resolved.data.sensitive, "test", data_root=data_root,
+                               config=resolved.data)["class_names"])
     with np.load(Path(run_dir) / "synthetic.npz") as archive:
         return ImageDataset("synthetic", "all", archive["x"], archive["y"], names)
 
@@ -388,7 +394,7 @@ def tsne_points(*, run_dir: Path, config: Config, data_root: Path | None = None,
     path = Path(run_dir) / "tsne.npz"
     test = load_test_split(name=config.data.sensitive, data_root=data_root, config=config.data)
     if not path.is_file():
-        synthetic = load_run_synthetic(run_dir)
+        synthetic = load_run_synthetic(run_dir, data_root=data_root)
         trained = train_classifiers(train=synthetic, config=config.evaluation, seed=config.seed,
                                     num_classes=test.num_classes, kinds=("cnn",), progress=progress)
         embeddings = cnn_embeddings(model=trained.cnn, dataset=test)
@@ -579,7 +585,7 @@ def _samples_fid(*, folder: Path, config: Config, data_root: Path, progress: boo
     from privimage.evaluation import frechet_distance, load_fid_backbone
     from privimage.evaluation.datasets import load_test_split
 
-    synthetic = load_run_synthetic(folder)
+    synthetic = load_run_synthetic(folder, data_root=data_root)
     test = load_test_split(name=config.data.sensitive, data_root=data_root, config=config.data)
     extractor = load_fid_backbone(config=config, data_root=data_root, progress=progress)
     fid = frechet_distance(synthetic=synthetic, real=test, extractor=extractor,
