@@ -34,11 +34,13 @@ from pathlib import Path
 import numpy as np
 
 from privimage.cache import atomic_save_npz, atomic_write_bytes, atomic_write_json
+from privimage.data.mnist5k import CLASS_NAMES
 from privimage.errors import ConfigError
 
 PROXY_NAME = "finetune-proxy"
 PROXY_FILE = "finetune_proxy"
-DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+# MNIST-5k's class names, so that the stand-in reads like the data it stands for.
+DIGIT_NAMES = CLASS_NAMES
 # Salt of the stand-in's random streams. Glyphs-1k seeds its streams with
 # [dataset_seed, split, label]: three numbers, never four, so no stand-in image
 # repeats a corpus image.
