@@ -57,6 +57,10 @@ class SemanticQueryConfig:
     sqf_epochs: int = 6
     sqf_batch_size: int = 256
     sqf_lr: float = 0.1
+    # Training-time augmentation of the public images: "shift" moves each batch
+    # by up to 2 px; "affine" also rotates, scales, slants and thickens or thins
+    # each image's strokes (`privimage.semantics.query_function.SQF_AUGMENTATIONS`).
+    sqf_augmentation: str = "shift"
     # Seed of the SQF's initialisation and shuffling (public data only). Separate
     # from the run seed: like the paper's one ImageNet classifier, a single SQF
     # serves every run and seed (and is trained once, then cached).
@@ -364,6 +368,7 @@ VALUE_RULES: tuple[tuple[str, Any, str], ...] = (
     ("semantics.sqf_width", *_POSITIVE),
     ("semantics.sqf_epochs", *_POSITIVE),
     ("semantics.sqf_batch_size", *_POSITIVE),
+    ("semantics.sqf_augmentation", lambda v: v in ("shift", "affine"), "be 'shift' or 'affine'"),
     ("diffusion.sigma_data", *_POSITIVE),
     ("pretrain.steps", *_NON_NEGATIVE),
     ("pretrain.gan_steps", *_NON_NEGATIVE),

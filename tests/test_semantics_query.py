@@ -1,16 +1,24 @@
 """The private semantic query: public-only SQF, ledger-first release, fresh noise (paper Section 3.3)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from privimage.config import SemanticQueryConfig
+from privimage.config import SemanticQueryConfig, load_config
 from privimage.data.base import ImageDataset
-from privimage.errors import DataError, PrivacyError
+from privimage.errors import ConfigError, DataError, PrivacyError
 from privimage.privacy import PrivacyLedger
 from privimage.semantics.query import query_semantic_distribution
-from privimage.semantics.query_function import QueryFunction, _random_translate, train_query_function
+from privimage.semantics.query_function import (
+    QueryFunction,
+    _random_translate,
+    augment,
+    query_function_key,
+    train_query_function,
+)
 
 
 def _dataset(n=40, num_classes=2, sensitive=False, seed=0, name="toy"):
@@ -49,6 +57,73 @@ def test_sqf_shift_augmentation_opens_background_margins_not_grey_ones():
     assert all(set(batch.unique().tolist()) <= {-1.0, 1.0} for batch in shifted)
     # The draws do shift (some batches lose ink to a margin).
     assert any((batch == -1.0).any() for batch in shifted)
+
+
+def _strokes(n=6, seed=0):
+    """Images of one random bar each, ink +1 on background -1."""
+    rng = np.random.default_rng(seed)
+    images = -torch.ones(n, 1, 32, 32)
+    for image in images:
+        row, col = rng.integers(6, 20, size=2)
+        image[0, row : row + 10, col : col + 3] = 1.0
+    return images
+
+
+def test_sqf_affine_augmentation_moves_each_image_and_keeps_the_background():
+    images = _strokes()
+    moved = augment(images, torch.Generator().manual_seed(0), kind="affine")
+    assert moved.shape == images.shape
+    assert moved.min() >= -1.0 - 1e-6 and moved.max() <= 1.0 + 1e-6
+    # Every image is changed, each in its own way (per-image draws, not one per batch).
+    changes = (moved - images).abs().flatten(1).sum(1)
+    assert (changes > 1.0).all()
+    # A blank image stays blank: what comes in from outside the frame is background, not grey.
+    blank = augment(-torch.ones(3, 1, 32, 32), torch.Generator().manual_seed(1), kind="affine")
+    assert torch.allclose(blank, torch.full_like(blank, -1.0))
+
+
+def test_sqf_affine_augmentation_changes_the_strokes_width_both_ways():
+    images = _strokes(n=64)
+    moved = augment(images, torch.Generator().manual_seed(2), kind="affine")
+    ink_before = (images > 0).flatten(1).sum(1).float()
+    ink_after = (moved > 0).flatten(1).sum(1).float()
+    ratio = ink_after / ink_before
+    assert (ratio > 1.3).any() and (ratio < 0.9).any()
+
+
+def test_sqf_affine_augmentation_gives_each_rank_its_rows_of_one_global_draw():
+    # Under torchrun each rank augments its strided share; together they must equal one process's batch.
+    images = _strokes(n=7)
+    whole = augment(images, torch.Generator().manual_seed(3), kind="affine")
+    for rank in range(2):
+        positions = torch.arange(rank, 7, 2)
+        share = augment(images[positions], torch.Generator().manual_seed(3), kind="affine",
+                        batch_size=7, positions=positions)
+        assert torch.allclose(share, whole[positions], atol=1e-6)
+
+
+def test_sqf_augmentation_is_part_of_the_cache_key_and_checked():
+    public = _dataset()
+    shift = query_function_key(public_train=public, public_val=public, config=SemanticQueryConfig())
+    affine = query_function_key(public_train=public, public_val=public,
+                                config=SemanticQueryConfig(sqf_augmentation="affine"))
+    assert shift != affine
+    with pytest.raises(ConfigError, match="semantics.sqf_augmentation"):
+        load_config("smoke", {"semantics.sqf_augmentation": "flip"})
+    with pytest.raises(ConfigError, match="sqf_augmentation"):
+        augment(_strokes(), torch.Generator(), kind="flip")
+
+
+def test_sqf_trains_with_the_affine_augmentation(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRIVIMAGE_CACHE", str(tmp_path))
+    public = _dataset(n=32, seed=4)
+    query_function = train_query_function(
+        public_train=public, public_val=public, config=SemanticQueryConfig(sqf_epochs=1, sqf_batch_size=16,
+                                                                            sqf_width=4, sqf_augmentation="affine"),
+        progress=False,
+    )
+    assert 0.0 <= query_function.public_val_accuracy <= 1.0
+    assert "affine" in Path(query_function.cache_dir, "report.json").read_text()
 
 
 def test_query_records_itself_and_gives_fresh_float64_noise():

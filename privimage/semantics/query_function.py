@@ -172,6 +172,10 @@ def _accuracy(model: nn.Module, dataset: ImageDataset, batch_size: int = 512) ->
     return correct / max(len(dataset), 1)
 
 
+# Training-time augmentations of the SQF (`SemanticQueryConfig.sqf_augmentation`).
+SQF_AUGMENTATIONS = ("shift", "affine")
+
+
 def _random_translate(batch: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> torch.Tensor:
     """Shift the batch by up to ``max_shift`` pixels (one draw per batch), against over-fitting the renderer."""
     # Pad with the background (-1), not 0: a grey margin is something no queried image has.
@@ -179,6 +183,60 @@ def _random_translate(batch: torch.Tensor, generator: torch.Generator, max_shift
     size = batch.shape[-1]
     shifts = torch.randint(0, 2 * max_shift + 1, (2,), generator=generator).tolist()
     return padded[..., shifts[0] : shifts[0] + size, shifts[1] : shifts[1] + size]
+
+
+def _random_affine(batch: torch.Tensor, generator: torch.Generator, *, batch_size: int,
+                   positions: torch.Tensor) -> torch.Tensor:
+    """Distort every image on its own: rotation, scale, aspect, slant, shift, and its strokes' width.
+
+    Ranges: rotation within +-15 degrees, scale 0.85-1.1, aspect 0.85-1.15,
+    shear +-0.25, shift +-2 px; then the strokes move towards a 3x3 dilation
+    (thicker, by up to a whole step) or erosion (thinner, by up to half a step).
+    The draws are made for the whole global batch of ``batch_size`` images, in
+    one order every rank shares, and ``positions`` picks this rank's rows.
+    """
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return (low + (high - low) * torch.rand(batch_size, generator=generator))[positions]
+
+    angle = torch.deg2rad(uniform(-15.0, 15.0))
+    scale, aspect, shear = uniform(0.85, 1.1), uniform(0.85, 1.15), uniform(-0.25, 0.25)
+    # 2 px of 32 in affine_grid's [-1, 1] coordinates.
+    shift_x, shift_y = uniform(-0.125, 0.125), uniform(-0.125, 0.125)
+    width_change = uniform(-1.0, 1.0).view(-1, 1, 1, 1)
+    scale_x, scale_y = scale * aspect.sqrt(), scale / aspect.sqrt()
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    # affine_grid maps output coordinates to input ones: rotation and shear, then the inverse scale.
+    theta = torch.stack([
+        torch.stack([cos / scale_x, (shear * cos - sin) / scale_x, shift_x], dim=1),
+        torch.stack([sin / scale_y, (cos + shear * sin) / scale_y, shift_y], dim=1),
+    ], dim=1)
+    grid = F.affine_grid(theta, list(batch.shape), align_corners=False)
+    # Sample ink above the background (-1) so that what comes in from outside the image is background.
+    moved = F.grid_sample(batch + 1.0, grid, align_corners=False, padding_mode="zeros") - 1.0
+    thicker = F.max_pool2d(moved, 3, stride=1, padding=1)
+    thinner = -F.max_pool2d(-moved, 3, stride=1, padding=1)
+    return torch.where(width_change > 0, moved + width_change * (thicker - moved),
+                       moved - 0.5 * width_change * (thinner - moved))
+
+
+def augment(batch: torch.Tensor, generator: torch.Generator, *, kind: str, batch_size: int | None = None,
+            positions: torch.Tensor | None = None) -> torch.Tensor:
+    """The SQF's training augmentation ``kind`` (`SQF_AUGMENTATIONS`) of a batch scaled to [-1, 1].
+
+    Args:
+        batch: this rank's images, N x C x H x W, background -1.
+        generator: the seeded generator every rank advances alike.
+        kind: "shift" or "affine".
+        batch_size: the global batch's size (default: this batch's).
+        positions: this rank's rows of the global batch (default: all of them).
+    """
+    if kind == "shift":
+        return _random_translate(batch, generator)
+    if kind == "affine":
+        batch_size = len(batch) if batch_size is None else batch_size
+        positions = torch.arange(batch_size) if positions is None else positions
+        return _random_affine(batch, generator, batch_size=batch_size, positions=positions)
+    raise ConfigError(f"semantics.sqf_augmentation must be one of {', '.join(SQF_AUGMENTATIONS)}, got {kind!r}")
 
 
 def _training_keys(*, public_train: ImageDataset, public_val: ImageDataset, config: SemanticQueryConfig,
@@ -190,6 +248,8 @@ def _training_keys(*, public_train: ImageDataset, public_val: ImageDataset, conf
         "train": public_train.content_hash(), "val": public_val.content_hash(),
         # The shift's margin: SQFs cached before it was the background had grey margins.
         "shift_margin": "background",
+        # Named only when not the original shift, so SQFs cached before the option stay valid.
+        **({} if config.sqf_augmentation == "shift" else {"augmentation": config.sqf_augmentation}),
     }
 
 
@@ -268,9 +328,11 @@ def train_query_function(
         bar = tqdm(range(steps_per_epoch), desc=f"SQF epoch {epoch + 1}/{config.sqf_epochs}", disable=not progress, leave=False)
         for step in bar:
             index = order[step * config.sqf_batch_size : (step + 1) * config.sqf_batch_size]
-            # This rank's share of the batch; the augmentation's draw is the same on every rank.
-            local = torch.from_numpy(distributed.rows_of_this_rank(index.numpy()))
-            batch = _random_translate(images[local].float() / 127.5 - 1.0, generator).to(device)
+            # This rank's share of the batch; the augmentation's draws are the same on every rank.
+            positions = torch.from_numpy(distributed.rows_of_this_rank(np.arange(len(index))))
+            local = index[positions]
+            batch = augment(images[local].float() / 127.5 - 1.0, generator, kind=config.sqf_augmentation,
+                            batch_size=len(index), positions=positions).to(device)
             optimizer.zero_grad(set_to_none=True)
             loss_share = 0.0
             if len(local):
