@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -45,3 +46,14 @@ def run_command(
         return 2
     print(written, file=sys.stderr)
     return 0
+
+
+def write_report(out: Path, name: str, document: dict, markdown: str) -> str:
+    """Write ``<out>/<name>.json`` and ``<out>/<name>.md`` atomically; returns the line a command prints."""
+    from privimage.cache import atomic_write_bytes, atomic_write_json
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / f"{name}.json", document)
+    atomic_write_bytes(out / f"{name}.md", markdown.encode())
+    return f"wrote {name}.json and .md in {out}"

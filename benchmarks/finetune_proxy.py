@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from privimage.cache import atomic_save_npz, atomic_write_bytes, atomic_write_json
+from privimage.cache import atomic_save_npz
 from privimage.data.mnist5k import CLASS_NAMES
 from privimage.errors import ConfigError
 
@@ -138,13 +138,12 @@ def finetune_proxy_from_args(args: argparse.Namespace) -> str:
     write_proxy(data_root)
     rows = measure(profile=args.profile, methods=args.methods, lrs=args.lrs, epsilon=args.epsilon,
                    seed=args.seed, data_root=data_root)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / f"{PROXY_FILE}{args.suffix}.json",
-                      {"profile": args.profile, "epsilon": args.epsilon, "seed": args.seed, "rows": rows})
-    atomic_write_bytes(out / f"{PROXY_FILE}{args.suffix}.md",
-                       markdown(rows, profile=args.profile, epsilon=args.epsilon, seed=args.seed).encode())
-    return f"finetune_proxy: wrote {PROXY_FILE}{args.suffix}.json and .md in {out}"
+    from benchmarks.cli import write_report
+
+    document = {"profile": args.profile, "epsilon": args.epsilon, "seed": args.seed, "rows": rows}
+    return "finetune_proxy: " + write_report(
+        args.out, f"{PROXY_FILE}{args.suffix}", document,
+        markdown(rows, profile=args.profile, epsilon=args.epsilon, seed=args.seed))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,7 +38,6 @@ from pathlib import Path
 
 import numpy as np
 
-from privimage.cache import atomic_write_bytes, atomic_write_json
 from privimage.errors import ConfigError
 
 OUTPUT_FILE = "sqf_digits"
@@ -217,11 +216,9 @@ def sqf_digits_from_args(args: argparse.Namespace) -> str:
         raise ConfigError(f"--sqf-epochs must be at least 1, got {args.sqf_epochs}")
     document = measure(profile=args.profile, augmentation=args.augmentation, sqf_epochs=args.sqf_epochs,
                        trials=args.trials, seed=args.seed, data_root=resolve_data_root(args.data_root))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / f"{OUTPUT_FILE}{args.suffix}.json", document)
-    atomic_write_bytes(out / f"{OUTPUT_FILE}{args.suffix}.md", markdown(document).encode())
-    return f"sqf_digits: wrote {OUTPUT_FILE}{args.suffix}.json and .md in {out}"
+    from benchmarks.cli import write_report
+
+    return "sqf_digits: " + write_report(args.out, f"{OUTPUT_FILE}{args.suffix}", document, markdown(document))
 
 
 def main(argv: list[str] | None = None) -> int:
