@@ -11,8 +11,7 @@ the digits' handwritten forms, `privimage.data.handwriting`; fonts draw only
 one form of each digit):
 
 1. a random face draws the character large (anti-aliased, PIL);
-2. a random affine map (rotation within +-15 degrees, a slant leaning right
-   more often than left, as hands write, aspect ratio) and
+2. a random affine map (rotation within +-15 degrees, slant, aspect ratio) and
    an elastic distortion (Simard et al., 2003) bend it like a hand would;
 3. a pen of one random width retraces the glyph's skeleton (most images), which
    removes the fonts' thick-thin contrast and serifs; otherwise the face's own
@@ -53,7 +52,7 @@ NAME = "glyphs1k"
 SPLITS = ("train", "val")
 NUM_CLASSES = 1000
 # Bump when the rendering changes, so that old caches are not reused.
-GENERATOR_VERSION = 5
+GENERATOR_VERSION = 4
 # Faces that cover Unicode text (the Display, NonUni, size-variant, Computer
 # Modern and LastResort faces are symbol or placeholder fonts).
 FACE_PREFIXES = ("DejaVuSans", "DejaVuSerif", "STIXGeneral")
@@ -72,9 +71,7 @@ CANVAS = 64
 FONT_SIZE = 34
 # Geometry of the handwriting imitation, in canvas pixels and radians.
 MAX_ROTATION = np.deg2rad(15.0)
-# Horizontal shear (top to the right when positive). Hands slant their writing to the
-# right far more often than to the left, so the range is not symmetric: -6 to +22 degrees.
-SLANT_RANGE = (-0.1, 0.4)
+MAX_SHEAR = 0.3
 ASPECT_RANGE = (0.75, 1.3)
 # Simard et al. use alpha=34, sigma=4 on 28x28. On a canvas s times larger the same
 # distortion needs sigma * s and alpha * s^2 (smoothing over s^2 more pixels shrinks the field).
@@ -259,7 +256,7 @@ def _warp(coverage: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Random rotation, slant, aspect ratio and elastic distortion, in one resampling."""
     size = coverage.shape[0]
     angle = rng.uniform(-MAX_ROTATION, MAX_ROTATION)
-    shear = rng.uniform(*SLANT_RANGE)
+    shear = rng.uniform(-MAX_SHEAR, MAX_SHEAR)
     aspect = rng.uniform(*ASPECT_RANGE)
     # Output pixel (row, col) samples input pixel matrix @ (row, col) about the centre.
     cos, sin = np.cos(angle), np.sin(angle)
