@@ -24,7 +24,12 @@ takes to train the SQF (minutes from the cache). For the profile's SQF
    (`privimage.semantics.selection`), counting the classes whose selection
    holds their own digit. No setting may be chosen on
    this part (DESIGN.md, Privacy): it says how far the benchmark is from the
-   check of 6 of 10 own digits, not what to change.
+   check of 6 of 10 own digits, not what to change;
+4. with ``--query-noise-multipliers``, the same simulation at each z, beside
+   what that z costs: the query's own epsilon and the DP-SGD noise multiplier
+   left for the profile's fine-tuning at each of its epsilons (query
+   composed, ``privimage privacy calibrate``). A table for choosing a check's
+   setting on privacy grounds, reporting only like part 3.
 
 Nothing here reads the sensitive training split: its size comes from the
 registry's metadata.
@@ -34,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -93,8 +99,41 @@ def simulate_selection(histogram: np.ndarray, own: list[int], *, noise_std: floa
     return hits
 
 
+def query_noise_costs(config, *, query_noise_multiplier: float, train_size: int) -> dict:
+    """What a query at ``query_noise_multiplier`` costs in the profile's runs (no data is read).
+
+    Returns the query's own epsilon at the fine-tuning delta, and for each of the
+    profile's epsilons the calibrated DP-SGD noise multiplier of its fine-tuning
+    schedule with this query composed (None where the query alone spends the budget).
+    """
+    from privimage.errors import PrivacyError
+    from privimage.privacy.accounting import composition_epsilon
+    from privimage.privacy.calibration import calibrate_noise_multiplier
+    from privimage.training.dpsgd import finetune_schedule
+
+    delta = config.finetune.delta
+    # A large z alone peaks at opacus's largest RDP order, and opacus warns that the bound is loose
+    # there: still an upper bound, the one every ledger of a query-only run reports.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        query_epsilon = composition_epsilon(dpsgd_runs=[], query_noise_multipliers=[query_noise_multiplier],
+                                            delta=delta)
+    sample_rate, steps = finetune_schedule(num_examples=train_size, batch_size=config.finetune.batch_size,
+                                           epochs=config.finetune.epochs)
+    sigmas = {}
+    for epsilon in config.experiment.epsilons:
+        try:
+            sigmas[f"{epsilon:g}"] = calibrate_noise_multiplier(
+                target_epsilon=epsilon, delta=delta, sample_rate=sample_rate, steps=steps,
+                query_noise_multiplier=query_noise_multiplier)
+        except PrivacyError:
+            sigmas[f"{epsilon:g}"] = None  # the query alone spends at least this epsilon
+    return {"query_epsilon": query_epsilon, "delta": delta, "sample_rate": sample_rate, "steps": steps,
+            "dpsgd_noise_multiplier": sigmas}
+
+
 def measure(*, profile: str, augmentation: str | None, sqf_epochs: int | None, trials: int, seed: int,
-            data_root: Path | None, progress: bool = True) -> dict:
+            data_root: Path | None, query_noise_multipliers: tuple[float, ...] = (), progress: bool = True) -> dict:
     """Train or load the SQF, score both digit sets with it, simulate the query; the JSON document."""
     from privimage.config import load_config
     from privimage.data import dataset_info, load_dataset
@@ -138,6 +177,19 @@ def measure(*, profile: str, augmentation: str | None, sqf_epochs: int | None, t
                               per_row=per_row, trials=trials, rng=np.random.default_rng(seed))
     own_counts = hits.sum(axis=1)
 
+    # The same simulation at other noise levels, beside their privacy cost (reporting only).
+    sweep = []
+    for z in query_noise_multipliers:
+        z_hits = simulate_selection(histogram, own, noise_std=z * np.sqrt(semantics.k), per_row=per_row,
+                                    trials=trials, rng=np.random.default_rng(seed))
+        z_counts = z_hits.sum(axis=1)
+        sweep.append({"query_noise_multiplier": z,
+                      **query_noise_costs(config, query_noise_multiplier=z, train_size=train_size),
+                      "simulated_own_digits_mean": float(z_counts.mean()),
+                      "simulated_own_digits_median": float(np.median(z_counts)),
+                      "simulated_p_at_least_checked": float((z_counts >= OWN_DIGITS_CHECKED).mean()),
+                      "simulated_own_selected": [float(share) for share in z_hits.mean(axis=0)]})
+
     rows = []
     for digit, name in enumerate(test.class_names):
         others = histogram[digit].copy()
@@ -163,6 +215,7 @@ def measure(*, profile: str, augmentation: str | None, sqf_epochs: int | None, t
         "simulated_own_digits_median": float(np.median(own_counts)),
         "simulated_p_at_least_checked": float((own_counts >= OWN_DIGITS_CHECKED).mean()),
         "rows": rows,
+        "query_noise_sweep": sweep,
     }
 
 
@@ -193,6 +246,27 @@ def markdown(document: dict) -> str:
         f"median {document['simulated_own_digits_median']:g}; {OWN_DIGITS_CHECKED} or more in "
         f"{document['simulated_p_at_least_checked']:.1%} of queries.",
     ]
+    sweep = document.get("query_noise_sweep") or []
+    if sweep:
+        epsilons = list(sweep[0]["dpsgd_noise_multiplier"])
+        lines += [
+            "",
+            "## The same simulation at other query noise (reporting only)",
+            "",
+            f"*query epsilon*: the query alone at delta {sweep[0]['delta']:g} (RDP). *DP-SGD sigma at epsilon E*: "
+            f"the fine-tuning noise multiplier calibrated with the query composed (q = {sweep[0]['sample_rate']:g}, "
+            f"{sweep[0]['steps']} steps); - where the query alone spends E.",
+            "",
+            "| z | query epsilon | " + " | ".join(f"DP-SGD sigma at epsilon {e}" for e in epsilons)
+            + " | own digits per query (mean) | median | " + f"{OWN_DIGITS_CHECKED} or more |",
+            "|---:|---:|" + "---:|" * len(epsilons) + "---:|---:|---:|",
+        ]
+        for row in sweep:
+            sigmas = [row["dpsgd_noise_multiplier"][e] for e in epsilons]
+            lines.append(f"| {row['query_noise_multiplier']:g} | {row['query_epsilon']:.3f} | "
+                         + " | ".join("-" if sigma is None else f"{sigma:.3f}" for sigma in sigmas)
+                         + f" | {row['simulated_own_digits_mean']:.2f} | {row['simulated_own_digits_median']:g} | "
+                         f"{row['simulated_p_at_least_checked']:.1%} |")
     return "\n".join(lines) + "\n"
 
 
@@ -203,6 +277,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sqf-epochs", type=int, default=None, help="the SQF's epochs (default: the profile's)")
     parser.add_argument("--trials", type=int, default=2000, help="simulated queries")
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulation's noise (not a release)")
+    parser.add_argument("--query-noise-multipliers", type=float, nargs="+", default=(), metavar="Z",
+                        help="also simulate the query at each z, beside its privacy cost (reporting only)")
     parser.add_argument("--data-root", type=Path, default=None,
                         help="folder of real datasets (default: $PRIVIMAGE_DATA, else ./data)")
 
@@ -214,8 +290,12 @@ def sqf_digits_from_args(args: argparse.Namespace) -> str:
         raise ConfigError(f"--trials must be at least 1, got {args.trials}")
     if args.sqf_epochs is not None and args.sqf_epochs < 1:
         raise ConfigError(f"--sqf-epochs must be at least 1, got {args.sqf_epochs}")
+    bad = [z for z in args.query_noise_multipliers if not z > 0]
+    if bad:
+        raise ConfigError(f"--query-noise-multipliers must be positive, got {bad[0]:g}")
     document = measure(profile=args.profile, augmentation=args.augmentation, sqf_epochs=args.sqf_epochs,
-                       trials=args.trials, seed=args.seed, data_root=resolve_data_root(args.data_root))
+                       trials=args.trials, seed=args.seed, data_root=resolve_data_root(args.data_root),
+                       query_noise_multipliers=tuple(args.query_noise_multipliers))
     from benchmarks.cli import write_report
 
     return "sqf_digits: " + write_report(args.out, f"{OUTPUT_FILE}{args.suffix}", document, markdown(document))

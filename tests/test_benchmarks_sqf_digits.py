@@ -71,7 +71,7 @@ def test_command_writes_a_row_per_digit_at_the_smoke_profile(tmp_path, monkeypat
 
     monkeypatch.setattr(registry, "_mnist5k", test_split_only)
     code = sqf_digits.main(["--out", str(tmp_path / "out"), "--profile", "smoke", "--data-root", str(tmp_path),
-                            "--trials", "20", "--augmentation", "affine"])
+                            "--trials", "20", "--augmentation", "affine", "--query-noise-multipliers", "10", "50"])
     assert code == 0
     document = json.loads((tmp_path / "out" / "sqf_digits.json").read_text())
     assert [row["digit"] for row in document["rows"]][:3] == ["zero", "one", "two"]
@@ -82,13 +82,35 @@ def test_command_writes_a_row_per_digit_at_the_smoke_profile(tmp_path, monkeypat
         assert row["mnist_test_rival"] != f"DIGIT {row['digit'].upper()}"
     assert document["query"]["train_size"] == 4000 and document["query"]["trials"] == 20
     assert 0.0 <= document["simulated_p_at_least_checked"] <= 1.0
+    sweep = document["query_noise_sweep"]
+    assert [row["query_noise_multiplier"] for row in sweep] == [10.0, 50.0]
+    for row in sweep:
+        assert len(row["simulated_own_selected"]) == 10
+        assert 0.0 <= row["simulated_p_at_least_checked"] <= 1.0
     table = (tmp_path / "out" / "sqf_digits.md").read_text()
     assert "| seven |" in table and "reporting only" in table
+    assert "| 10 |" in table and "| 50 |" in table
+
+
+def test_query_noise_costs_trade_the_query_against_dp_sgd():
+    from privimage.config import load_config
+
+    config = load_config("quick")
+    costs = {z: sqf_digits.query_noise_costs(config, query_noise_multiplier=z, train_size=4000)
+             for z in (2.0, 10.0, 50.0)}
+    # q = 1000 / 4000 and 3 epochs: the quick profile's fine-tuning schedule.
+    assert costs[50.0]["sample_rate"] == 0.25 and costs[50.0]["steps"] == 12
+    # Less query noise spends more of the budget on the query, leaving DP-SGD more noise to add.
+    assert costs[2.0]["query_epsilon"] > costs[10.0]["query_epsilon"] > costs[50.0]["query_epsilon"] > 0
+    assert costs[10.0]["dpsgd_noise_multiplier"]["10"] > costs[50.0]["dpsgd_noise_multiplier"]["10"] > 0
+    # At z = 2 the query alone spends more than epsilon 1: no DP-SGD noise can meet it.
+    assert costs[2.0]["query_epsilon"] > 1.0 and costs[2.0]["dpsgd_noise_multiplier"]["1"] is None
 
 
 @pytest.mark.parametrize("options, message", [
     (["--trials", "0"], "--trials"),
     (["--sqf-epochs", "0"], "--sqf-epochs"),
+    (["--query-noise-multipliers", "50", "0"], "--query-noise-multipliers"),
     (["--profile", "no-such-profile"], "no-such-profile"),
 ])
 def test_bad_options_are_one_line_errors(tmp_path, monkeypatch, capsys, options, message):
