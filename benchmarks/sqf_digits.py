@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -112,12 +111,8 @@ def query_noise_costs(config, *, query_noise_multiplier: float, train_size: int)
     from privimage.training.dpsgd import finetune_schedule
 
     delta = config.finetune.delta
-    # A large z alone peaks at opacus's largest RDP order, and opacus warns that the bound is loose
-    # there: still an upper bound, the one every ledger of a query-only run reports.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
-        query_epsilon = composition_epsilon(dpsgd_runs=[], query_noise_multipliers=[query_noise_multiplier],
-                                            delta=delta)
+    query_epsilon = composition_epsilon(dpsgd_runs=[], query_noise_multipliers=[query_noise_multiplier],
+                                        delta=delta)
     sample_rate, steps = finetune_schedule(num_examples=train_size, batch_size=config.finetune.batch_size,
                                            epochs=config.finetune.epochs)
     sigmas = {}

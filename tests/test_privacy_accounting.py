@@ -65,6 +65,18 @@ def test_query_alone_brackets_the_exact_gaussian_epsilon():
     assert exact - 1e-9 <= prv <= exact + 0.021
 
 
+def test_a_large_query_noise_is_bounded_at_the_grid_edge_without_a_warning(recwarn):
+    # z = 50 alone: the best of opacus's default orders is the largest (63), so the bound is
+    # conservative, not wrong; opacus's "largest alpha" warning is expected there and not shown.
+    z, largest = 50.0, 63.0
+    rdp = composition_epsilon(dpsgd_runs=[], query_noise_multipliers=[z], delta=DELTA)
+    at_largest = (largest / (2 * z * z) + (math.log(1 / DELTA) - math.log(largest)) / (largest - 1)
+                  + math.log((largest - 1) / largest))
+    assert rdp == pytest.approx(at_largest, rel=1e-9)
+    assert exact_gaussian_epsilon(noise_multiplier=z, delta=DELTA) < rdp
+    assert not [w for w in recwarn if "largest alpha" in str(w.message)]
+
+
 def test_prv_cross_checks_rdp_with_a_query():
     kwargs = dict(noise_multiplier=1.5, sample_rate=0.04, steps=2249, delta=DELTA, query_noise_multiplier=5.0)
     rdp = compute_epsilon(**kwargs)

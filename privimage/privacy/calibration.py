@@ -9,7 +9,6 @@ accountants (epsilon falls monotonically as sigma grows).
 
 from __future__ import annotations
 
-import warnings
 
 from privimage.errors import PrivacyError
 from privimage.privacy.accounting import check_accountant, compute_epsilon, composition_epsilon
@@ -61,13 +60,9 @@ def calibrate_noise_multiplier(
 
     # The query's cost is a floor no sigma can remove (Theorem E.2).
     if query_noise_multiplier is not None:
-        # A large z alone peaks at opacus's largest order and opacus warns that the bound is loose;
-        # the composition with DP-SGD is what we report, so the warning would only mislead here.
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
-            query_only = composition_epsilon(
-                dpsgd_runs=[], query_noise_multipliers=[query_noise_multiplier], delta=delta, accountant=accountant
-            )
+        query_only = composition_epsilon(
+            dpsgd_runs=[], query_noise_multipliers=[query_noise_multiplier], delta=delta, accountant=accountant
+        )
         if query_only >= target:
             raise PrivacyError(
                 f"the semantic query alone spends epsilon {query_only:.4g} >= target {target:g}; "
