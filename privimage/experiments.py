@@ -564,7 +564,8 @@ def pretrained_only(*, config: Config, method: str, data_root: Path | None = Non
     identity = {**config.to_dict(), "experiment": None}
     folder = stage_dir("pretrained_samples", config_hash({"run": identity, "data": data_key,
                                                           "generator": recipe.generator}))
-    if not (folder / "synthetic.npz").is_file():
+    # config.json is written last: a folder without it (a crash after sampling) is redone, not read.
+    if not (folder / "config.json").is_file():
         networks, _ = pretrain_stage(method=recipe, config=config, public=public, data_key=data_key,
                                      image_channels=channels, image_size=size, num_classes=sensitive.num_classes,
                                      progress=progress)
@@ -650,7 +651,8 @@ def matched_glyph_pretraining(*, config: Config, data_root: Path | None = None, 
     identity = {**config.to_dict(), "experiment": None}
     folder = stage_dir("pretrained_samples", config_hash({"run": identity, "data": data_key,
                                                           "generator": recipe.generator}))
-    if not (folder / "synthetic.npz").is_file():
+    # config.json is written last: a folder without it (a crash after sampling) is redone, not read.
+    if not (folder / "config.json").is_file():
         networks, _ = pretrain_stage(method=recipe, config=config, public=matched, data_key=data_key,
                                      image_channels=image_shape[0], image_size=image_shape[-1],
                                      num_classes=len(DIGIT_CLASS_NAMES), progress=progress)

@@ -313,6 +313,24 @@ def test_matched_glyph_reference_pretrains_on_each_digits_own_glyph_class(tmp_pa
     assert len(matched) == sum((glyphs.labels == glyphs.class_names.index(n)).sum() for n in DIGIT_NAMES)
 
 
+def test_a_samples_folder_left_without_its_config_by_a_crash_is_redone(tmp_path, monkeypatch):
+    # synthetic.npz comes first and config.json last: a crash between them must not count as done.
+    from privimage import pipeline
+
+    monkeypatch.setenv("PRIVIMAGE_CACHE", str(tmp_path))
+    folder = tmp_path / "pretrained_samples"
+    folder.mkdir()
+    np.savez(folder / "synthetic.npz", x=np.zeros((1, 1, 32, 32), np.uint8), y=np.zeros(1, np.int64))
+    monkeypatch.setattr(experiments, "stage_dir", lambda *_: folder)
+
+    def stop(**_):
+        raise _StopBeforeTraining
+
+    monkeypatch.setattr(pipeline, "pretrain_stage", stop)
+    with pytest.raises(_StopBeforeTraining):
+        experiments.matched_glyph_pretraining(config=load_config("smoke"), progress=False)
+
+
 def test_matched_glyph_reference_is_skipped_off_the_embedded_benchmark(monkeypatch):
     from privimage import pipeline
 
