@@ -277,3 +277,79 @@ def test_embedded_profiles_need_nothing_more():
     from privimage.notebook_runner import missing_requirements
 
     assert missing_requirements("smoke") == [] and missing_requirements("quick") == []
+
+
+# --------------------------------------------------------------------------- the runner's writes and errors
+
+
+def _fake_papermill(monkeypatch, *, raises: BaseException | None = None):
+    """papermill.execute_notebook replaced by one that writes a marker to its output, then maybe raises."""
+    import papermill
+
+    calls = []
+
+    def execute(source, output, **kwargs):
+        calls.append({"output": Path(output), **kwargs})
+        Path(output).write_text("partial" if raises else "complete")
+        if raises is not None:
+            raise raises
+
+    monkeypatch.setattr(papermill, "execute_notebook", execute)
+    return calls
+
+
+def test_an_executed_notebook_replaces_the_previous_copy_only_once_finished(tmp_path, monkeypatch):
+    import papermill
+
+    from privimage.notebook_runner import failed_copy, run_notebook
+
+    output = tmp_path / "notebooks" / "01_x.ipynb"
+    output.parent.mkdir()
+    output.write_text("previous run")
+    # A failure keeps the previous complete copy under the final name and the partial one aside.
+    failure = papermill.PapermillExecutionError(0, 3, "x = 1 / 0", "ZeroDivisionError", "bad", [])
+    calls = _fake_papermill(monkeypatch, raises=failure)
+    with pytest.raises(papermill.PapermillExecutionError):
+        run_notebook(Path("01_x.ipynb"), "smoke", tmp_path)
+    assert calls[0]["output"] != output and calls[0]["output"].parent == output.parent
+    assert output.read_text() == "previous run" and failed_copy(output).read_text() == "partial"
+    # Success replaces it and clears the failed copy; nothing hidden is left behind.
+    _fake_papermill(monkeypatch)
+    run_notebook(Path("01_x.ipynb"), "smoke", tmp_path)
+    assert output.read_text() == "complete" and not failed_copy(output).exists()
+    assert sorted(p.name for p in output.parent.iterdir()) == ["01_x.ipynb"]
+
+
+@pytest.mark.parametrize("error, code, message", [
+    ("dead", 1, "the kernel died"),
+    ("kernel", 1, "no Jupyter kernel named 'privimage'"),
+    ("interrupt", 130, "interrupted during 00_tour.ipynb"),
+])
+def test_the_runner_turns_kernel_failures_and_interrupts_into_one_line(tmp_path, monkeypatch, capsys, error, code,
+                                                                       message):
+    from jupyter_client.kernelspec import NoSuchKernel
+    from nbclient.exceptions import DeadKernelError
+
+    from privimage import notebook_runner
+
+    monkeypatch.setenv("PRIVIMAGE_RESULTS", str(tmp_path / "results"))
+    exception = {"dead": DeadKernelError("Kernel died"), "kernel": NoSuchKernel("privimage"),
+                 "interrupt": KeyboardInterrupt()}[error]
+    _fake_papermill(monkeypatch, raises=exception)
+    assert notebook_runner.main(["--profile", "smoke", "--only", "00"]) == code
+    lines = [line for line in capsys.readouterr().err.strip().splitlines() if line]
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
+    assert not (tmp_path / "results" / "smoke" / "notebooks" / "00_tour.ipynb").exists()
+
+
+def test_relative_folders_in_the_environment_reach_the_kernels_as_absolute_paths(tmp_path, monkeypatch):
+    from privimage import notebook_runner
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PRIVIMAGE_RESULTS", "out")
+    monkeypatch.setenv("PRIVIMAGE_DATA", "data")
+    monkeypatch.delenv("PRIVIMAGE_CACHE", raising=False)
+    notebook_runner.absolute_path_variables()
+    assert os.environ["PRIVIMAGE_RESULTS"] == str(tmp_path / "out")
+    assert os.environ["PRIVIMAGE_DATA"] == str(tmp_path / "data")
+    assert "PRIVIMAGE_CACHE" not in os.environ
