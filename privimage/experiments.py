@@ -644,7 +644,8 @@ def matched_glyph_pretraining(*, config: Config, data_root: Path | None = None, 
     if config.data.public != "glyphs1k" or tuple(info["class_names"]) != DIGIT_CLASS_NAMES:
         return {**row, "status": "skipped", "note": "needs glyphs1k public data and the ten digit classes"}
     public = load_dataset(config.data.public, "train", data_root=data_root, config=config.data)
-    matched = relabel_selected(public=public, selected=dict(zip(DIGIT_CLASS_NAMES, ([name] for name in DIGIT_NAMES))))
+    matched = relabel_selected(public=public, selected=dict(zip(DIGIT_CLASS_NAMES, ([name] for name in DIGIT_NAMES))),
+                               class_names=DIGIT_CLASS_NAMES)
     data_key = f"matched:{matched.content_hash()}"
     image_shape = tuple(info["image_shape"])
     recipe = get_method("privimage-d")
@@ -865,7 +866,7 @@ def public_preview(*, config: Config, class_names: Sequence[str] | None = None, 
         rng = np.random.default_rng(config.seed)
         drawn = sorted(rng.choice(public.num_classes, num_classes, replace=False))
         class_names = [public.class_names[i] for i in drawn]
-    return relabel_selected(public=public, selected={name: [name] for name in class_names})
+    return relabel_selected(public=public, selected={name: [name] for name in class_names}, class_names=class_names)
 
 
 def selection_histogram(summary: Mapping[str, Any]) -> dict[str, Any]:

@@ -145,7 +145,9 @@ def selection_stage(
     if method.private:
         cached = PrivacyLedger.from_dict(summary["ledger"])
         ledger.merge(cached)
-    selected = relabel_selected(public=public_train, selected=summary["selected"])
+    # Rows in the sensitive label order (the JSON holds them sorted by name), or the one unlabelled row.
+    rows = sensitive.class_names if len(summary["selected"]) > 1 else tuple(summary["selected"])
+    selected = relabel_selected(public=public_train, selected=summary["selected"], class_names=rows)
     return selected, summary
 
 

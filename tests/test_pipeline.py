@@ -123,6 +123,28 @@ def test_a_retrained_query_function_never_reuses_an_earlier_selection(shared_cac
     assert len(select() - first) == 1
 
 
+@pytest.mark.slow
+def test_each_sensitive_label_pre_trains_on_the_semantics_its_own_class_selected(shared_cache):
+    # The selection comes back from selection.json, whose keys JSON sorts by name ("eight" first);
+    # label i must still get the public images that class_names[i] selected.
+    from privimage.data import load_dataset, load_sensitive_train
+    from privimage.pipeline import selection_stage
+    from privimage.privacy import PrivacyLedger
+
+    config = load_config("smoke", TINY)
+    sensitive = load_sensitive_train(config)
+    ledger = PrivacyLedger(delta=config.finetune.delta, dataset_hash=sensitive.content_hash(),
+                           num_examples=len(sensitive))
+    selected, summary = selection_stage(method=METHODS["privimage-d"], config=config, sensitive=sensitive,
+                                        ledger=ledger, data_root=None, progress=False)
+    public = load_dataset(config.data.public, "train", config=config.data)
+    assert selected.class_names == sensitive.class_names
+    for label, class_name in enumerate(sensitive.class_names):
+        chosen = [public.class_names.index(name) for name in summary["selected"][class_name]]
+        expected = public.images[np.isin(public.labels, chosen)]
+        assert np.array_equal(selected.images[selected.labels == label], expected), class_name
+
+
 def test_a_run_pre_trained_on_other_data_is_never_resumed(tmp_path):
     from privimage.errors import PrivImageError
     from privimage.pipeline import _check_same_pretraining_data

@@ -68,3 +68,20 @@ def test_build_selection_refuses_a_foreign_public_dataset():
     distribution = NoisySemanticDistribution(np.zeros((1, 6)), ("a",), tuple("UVWXYZ"), 1, 1.0, "os-entropy", "x")
     with pytest.raises(PrivImageError, match="not the one"):
         build_selection(distribution=distribution, public=public, selection_ratio=0.5)
+
+
+def test_relabelling_follows_the_sensitive_label_order_not_the_order_json_gives_back():
+    import json
+
+    from privimage.semantics.selection import relabel_selected
+
+    public = _toy_public()
+    # "zero" is label 0 and "eight" label 1; a JSON round trip with sorted keys puts "eight" first.
+    selected = json.loads(json.dumps({"zero": ["S2"], "eight": ["S5"]}, sort_keys=True))
+    assert list(selected) == ["eight", "zero"]
+    dataset = relabel_selected(public=public, selected=selected, class_names=("zero", "eight"))
+    pixel_class = dataset.images[:, 0, 0, 0]
+    assert dataset.class_names == ("zero", "eight")
+    assert np.all(dataset.labels[pixel_class == 2] == 0) and np.all(dataset.labels[pixel_class == 5] == 1)
+    with pytest.raises(PrivImageError, match="sensitive classes"):
+        relabel_selected(public=public, selected=selected, class_names=("zero", "one"))

@@ -11,6 +11,7 @@ post-processes the DP release, so it costs no privacy.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,7 +77,7 @@ def build_selection(
     chosen = select_semantics(distribution.noisy_histogram, per_row=per_row)
 
     selected = {distribution.row_names[row]: [public.class_names[s] for s in sem] for row, sem in enumerate(chosen)}
-    dataset = relabel_selected(public=public, selected=selected)
+    dataset = relabel_selected(public=public, selected=selected, class_names=distribution.row_names)
     return Selection(
         selected=selected,
         dataset=dataset,
@@ -86,20 +87,28 @@ def build_selection(
     )
 
 
-def relabel_selected(*, public: ImageDataset, selected: dict[str, list[str]]) -> ImageDataset:
+def relabel_selected(*, public: ImageDataset, selected: dict[str, list[str]],
+                     class_names: Sequence[str]) -> ImageDataset:
     """The public images of the selected semantics, labelled by the sensitive class that chose them.
 
     Args:
         public: the public training split.
-        selected: sensitive class name -> public class names, in sensitive label order.
+        selected: sensitive class name -> public class names.
+        class_names: the sensitive classes in label order; label i goes to the images
+            ``class_names[i]`` selected. Explicit because a mapping's order does not
+            survive JSON (the cache writes keys sorted: "eight" before "zero").
 
     Returns:
-        An `ImageDataset` whose class names are the sensitive classes.
+        An `ImageDataset` whose class names are ``class_names``.
     """
+    class_names = tuple(class_names)
+    if sorted(selected) != sorted(class_names):
+        raise PrivImageError(f"the selection names the classes {sorted(selected)}, "
+                             f"but the sensitive classes are {list(class_names)}")
     index_of = {name: i for i, name in enumerate(public.class_names)}
     new_label = np.full(public.num_classes, -1, dtype=np.int64)
-    for row, names in enumerate(selected.values()):
-        for name in names:
+    for row, class_name in enumerate(class_names):
+        for name in selected[class_name]:
             if name not in index_of:
                 raise PrivImageError(f"selected semantic '{name}' is not a class of '{public.name}'")
             if new_label[index_of[name]] >= 0:
@@ -111,5 +120,5 @@ def relabel_selected(*, public: ImageDataset, selected: dict[str, list[str]]) ->
         split=public.split,
         images=public.images[keep],
         labels=new_label[public.labels[keep]],
-        class_names=tuple(selected),
+        class_names=class_names,
     )
