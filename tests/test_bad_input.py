@@ -244,3 +244,69 @@ def test_a_checkpoint_holding_code_is_refused_and_never_run(capsys, tmp_path, tr
     # What is left is a planted file with no ledger: the audit flags it rather than passing the folder.
     assert audit_run(run_dir=out).status == "fail"
 
+
+
+# --------------------------------------------------------------------------- releases, names and the file system
+
+
+def test_select_never_overwrites_an_earlier_release(capsys, tmp_path, tripwire):
+    out = tmp_path / "select"
+    out.mkdir()
+    (out / "selection.json").write_text('{"earlier": "release"}')
+    refused(capsys, ["select", "--profile", "smoke", "--out", str(out)], mentions="already holds an earlier release")
+    assert (out / "selection.json").read_text() == '{"earlier": "release"}'
+
+
+def test_a_non_private_method_refuses_an_epsilon_it_would_not_spend(capsys, tmp_path, tripwire):
+    out = tmp_path / "run"
+    refused(capsys, run_argv(out, method="nonpriv-d", epsilon="1"), mentions="not private")
+    assert not out.exists()
+
+
+def test_sds_never_counts_the_sensitive_labels_whatever_the_spelling(capsys, monkeypatch):
+    import json
+
+    from privimage.data import registry
+
+    def no_sensitive_train(split):
+        raise AssertionError(f"sds read MNIST-5k's {split} split")
+
+    monkeypatch.setattr(registry, "_mnist5k", no_sensitive_train)
+    values = []
+    for spelling in ("MNIST5K", "mnist5k"):
+        assert main(["sds", "--profile", "smoke", "--a", spelling, "--b", "mnist5k", "--json"]) == 0
+        values.append(json.loads(capsys.readouterr().out)["sds"])
+    # Both spellings describe the sensitive set by its label set alone.
+    assert values[0] == values[1]
+
+
+def test_sds_takes_a_users_own_dataset_and_a_selection_beside_it(capsys, tmp_path, monkeypatch):
+    from privimage.cli import semantics
+
+    root = tmp_path / "data"
+    save_npz(root / "mine.npz", **digits(20))
+    (tmp_path / "sel.json").write_text('{"public": "npz:mine.npz", "selected_counts": {"class 0": 3}}')
+    seen = []
+    monkeypatch.setattr("privimage.semantics.dataset_frequencies",
+                        lambda dataset: seen.append(dataset.name) or {"class 0": 1.0})
+    args = type("Args", (), {"split": "train", "data_root": root})()
+    config = __import__("privimage.config", fromlist=["load_config"]).load_config("smoke")
+    assert semantics._frequencies("npz:mine.npz", args, config) == {"class 0": 1.0}
+    assert seen == ["npz:mine.npz"]
+    # NAME:SELECTION_JSON still splits at the last colon, NAME itself holding one.
+    assert semantics._frequencies(f"npz:mine.npz:{tmp_path / 'sel.json'}", args, config) == {"class 0": 3.0}
+
+
+def test_a_selection_file_of_the_wrong_shape_is_one_line(capsys, tmp_path):
+    bad = tmp_path / "sel.json"
+    bad.write_text('{"public": "glyphs1k", "selected_counts": [1, 2]}')
+    refused(capsys, ["sds", "--profile", "smoke", "--a", f"glyphs1k:{bad}", "--b", "mnist5k"],
+            mentions="is not a selection.json")
+
+
+def test_an_output_path_that_is_a_file_is_one_line_not_a_traceback(capsys, tmp_path, tripwire):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code = main(run_argv(blocker / "run"))
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(lines) == 1 and lines[0].startswith("error: "), lines

@@ -56,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         message = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
         print(f"error: {message}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # Not the input's fault but the file system's; still one line, not a traceback.
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -57,6 +57,10 @@ def _run(args: argparse.Namespace) -> int:
     from privimage.errors import ConfigError
     from privimage.pipeline import dry_run, run_method
 
+    from privimage.methods import get_method
+
+    if args.epsilon is not None and not get_method(args.method).private:
+        raise ConfigError(f"method '{args.method}' is not private and spends no budget: drop --epsilon")
     overrides = {"data.sensitive": args.sensitive, "data.public": args.public, "finetune.delta": args.delta,
                  "seed": args.seed}
     config = load_config(args.profile, {key: value for key, value in overrides.items() if value is not None})

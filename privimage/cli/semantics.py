@@ -58,6 +58,11 @@ def _select(args: argparse.Namespace) -> int:
         "semantics.k": args.k, "finetune.delta": args.delta,
     }
     config = load_config(args.profile, {key: value for key, value in overrides.items() if value is not None})
+    # Each call is a new noisy release of the sensitive data: overwriting an earlier one
+    # would lose its record (and its ledger) while the spending stands.
+    if (Path(args.out) / "selection.json").exists():
+        raise PrivImageError(f"{Path(args.out) / 'selection.json'} already holds an earlier release; "
+                             "choose another --out, or remove it knowing its budget stays spent")
     data_root = resolve_data_root(args)
     sensitive = load_sensitive_train(config, data_root=data_root)
     ledger = PrivacyLedger(delta=config.finetune.delta, dataset_hash=sensitive.content_hash(), num_examples=len(sensitive))
@@ -82,7 +87,10 @@ def _frequencies(spec: str, args: argparse.Namespace, config) -> dict[str, float
     from privimage.data import load_dataset
     from privimage.semantics import dataset_frequencies
 
-    name, _, selection_path = spec.partition(":")
+    # folder:PATH and npz:PATH hold a colon too: only a trailing ":....json" names a selection.
+    name, _, selection_path = spec.rpartition(":")
+    if not (name and selection_path.endswith(".json")):
+        name, selection_path = spec, ""
     if selection_path:
         path = Path(selection_path)
         if not path.is_file():
@@ -90,12 +98,16 @@ def _frequencies(spec: str, args: argparse.Namespace, config) -> dict[str, float
         try:
             summary = json.loads(path.read_text())
             counts = summary["selected_counts"]
+            if not isinstance(counts, dict):
+                raise TypeError
         except (json.JSONDecodeError, KeyError, TypeError):
             raise PrivImageError(f"{path} is not a selection.json written by 'privimage select'") from None
         if summary.get("public") != name:
             raise PrivImageError(f"{path} selects from '{summary.get('public')}', not '{name}'")
         return {key: float(value) for key, value in counts.items()}
-    if name == config.data.sensitive:
+    from privimage.data.registry import is_sensitive_name
+
+    if is_sensitive_name(name, config.data):
         # A sensitive dataset is described by its label set, uniformly (as the paper
         # describes CIFAR-10 by its 10 labels): its label counts are data, and reading
         # them here would be a query no ledger accounts for.

@@ -241,10 +241,19 @@ def _root(data_root: Path | None) -> Path:
     return Path(data_root) if data_root is not None else default_data_root()
 
 
+def _canonical_name(name: str) -> str:
+    """Registry names are case-insensitive; a user's own ``folder:``/``npz:`` path is not."""
+    return name if own.is_own(name) else name.lower()
+
+
+def is_sensitive_name(name: str, config: DataConfig) -> bool:
+    """Whether ``name`` (however it is spelled) names the configured sensitive dataset."""
+    return _canonical_name(name) == _canonical_name(config.sensitive)
+
+
 def _flag_sensitive(dataset: ImageDataset, config: DataConfig) -> ImageDataset:
     """Mark the configured sensitive dataset's training split, however it was loaded."""
-    sensitive_name = config.sensitive if own.is_own(config.sensitive) else config.sensitive.lower()
-    if dataset.sensitive or dataset.split != "train" or dataset.name != sensitive_name:
+    if dataset.sensitive or dataset.split != "train" or dataset.name != _canonical_name(config.sensitive):
         return dataset
     return ImageDataset(name=dataset.name, split=dataset.split, images=dataset.images, labels=dataset.labels,
                         class_names=dataset.class_names, sensitive=True)

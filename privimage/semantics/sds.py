@@ -62,6 +62,9 @@ def semantic_distribution_similarity(
 
 
 def dataset_frequencies(dataset) -> dict[str, float]:
-    """{class name: number of images} of an ImageDataset."""
+    """{class name: number of images} of a public ImageDataset (its label counts are data)."""
+    from privimage.data.base import refuse_sensitive
+
+    refuse_sensitive(dataset, "SDS frequencies")
     counts = np.bincount(dataset.labels, minlength=dataset.num_classes)
     return {name: float(count) for name, count in zip(dataset.class_names, counts) if count > 0}
