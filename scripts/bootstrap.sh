@@ -9,7 +9,18 @@ VENV="$REPO_ROOT/.venv"
 STAMP="$VENV/.privimage-install-stamp"
 PYTHON_BIN="${PYTHON:-python3}"
 
-want_stamp="$(sha256sum "$REPO_ROOT/pyproject.toml" | cut -d' ' -f1)"
+# sha256sum on Linux, shasum on macOS.
+if command -v sha256sum >/dev/null 2>&1; then
+    want_stamp="$(sha256sum "$REPO_ROOT/pyproject.toml" | cut -d' ' -f1)"
+else
+    want_stamp="$(shasum -a 256 "$REPO_ROOT/pyproject.toml" | cut -d' ' -f1)"
+fi
+# A venv without a working pip (python3 -m venv failed half-way, e.g. without
+# Debian's python3-venv) is made again rather than failing on every run.
+if [[ -d "$VENV" ]] && ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
+    echo "[bootstrap] $VENV has no working pip; making it again" >&2
+    rm -rf "$VENV"
+fi
 if [[ ! -x "$VENV/bin/python" ]]; then
     echo "[bootstrap] creating $VENV" >&2
     "$PYTHON_BIN" -m venv "$VENV"
