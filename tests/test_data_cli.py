@@ -92,3 +92,28 @@ def test_show_match_filters_classes(tmp_path, capsys):
     assert len(chosen) == 30 and set(dataset.labels[chosen]) == {7}
     assert main(["data", "show", "mnist5k", "--split", "test", "--match", "eleven", "--out", str(tmp_path / "x.png")]) == 2
     assert "no class name contains 'eleven'" in capsys.readouterr().err
+
+
+def test_show_counts_what_a_match_leaves(capsys, tmp_path):
+    # MNIST-5k's test split holds 100 sevens: asking for 200 draws 100.
+    out = tmp_path / "sevens.png"
+    code, result = run_json(capsys, ["data", "show", "mnist5k", "--split", "test", "--match", "seven",
+                                     "--n", "200", "--out", str(out)])
+    assert code == 0 and result["num_shown"] == 100 and out.is_file()
+
+
+def test_show_refuses_the_sensitive_training_split_unless_asked(capsys, tmp_path, monkeypatch):
+    from privimage.data import registry
+
+    monkeypatch.setattr(registry, "_mnist5k", lambda split: pytest.fail(f"read MNIST-5k's {split} split"))
+    out = tmp_path / "x.png"
+    assert main(["data", "show", "MNIST5K", "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "sensitive training split" in error[0] and "--allow-sensitive" in error[0]
+    assert not out.exists()
+
+
+def test_show_draws_the_sensitive_training_split_when_asked(capsys, tmp_path):
+    out = tmp_path / "x.png"
+    code, result = run_json(capsys, ["data", "show", "mnist5k", "--allow-sensitive", "--n", "4", "--out", str(out)])
+    assert code == 0 and result["split"] == "train" and result["num_shown"] == 4 and out.is_file()

@@ -34,6 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.add_argument("--match", default=None, help="only classes whose name contains this text, e.g. digit")
     show.add_argument("--seed", type=int, default=0, help="which images are drawn (display only)")
     show.add_argument("--out", type=Path, required=True, help="the PNG file to write")
+    show.add_argument("--allow-sensitive", action="store_true",
+                      help="draw the profile's sensitive training split too (a picture of it leaves no ledger)")
     show.set_defaults(func=_show)
 
 
@@ -94,10 +96,17 @@ def _info(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     from privimage.data import load_dataset
     from privimage.data.preview import save_labelled_grid
+    from privimage.data.registry import is_sensitive_name
+    from privimage.errors import ConfigError
 
-    dataset = load_dataset(args.name, args.split, data_root=resolve_data_root(args), config=_data_config(args),
+    config = _data_config(args)
+    # Nothing reads the sensitive training split outside an accounted mechanism unless asked to.
+    if args.split == "train" and is_sensitive_name(args.name, config) and not args.allow_sensitive:
+        raise ConfigError(f"{args.name}/train is the profile's sensitive training split; show --split test, "
+                          "or pass --allow-sensitive to look at it")
+    dataset = load_dataset(args.name, args.split, data_root=resolve_data_root(args), config=config,
                            download=args.download)
-    path = save_labelled_grid(dataset=dataset, path=args.out, n=args.n, seed=args.seed, match=args.match)
-    emit({"name": dataset.name, "split": dataset.split, "out": str(path), "num_shown": min(args.n, len(dataset))},
-         args.json, human=f"wrote {path}")
+    shown = save_labelled_grid(dataset=dataset, path=args.out, n=args.n, seed=args.seed, match=args.match)
+    emit({"name": dataset.name, "split": dataset.split, "out": str(args.out), "num_shown": shown},
+         args.json, human=f"wrote {args.out}")
     return 0

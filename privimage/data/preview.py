@@ -41,7 +41,7 @@ def pick_images(*, dataset: ImageDataset, n: int, seed: int = 0, match: str | No
 
 
 def save_labelled_grid(*, dataset: ImageDataset, path: Path, n: int = 64, seed: int = 0,
-                       match: str | None = None) -> Path:
+                       match: str | None = None) -> int:
     """Draw ``n`` images with their class names under each and write a PNG atomically.
 
     Args:
@@ -52,7 +52,7 @@ def save_labelled_grid(*, dataset: ImageDataset, path: Path, n: int = 64, seed: 
         match: keep classes whose name contains this text.
 
     Returns:
-        ``path``.
+        How many images the grid shows (fewer than ``n`` when ``match`` leaves fewer).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -81,4 +81,4 @@ def save_labelled_grid(*, dataset: ImageDataset, path: Path, n: int = 64, seed: 
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     atomic_write_bytes(Path(path), buffer.getvalue())
-    return Path(path)
+    return len(indices)
