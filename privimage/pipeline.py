@@ -370,6 +370,7 @@ def run_method(
     def open_run_dir() -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         _check_same_run(run_dir, method=recipe.name, epsilon=epsilon, config=config)
+        _check_spending_is_traceable(run_dir)
         atomic_write_json(run_dir / "config.json", config.to_dict())
         atomic_write_json(run_dir / "run.json", {"method": recipe.name, "epsilon": epsilon, "seed": config.seed,
                                                  "delta": config.finetune.delta if recipe.private else None})
@@ -485,6 +486,22 @@ def _check_same_run(run_dir: Path, *, method: str, epsilon: float | None, config
     # The experiment grid section does not change one run (run_identity), so it may differ.
     if config_json.is_file() and run_identity(config_from_dict(json.loads(config_json.read_text()))) != run_identity(config):
         raise PrivImageError(f"{run_dir} was run with another config; choose another --out")
+
+
+def _check_spending_is_traceable(run_dir: Path) -> None:
+    """Refuse a folder whose ledger records spending that its fine-tuning journal no longer backs.
+
+    Without the journal (``finetune/`` deleted or moved) a resumed run would start
+    DP-SGD at step 0 and overwrite the ledger with one fine-tuning's worth, while
+    the budget the earlier steps spent stays spent.
+    """
+    from privimage.training.journal import JOURNAL_NAME
+
+    if (run_dir / "ledger.json").is_file() and not (run_dir / "finetune" / JOURNAL_NAME).is_file():
+        raise PrivImageError(
+            f"{run_dir} holds a ledger but not the DP-SGD journal ({Path('finetune') / JOURNAL_NAME}) that backs it: "
+            "its spending cannot be resumed; choose another --out"
+        )
 
 
 def _check_same_pretraining_data(run_dir: Path, data_key: str) -> None:

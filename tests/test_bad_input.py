@@ -310,3 +310,13 @@ def test_an_output_path_that_is_a_file_is_one_line_not_a_traceback(capsys, tmp_p
     code = main(run_argv(blocker / "run"))
     lines = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(lines) == 1 and lines[0].startswith("error: "), lines
+
+
+def test_a_run_folder_whose_ledger_lost_its_journal_is_refused(capsys, tmp_path, tripwire):
+    # finetune/ deleted after a run: resuming would restart DP-SGD at step 0 over a spent budget.
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text('{"method": "dpdm", "epsilon": 1.0, "seed": 0}')
+    (out / "ledger.json").write_text('{"entries": ["spent"]}')
+    refused(capsys, run_argv(out), mentions="DP-SGD journal")
+    assert (out / "ledger.json").read_text() == '{"entries": ["spent"]}'
