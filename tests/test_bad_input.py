@@ -282,6 +282,7 @@ def test_sds_never_counts_the_sensitive_labels_whatever_the_spelling(capsys, mon
 
 def test_sds_takes_a_users_own_dataset_and_a_selection_beside_it(capsys, tmp_path, monkeypatch):
     from privimage.cli import semantics
+    from privimage.config import load_config
 
     root = tmp_path / "data"
     save_npz(root / "mine.npz", **digits(20))
@@ -290,7 +291,7 @@ def test_sds_takes_a_users_own_dataset_and_a_selection_beside_it(capsys, tmp_pat
     monkeypatch.setattr("privimage.semantics.dataset_frequencies",
                         lambda dataset: seen.append(dataset.name) or {"class 0": 1.0})
     args = type("Args", (), {"split": "train", "data_root": root})()
-    config = __import__("privimage.config", fromlist=["load_config"]).load_config("smoke")
+    config = load_config("smoke")
     assert semantics._frequencies("npz:mine.npz", args, config) == {"class 0": 1.0}
     assert seen == ["npz:mine.npz"]
     # NAME:SELECTION_JSON still splits at the last colon, NAME itself holding one.
