@@ -108,7 +108,7 @@ def query_noise_costs(config, *, query_noise_multiplier: float, train_size: int)
     from privimage.errors import PrivacyError
     from privimage.privacy.accounting import composition_epsilon
     from privimage.privacy.calibration import calibrate_noise_multiplier
-    from privimage.training.dpsgd import finetune_schedule
+    from privimage.training.plan import finetune_schedule
 
     delta = config.finetune.delta
     query_epsilon = composition_epsilon(dpsgd_runs=[], query_noise_multipliers=[query_noise_multiplier],

@@ -542,27 +542,36 @@ def dry_run(*, method: str, config: Config, epsilon: float | None, data_root: Pa
     Returns:
         The schedule as a JSON-able dict; ``distributed`` holds what each process runs.
     """
-    from privimage.models import build_unet, count_parameters
+    from privimage.models import build_gan, build_unet, count_parameters
     from privimage.privacy import PrivacyLedger
-    from privimage.training.dpsgd import calibrate_to_ledger, finetune_schedule
+    from privimage.training.dpsgd import calibrate_to_ledger
+    from privimage.training.plan import finetune_plan
 
     recipe = get_method(method)
     epsilon = check_epsilon(recipe, epsilon)
     info = dataset_info(config.data.sensitive, "train", data_root=data_root, config=config.data)
     num_examples = int(info["num_images"])
     image_channels, image_size = _image_geometry(info)
-    model = build_unet(config.diffusion, image_channels=image_channels, image_size=image_size,
-                       num_classes=int(info["num_classes"]), device="meta")
-    sample_rate, steps = finetune_schedule(
-        num_examples=num_examples, batch_size=config.finetune.batch_size, epochs=config.finetune.epochs
-    )
+    geometry = {"image_channels": image_channels, "image_size": image_size, "num_classes": int(info["num_classes"])}
+    # The networks the method trains: a UNet, or a GAN's generator and (DP-trained) discriminator.
+    if recipe.generator == "gan":
+        generator, discriminator = build_gan(config.gan, **geometry)
+        model_size = {"num_parameters": count_parameters(generator) + count_parameters(discriminator),
+                      "generator_parameters": count_parameters(generator),
+                      "discriminator_parameters": count_parameters(discriminator)}
+    else:
+        model_size = {"num_parameters": count_parameters(build_unet(config.diffusion, **geometry, device="meta")),
+                      "diffusion_preset": config.diffusion.preset}
+    plan = finetune_plan(generator=recipe.generator, settings=config.finetune, num_examples=num_examples)
+    sample_rate, steps = plan.sample_rate, plan.steps
     world_size = distributed.launched_world_size() if world_size is None else int(world_size)
     result: dict[str, Any] = {
-        "method": recipe.name, "sensitive": config.data.sensitive, "num_examples": num_examples,
+        "method": recipe.name, "generator": recipe.generator, "sensitive": config.data.sensitive,
+        "num_examples": num_examples,
         "dataset_available": bool(info.get("available", False)), "sample_rate": sample_rate, "steps": steps,
-        "batch_size": config.finetune.batch_size, "epochs": config.finetune.epochs,
-        "num_parameters": count_parameters(model), "diffusion_preset": config.diffusion.preset,
-        "noise_multiplicity": config.finetune.noise_multiplicity,
+        "batch_size": plan.expected_batch_size, "epochs": plan.epochs, "lr": plan.lr,
+        **model_size,
+        "noise_multiplicity": plan.noise_multiplicity,
         "distributed": per_rank_batches(config=config, world_size=world_size, num_examples=num_examples),
     }
     if not recipe.private:

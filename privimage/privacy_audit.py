@@ -244,7 +244,7 @@ def audit_run(*, run_dir: Path, data_root: Path | None = None) -> RunAudit:
     checks.run("semantic_query_recorded", lambda: _check_query(method, config, ledger))
     journal = _Journal.read(run_dir / FINETUNE_DIR)
     checks.run("dpsgd_steps_match_journal", lambda: _check_journal(journal, ledger))
-    checks.run("noise_multiplier_calibrated", lambda: _check_calibration(audit, config, ledger, journal))
+    checks.run("noise_multiplier_calibrated", lambda: _check_calibration(audit, method, config, ledger, journal))
     checks.run("noise_generator", lambda: _check_generators(config, ledger))
     checks.run("checkpoints_carry_ledger", lambda: _check_checkpoints(run_dir / FINETUNE_DIR, ledger, journal))
     checks.run("released_updates_charged", lambda: _check_released_updates(run_dir / FINETUNE_DIR, journal))
@@ -382,16 +382,18 @@ def _check_journal(journal: _Journal, ledger) -> tuple[bool, str]:
     return charged == journal.steps, f"ledger charges {charged} DP-SGD steps, the journal released {journal.steps}"
 
 
-def _check_calibration(audit: RunAudit, config, ledger, journal: _Journal) -> tuple[bool, str]:
+def _check_calibration(audit: RunAudit, method, config, ledger, journal: _Journal) -> tuple[bool, str]:
     """Re-run Appendix E's calibration from config.json and the ledger's query; compare sigma and q."""
     from privimage.privacy import PrivacyLedger
-    from privimage.training.dpsgd import calibrate_to_ledger, finetune_schedule
+    from privimage.training.dpsgd import calibrate_to_ledger
+    from privimage.training.plan import finetune_plan
 
     entries = _dpsgd_entries(ledger)
     if not entries:
         return False, "the ledger holds no DP-SGD steps"
-    sample_rate, steps = finetune_schedule(num_examples=ledger.num_examples, batch_size=config.finetune.batch_size,
-                                           epochs=config.finetune.epochs)
+    # The schedule the method's generator family runs (a GAN's discriminator: finetune.gan_epochs).
+    plan = finetune_plan(generator=method.generator, settings=config.finetune, num_examples=ledger.num_examples)
+    sample_rate, steps = plan.sample_rate, plan.steps
     # The ledger as fine-tuning saw it: the query (if any), no DP-SGD yet.
     before = PrivacyLedger(delta=ledger.delta, dataset_hash=ledger.dataset_hash, num_examples=ledger.num_examples)
     for query in (e for e in ledger.entries if e["mechanism"] == "semantic_query"):

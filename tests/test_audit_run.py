@@ -25,7 +25,8 @@ from privimage.pipeline import run_identity
 from privimage.privacy import PrivacyLedger
 from privimage.privacy_audit import audit_run
 from privimage.training.checkpoint import save_checkpoint
-from privimage.training.dpsgd import calibrate_to_ledger, finetune_schedule
+from privimage.training.dpsgd import calibrate_to_ledger
+from privimage.training.plan import finetune_schedule
 from privimage.training.journal import JOURNAL_NAME, UPDATES_DIR, DPStepJournal, read_journal, update_file_name
 
 EPSILON = 10.0

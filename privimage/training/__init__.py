@@ -25,7 +25,6 @@ from privimage.training.diffusion_training import (
 from privimage.training.dpsgd import (
     calibrate_to_ledger,
     dp_sgd_step,
-    finetune_schedule,
     make_dp_optimizer,
     poisson_sampler,
     run_dp_sgd,
@@ -33,12 +32,13 @@ from privimage.training.dpsgd import (
 from privimage.training.gan_training import dp_finetune_gan, finetune_nonprivate_gan, pretrain_gan
 from privimage.training.journal import DPStepJournal
 from privimage.training.plain import run_plain_training
+from privimage.training.plan import FinetunePlan, finetune_plan, finetune_schedule
 
 __all__ = [
     "pretrain_diffusion", "dp_finetune_diffusion", "finetune_nonprivate_diffusion",
     "pretrain_gan", "dp_finetune_gan", "finetune_nonprivate_gan",
     "run_dp_sgd", "run_plain_training", "dp_sgd_step", "make_dp_optimizer", "poisson_sampler",
-    "finetune_schedule", "calibrate_to_ledger",
+    "finetune_schedule", "finetune_plan", "FinetunePlan", "calibrate_to_ledger",
     "save_checkpoint", "load_checkpoint", "load_latest_checkpoint", "list_checkpoints", "checkpoint_path",
     "DPStepJournal",
 ]

@@ -20,7 +20,8 @@ from privimage.config import Config
 from privimage.data.base import ImageDataset, refuse_sensitive
 from privimage.errors import DataError
 from privimage.training.common import batch_tensors, model_device
-from privimage.training.dpsgd import finetune_schedule, run_dp_sgd
+from privimage.training.dpsgd import run_dp_sgd
+from privimage.training.plan import finetune_plan
 from privimage.training.plain import accumulate_mean_loss, run_plain_training, sum_gradients_over_ranks
 
 PRETRAIN_STAGE = "pretrain_diffusion"
@@ -171,15 +172,16 @@ def dp_finetune_diffusion(
     _check_labels(sensitive, num_classes, role="sensitive")
     from privimage.diffusion import diffusion_loss_from_noise
 
+    plan = finetune_plan(generator="diffusion", settings=settings, num_examples=len(sensitive))
     load_inputs = _dp_inputs(
-        sensitive, model_device(model), noise_multiplicity=settings.noise_multiplicity,
+        sensitive, model_device(model), noise_multiplicity=plan.noise_multiplicity,
         label_dropout=settings.label_dropout, num_classes=num_classes,
     )
     return run_dp_sgd(
         stage=DP_FINETUNE_STAGE, model=model, ema=ema,
         per_example_loss=functools.partial(diffusion_loss_from_noise, sigma_data=config.diffusion.sigma_data),
         load_inputs=load_inputs,
-        sensitive=sensitive, ledger=ledger, settings=settings, lr=settings.lr, epochs=settings.epochs,
+        sensitive=sensitive, ledger=ledger, settings=settings, lr=plan.lr, epochs=plan.epochs, betas=plan.betas,
         target_epsilon=target_epsilon, run_dir=run_dir, seed=config.seed,
         identity={"finetune": dataclasses.asdict(settings), "model": dataclasses.asdict(config.diffusion)},
         progress=progress,
@@ -211,11 +213,13 @@ def finetune_nonprivate_diffusion(
     settings = config.finetune
     num_classes = _num_classes(model)
     _check_labels(sensitive, num_classes, role="sensitive")
-    _, steps = finetune_schedule(num_examples=len(sensitive), batch_size=settings.batch_size, epochs=settings.epochs)
+    plan = finetune_plan(generator="diffusion", settings=settings, num_examples=len(sensitive))
+    steps = plan.steps
     device = model_device(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=plan.lr, weight_decay=settings.weight_decay,
+                                  betas=plan.betas)
     loss_fn = _diffusion_loss(
-        noise_multiplicity=settings.noise_multiplicity, label_dropout=settings.label_dropout, num_classes=num_classes,
+        noise_multiplicity=plan.noise_multiplicity, label_dropout=settings.label_dropout, num_classes=num_classes,
         sigma_data=config.diffusion.sigma_data,
     )
 

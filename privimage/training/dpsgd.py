@@ -74,34 +74,13 @@ from privimage.training.common import (
     write_resources,
 )
 from privimage.training.journal import JOURNAL_NAME, DPStepJournal, JournalEntry
+from privimage.training.plan import DIFFUSION_BETAS, finetune_schedule
 
 # Per-example loss: (model call, *inputs) -> one loss per example (shape B), as
 # `privimage.dp.compute_per_sample_gradients` takes it.
 PerExampleLoss = Callable[..., torch.Tensor]
 # Inputs of the per-example loss for given rows of the sensitive set.
 LoadInputs = Callable[[np.ndarray], Sequence[torch.Tensor]]
-
-
-def finetune_schedule(*, num_examples: int, batch_size: int, epochs: float) -> tuple[float, int]:
-    """Poisson sample rate and number of logical steps of a fine-tuning run.
-
-    Args:
-        num_examples: N, the size of the sensitive training set.
-        batch_size: expected logical batch size.
-        epochs: passes over the data.
-
-    Returns:
-        ``(q, T)`` with q = batch_size / N and T = ceil(epochs / q).
-    """
-    if num_examples < 1:
-        raise PrivacyError("the sensitive dataset is empty")
-    if batch_size < 1 or batch_size > num_examples:
-        raise ConfigError(f"finetune.batch_size must lie in [1, N={num_examples}], got {batch_size}")
-    if not epochs > 0:
-        raise ConfigError(f"finetune epochs must be > 0, got {epochs}")
-    sample_rate = batch_size / num_examples
-    # Rounding guards against 0.2 / 0.016 = 12.500000000000002 becoming 13 steps.
-    return sample_rate, max(1, math.ceil(round(epochs / sample_rate, 9)))
 
 
 def calibrate_to_ledger(*, ledger, target_epsilon: float, sample_rate: float, steps: int) -> float:
@@ -368,7 +347,7 @@ def run_dp_sgd(
     extra_state: Mapping[str, Any] | None = None,
     after_step: Callable[[int], None] | None = None,
     batch_rows: Callable[[list[int]], np.ndarray] | None = None,
-    betas: tuple[float, float] = (0.9, 0.999),
+    betas: tuple[float, float] = DIFFUSION_BETAS,
     progress: bool = True,
 ) -> dict[str, Any]:
     """The DP-SGD fine-tuning loop with journal, ledger, checkpoints and resume.

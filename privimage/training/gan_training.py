@@ -33,7 +33,8 @@ from privimage.data.base import ImageDataset, refuse_sensitive
 from privimage.errors import DataError
 from privimage.training.common import batch_tensors, model_device
 from privimage.training.diffusion_training import NONPRIVATE_MARK
-from privimage.training.dpsgd import finetune_schedule, run_dp_sgd
+from privimage.training.dpsgd import run_dp_sgd
+from privimage.training.plan import GAN_BETAS, finetune_plan
 from privimage.training.plain import chunked, run_plain_training, sum_gradients_over_ranks
 
 PRETRAIN_STAGE = "pretrain_gan"
@@ -41,8 +42,6 @@ DP_FINETUNE_STAGE = "dp_finetune_gan"
 NONPRIVATE_FINETUNE_STAGE = "nonprivate_finetune_gan"
 # Row index that stands for "a generated image" in a discriminator batch.
 GENERATED_ROW = -1
-# Adam betas of DCGAN (Radford et al., 2016), the usual choice for GANs.
-GAN_BETAS = (0.5, 0.999)
 
 
 def _check_gan_labels(dataset: ImageDataset, generator: torch.nn.Module, *, role: str) -> int:
@@ -213,8 +212,9 @@ def dp_finetune_gan(
     settings: FinetuneConfig = config.finetune
     num_classes = _check_gan_labels(sensitive, generator, role="sensitive")
     device = model_device(discriminator)
-    g_optimizer = torch.optim.AdamW(generator.parameters(), lr=settings.gan_lr,
-                                    weight_decay=settings.weight_decay, betas=GAN_BETAS)
+    plan = finetune_plan(generator="gan", settings=settings, num_examples=len(sensitive))
+    g_optimizer = torch.optim.AdamW(generator.parameters(), lr=plan.lr,
+                                    weight_decay=settings.weight_decay, betas=plan.betas)
 
     def batch_rows(real_rows: list[int]) -> np.ndarray:
         # A fixed number of generated rows keeps the sum's sensitivity at C (module docstring);
@@ -238,9 +238,9 @@ def dp_finetune_gan(
     generator.train()
     stats = run_dp_sgd(
         stage=DP_FINETUNE_STAGE, model=discriminator, ema=None, per_example_loss=discriminator_loss_per_row,
-        load_inputs=load_inputs, batch_rows=batch_rows, after_step=after_step, betas=GAN_BETAS,
+        load_inputs=load_inputs, batch_rows=batch_rows, after_step=after_step, betas=plan.betas,
         extra_state={"generator": generator, "generator_optimizer": g_optimizer},
-        sensitive=sensitive, ledger=ledger, settings=settings, lr=settings.gan_lr, epochs=settings.gan_epochs,
+        sensitive=sensitive, ledger=ledger, settings=settings, lr=plan.lr, epochs=plan.epochs,
         target_epsilon=target_epsilon, run_dir=run_dir, seed=config.seed,
         identity={"finetune": dataclasses.asdict(settings), "model": dataclasses.asdict(config.gan)},
         progress=progress,
@@ -273,12 +273,12 @@ def finetune_nonprivate_gan(
     """
     settings = config.finetune
     num_classes = _check_gan_labels(sensitive, generator, role="sensitive")
-    _, steps = finetune_schedule(num_examples=len(sensitive), batch_size=settings.batch_size,
-                                 epochs=settings.gan_epochs)
-    d_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=settings.gan_lr,
-                                    weight_decay=settings.weight_decay, betas=GAN_BETAS)
-    g_optimizer = torch.optim.AdamW(generator.parameters(), lr=settings.gan_lr,
-                                    weight_decay=settings.weight_decay, betas=GAN_BETAS)
+    plan = finetune_plan(generator="gan", settings=settings, num_examples=len(sensitive))
+    steps = plan.steps
+    d_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=plan.lr,
+                                    weight_decay=settings.weight_decay, betas=plan.betas)
+    g_optimizer = torch.optim.AdamW(generator.parameters(), lr=plan.lr,
+                                    weight_decay=settings.weight_decay, betas=plan.betas)
 
     train_step = _plain_gan_step(
         dataset=sensitive, generator=generator, discriminator=discriminator, d_optimizer=d_optimizer,
