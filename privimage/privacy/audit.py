@@ -3,18 +3,25 @@
 Both mechanisms here are Gaussian, so under add/remove-one they are mu-GDP
 (Dong, Roth & Su 2019) with mu = sensitivity / noise std: mu = 1/z for the
 semantic query (sensitivity sqrt(k), std z sqrt(k); paper Theorem 3.1) and
-mu = 1/sigma for one DP-SGD step without subsampling. An audit runs the real
-mechanism many times on neighbouring datasets D and D + canary, thresholds a
-score, and turns Clopper-Pearson bounds on the test's error rates into a lower
-confidence bound on mu (any threshold test against a mu-GDP mechanism has
-FNR >= Phi(Phi^-1(1 - FPR) - mu)). A correct mechanism never lets the bound
-exceed the theoretical mu; a powerful audit brings it close to it.
+mu = 1/sigma for one DP-SGD step without subsampling (a canary whose clipped
+gradient is shorter than C gets the smaller mu = its norm / (sigma C)). An
+audit runs the real mechanism many times on neighbouring datasets D and
+D + canary, thresholds a score, and turns Clopper-Pearson bounds on the test's
+error rates into a lower confidence bound on mu (any threshold test against a
+mu-GDP mechanism has FNR >= Phi(Phi^-1(1 - FPR) - mu)). A correct mechanism
+never lets the bound exceed the theoretical mu; a powerful audit brings it
+close to it.
+
+`audit_noisy_histogram` audits `noisy_histogram`; `audit_dpsgd_release` audits
+the DP-SGD step private runs take (`privimage.training.dpsgd.dp_sgd_step`, its
+optimizer and journal), reading each released update back from disk.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -238,82 +245,112 @@ def audit_noisy_histogram(
     )
 
 
-def make_dp_optimizer(params, *, noise_multiplier: float, max_grad_norm: float, expected_batch_size: int, generator):
-    """opacus's ``DPOptimizer`` around plain SGD with learning rate 0 (the audit only reads the noisy gradient)."""
-    import torch
-    from opacus.optimizers import DPOptimizer
-
-    return DPOptimizer(
-        torch.optim.SGD(params, lr=0.0),
-        noise_multiplier=noise_multiplier,
-        max_grad_norm=max_grad_norm,
-        expected_batch_size=expected_batch_size,
-        generator=generator,
-    )
-
-
-def audit_dpsgd_step(
+def audit_dpsgd_release(
     *,
     noise_multiplier: float,
+    canary_gradient_norm: float,
+    noise_multiplicity: int,
     num_trials: int,
-    generator,
+    workdir: Path,
+    data_generator,
     max_grad_norm: float = 1.0,
-    make_optimizer: Callable = make_dp_optimizer,
-    num_background: int = 8,
-    num_features: int = 4,
-    confidence: float = 0.95,
+    num_background: int = 4,
+    num_features: int = 6,
+    physical_batch_size: int = 3,
+    confidence: float = 0.999,
 ) -> AuditResult:
-    """Audit one full-batch DP-SGD step through opacus's ``DPOptimizer`` (paper Algorithm 1).
+    """Canary audit of one logical DP-SGD step as private runs take it (paper Algorithm 1).
 
-    A linear model sees background examples whose gradient is zero on the first
-    coordinate and, in the second world, a canary whose gradient lies on that
-    coordinate only and is clipped to C. The noisy averaged gradient's first
-    coordinate, times the expected batch size over sigma * C, is N(0, 1) on D and
-    N(1/sigma, 1) on D + canary (sample rate 1, so no subsampling).
+    Each trial is one real `privimage.training.dpsgd.dp_sgd_step` with the
+    project's optimizer (`privimage.training.dpsgd.make_dp_optimizer`, fresh
+    OS-entropy noise), the per-sample gradients of `compute_per_sample_gradients`
+    (grouped over K draws), the Poisson sampler at rate q = 1 (every example is
+    in the batch), several physical chunks and one released update, which goes
+    through the run journal (`DPStepJournal.record_step`) before it is applied.
+    The score is read back from the update file on disk.
+
+    The model is a bias-free ``nn.Linear`` with a per-example loss linear in its
+    output (the mean over the example's K rows, as the diffusion loss averages
+    its draws), so an example's gradient is the mean of its rows and does not
+    depend on the weights the trials keep updating. Background rows are zero on
+    the first input coordinate u; the canary's K rows lie along u with distinct
+    sizes whose mean is ``canary_gradient_norm``. The released update's u
+    coordinate, times the expected batch size over sigma * C, is then N(0, 1) on
+    D and N(mu, 1) on D + canary, with mu = min(canary_gradient_norm, C) / (sigma * C),
+    at most the step's 1/sigma (q = 1: no amplification by subsampling).
 
     Args:
-        noise_multiplier: sigma the optimizer claims.
+        noise_multiplier: sigma the step claims.
+        canary_gradient_norm: norm of the canary's gradient averaged over its K
+            draws, before clipping (above C: clipped to C, so mu = 1/sigma).
+        noise_multiplicity: K, rows (diffusion noise draws) per example.
         num_trials: steps per world.
-        generator: ``torch.Generator`` for the optimizer's noise (explicit in audits only).
+        workdir: an empty folder for the two worlds' journals and released updates.
+        data_generator: ``torch.Generator`` for the background rows only; the DP
+            noise comes from the optimizer's own unseeded generator.
         max_grad_norm: clipping norm C.
-        make_optimizer: builds the optimizer under audit, with `make_dp_optimizer`'s signature.
-        num_background: examples in D.
-        num_features: inputs of the linear model.
+        num_background: examples in D, also the expected batch size.
+        num_features: inputs of the linear model (u is the first).
+        physical_batch_size: largest chunk run at once (smaller than the batch, so
+            the step accumulates chunks before its one noise draw).
         confidence: confidence of the lower bound.
 
     Returns:
-        An `AuditResult` with mu_theory = 1/sigma.
+        An `AuditResult` whose mu_theory is this canary's exact mu.
     """
     import torch
-    from opacus import GradSampleModule
+
+    from privimage.training import dpsgd
+    from privimage.training.journal import JOURNAL_NAME, UPDATES_DIR, DPStepJournal, load_update, read_journal_entries
 
     sigma = check_positive(noise_multiplier, "noise_multiplier")
     clip = check_positive(max_grad_norm, "max_grad_norm")
-    # The per-example gradient of w . x is x: zero first coordinate for D, a large one for the canary.
-    background = torch.rand(num_background, num_features, generator=generator, dtype=torch.float64)
-    background[:, 0] = 0.0
-    background *= clip / (2.0 * background.norm(dim=1, keepdim=True))
-    canary = torch.zeros(1, num_features, dtype=torch.float64)
-    canary[0, 0] = 100.0 * clip
+    norm = check_positive(canary_gradient_norm, "canary_gradient_norm")
+    multiplicity = int(noise_multiplicity)
+    if multiplicity < 1:
+        raise PrivacyError(f"noise_multiplicity must be >= 1, got {noise_multiplicity!r}")
+    # Background rows: zero along u, example norms from C/2 to 3C so that clipping acts on them too.
+    background = torch.randn(num_background, multiplicity, num_features, generator=data_generator)
+    background[..., 0] = 0.0
+    mean_rows = background.mean(dim=1, keepdim=True)
+    scale = torch.linspace(0.5, 3.0, num_background).view(-1, 1, 1) * clip / mean_rows.norm(dim=2, keepdim=True)
+    background *= scale
+    # Canary rows along u, sizes 2k/(K+1) times the mean: a sum, or a single draw, would differ from it.
+    canary = torch.zeros(1, multiplicity, num_features)
+    canary[0, :, 0] = norm * 2.0 * torch.arange(1, multiplicity + 1) / (multiplicity + 1)
 
-    def scores(inputs: torch.Tensor) -> np.ndarray:
-        # Inputs that require grad keep torch's full backward hooks (used by opacus) quiet.
-        inputs = inputs.clone().requires_grad_(True)
-        model = GradSampleModule(torch.nn.Linear(num_features, 1, bias=False).to(torch.float64))
-        optimizer = make_optimizer(
-            model.parameters(), noise_multiplier=sigma, max_grad_norm=clip,
-            expected_batch_size=num_background, generator=generator,
+    def scores(rows: torch.Tensor, world: str) -> np.ndarray:
+        model = torch.nn.Linear(num_features, 1, bias=False)
+        optimizer = dpsgd.make_dp_optimizer(
+            parameters=model.parameters(), lr=1e-3, weight_decay=0.0, noise_multiplier=sigma,
+            max_grad_norm=clip, expected_batch_size=num_background, secure_mode=False, device=torch.device("cpu"),
         )
-        out = np.empty(num_trials)
-        for trial in range(num_trials):
-            optimizer.zero_grad(set_to_none=True)
-            model(inputs).mean().backward()
-            optimizer.step()
-            out[trial] = model._module.weight.grad[0, 0].item() * num_background / (sigma * clip)
-        return out
+        sampler = iter(dpsgd.poisson_sampler(num_examples=len(rows), sample_rate=1.0, steps=num_trials))
+        path = Path(workdir) / world / JOURNAL_NAME
+        header = {"audit": "dp-sgd canary", "world": world, "noise_multiplier": sigma, "max_grad_norm": clip}
+        with DPStepJournal(path, header=header) as journal:
+            for trial in range(1, num_trials + 1):
+                dpsgd.dp_sgd_step(
+                    model=model, optimizer=optimizer, per_example_loss=_mean_over_draws_loss,
+                    batch_indices=next(sampler), load_inputs=lambda indices: (rows[indices],),
+                    physical_batch_size=physical_batch_size,
+                    before_release=lambda update, trial=trial: journal.record_step(step=trial, update=update),
+                )
+        # What was released is what the journal holds on disk: read every update back, hash-checked.
+        _, entries = read_journal_entries(path)
+        if len(entries) != num_trials:
+            raise PrivacyError(f"the audit journal lists {len(entries)} releases, expected {num_trials}")
+        released = [load_update(path.parent / UPDATES_DIR, entry)[0].flatten()[0].item() for entry in entries]
+        return np.asarray(released) * num_background / (sigma * clip)
 
-    # Threshold fixed in advance at the midpoint of the claimed N(0, 1) and N(1/sigma, 1).
+    mu_exact = min(norm, clip) / (sigma * clip)
+    # Threshold fixed in advance at the midpoint of the claimed N(0, 1) and N(mu, 1): every trial counts.
     return threshold_audit(
-        scores(background), scores(torch.cat([background, canary])),
-        mu_theory=1.0 / sigma, confidence=confidence, threshold=0.5 / sigma,
+        scores(background, "without-canary"), scores(torch.cat([background, canary]), "with-canary"),
+        mu_theory=mu_exact, confidence=confidence, threshold=mu_exact / 2.0,
     )
+
+
+def _mean_over_draws_loss(model, rows):
+    """Per-example loss linear in the output: the mean of the model's outputs over an example's K rows."""
+    return model(rows.flatten(0, 1)).view(rows.shape[0], rows.shape[1]).mean(dim=1)
