@@ -782,8 +782,8 @@ def resource_table(
     from privimage.evaluation import resource_comparison as rc
 
     grid = config.experiment
-    schedule = schedule or rc.paper_schedule(data_root=data_root)
     data_root = resolve_data_root(data_root)
+    schedule = schedule or rc.paper_schedule(data_root=data_root)
     public = dataset_info(config.data.public, "train", data_root=data_root, config=config.data)
     # Its size, shape and classes only: the sensitive images are not read here.
     sensitive = dataset_info(config.data.sensitive, "train", data_root=data_root, config=config.data)
@@ -831,7 +831,8 @@ def resource_table(
          "process's peak resident memory." if runs is not None else
          "Projected: each stage's median timed step (random inputs, after warm-up) scaled by its image-passes; "
          "memory is tensor memory (weights, optimiser state, EMA, and one step's peak from torch.profiler, "
-         "scaled to the physical batch where fewer images were timed), the CPU counterpart of the paper's GPU memory."),
+         "scaled to the physical batch where fewer images were timed), the CPU counterpart of the paper's GPU "
+         "memory."),
         "Ratios are Privimage+D / PDP-Diffusion; total time sums the stages, total memory is the peak over stages "
         "(the paper's -48% time and -50% memory, Section 6.2).",
     ]
@@ -847,10 +848,12 @@ def _measured_stages(*, config: Config, schedule, presets: Mapping[str, str], pl
     grid = config.experiment
     points = []
     for method in rc.METHODS:
-        pretraining_images = (public_images if method == "pdp-diffusion"
-                              else round(grid.resource_selection_ratio * public_images))
-        overrides = {"diffusion.preset": presets[method], "semantics.selection_ratio": grid.resource_selection_ratio,
-                     **rc.schedule_overrides(config=config, schedule=schedule, pretraining_images=pretraining_images,
+        own_set = rc.pretraining_images(method=method, public_images=public_images,
+                                        selection_ratio=grid.resource_selection_ratio)
+        # Only Privimage selects: PDP-Diffusion's run keeps the profile's (unused) selection setting.
+        selection = {"semantics.selection_ratio": grid.resource_selection_ratio} if method == "privimage-d" else {}
+        overrides = {"diffusion.preset": presets[method], **selection,
+                     **rc.schedule_overrides(config=config, schedule=schedule, pretraining_images=own_set,
                                              sensitive_images=sensitive_images)}
         points += [GridPoint(method=method, epsilon=grid.sweep_epsilon, seed=seed, overrides=overrides,
                              labels={"model_size": presets[method]}) for seed in grid.sweep_seeds]

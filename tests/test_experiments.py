@@ -416,9 +416,11 @@ def test_table4_measured_mode_runs_each_method_at_its_size_and_schedule(tmp_path
     # Two epochs of all 4,000 public glyphs at batch 32, against two epochs of the 1% selection (40 images).
     assert overrides["pdp-diffusion"]["pretrain.steps"] == 250 and overrides["privimage-d"]["pretrain.steps"] == 3
     assert overrides["privimage-d"]["semantics.selection_ratio"] == 0.01
+    assert "semantics.selection_ratio" not in overrides["pdp-diffusion"]
     for key in ("finetune.batch_size", "finetune.noise_multiplicity", "sampling.num_samples", "sampling.ddim_steps"):
         assert overrides["pdp-diffusion"][key] == overrides["privimage-d"][key]
-    assert overrides["privimage-d"]["finetune.batch_size"] == 1000 and overrides["privimage-d"]["sampling.num_samples"] == 2000
+    assert overrides["privimage-d"]["finetune.batch_size"] == 1000
+    assert overrides["privimage-d"]["sampling.num_samples"] == 2000
     assert runs is not None and len(runs) == 2
     # Every row is measured, none projected; sampling's memory is the GPU's reserved peak.
     assert stages["how"].str.startswith("measured").all()

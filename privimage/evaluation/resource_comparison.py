@@ -137,6 +137,13 @@ def schedule_overrides(*, config: Config, schedule: ResourceSchedule, pretrainin
     }
 
 
+def pretraining_images(*, method: str, public_images: int, selection_ratio: float) -> int:
+    """The size of a method's pre-training set: all public images (PDP-Diffusion) or its selection's share."""
+    if method not in METHODS:
+        raise ConfigError(f"Table 4 compares {', '.join(METHODS)}, got '{method}'")
+    return public_images if method == "pdp-diffusion" else round(selection_ratio * public_images)
+
+
 def stage_plan(*, config: Config, schedule: ResourceSchedule, method: str, public_images: int,
                sensitive_images: int, selection_ratio: float) -> list[StageWork]:
     """The work of each Table 4 stage of one method (paper Section 6.2, Appendix C).
@@ -154,14 +161,13 @@ def stage_plan(*, config: Config, schedule: ResourceSchedule, method: str, publi
     """
     from privimage.training.dpsgd import finetune_schedule
 
-    if method not in METHODS:
-        raise ConfigError(f"Table 4 compares {', '.join(METHODS)}, got '{method}'")
-    pretraining_images = public_images if method == "pdp-diffusion" else round(selection_ratio * public_images)
-    overrides = schedule_overrides(config=config, schedule=schedule, pretraining_images=pretraining_images,
+    own_set = pretraining_images(method=method, public_images=public_images, selection_ratio=selection_ratio)
+    overrides = schedule_overrides(config=config, schedule=schedule, pretraining_images=own_set,
                                    sensitive_images=sensitive_images)
     semantics, pretrain, finetune, sampling = config.semantics, config.pretrain, config.finetune, config.sampling
     # The SQF trains once over all public data (Privimage only); epochs are the profile's.
-    sqf_steps = max(1, public_images // semantics.sqf_batch_size) * semantics.sqf_epochs if method == "privimage-d" else 0
+    sqf_steps = (max(1, public_images // semantics.sqf_batch_size) * semantics.sqf_epochs
+                 if method == "privimage-d" else 0)
     _, finetune_steps = finetune_schedule(num_examples=sensitive_images, batch_size=overrides["finetune.batch_size"],
                                           epochs=schedule.finetune_epochs)
     logical = overrides["finetune.batch_size"]
@@ -187,7 +193,7 @@ def stage_plan(*, config: Config, schedule: ResourceSchedule, method: str, publi
 
 
 def timing_images(work: StageWork, *, max_rows: int) -> int:
-    """How many images a timed step of ``work`` processes: the physical batch, capped at ``max_rows`` rows (images x K)."""
+    """How many images a timed step of ``work`` runs: the physical batch, capped at ``max_rows`` rows (images x K)."""
     if max_rows < 1:
         raise ConfigError(f"experiment.resource_timing_rows must be positive, got {max_rows}")
     return max(1, min(work.physical_images, max_rows // work.noise_multiplicity))
@@ -230,13 +236,21 @@ def time_stage_step(*, stage: str, preset: str, work: StageWork, config: Config,
     DP-SGD step; sampling is one DDIM step (`privimage.diffusion.ddim_sample`);
     the SQF step is one SGD step of the profile's query function.
 
+    Args:
+        stage: one of `TABLE4_STAGES`.
+        preset: the UNet preset (`privimage.models.presets`); the SQF ignores it.
+        work: the stage's schedule (`stage_plan`).
+        config: the profile (the SQF's shape, the sampler's guidance).
+        image_shape: (C, H, W) of the sensitive images.
+        num_classes: the sensitive classes (the UNet's labels).
+        num_public_classes: the public classes (the SQF's outputs).
+        max_rows: the most rows (images x K) a timed step runs (`timing_images`).
+        warmup: untimed steps first (allocator, kernel choice).
+        timed: timed steps; their median is projected.
+
     Returns:
         `project_stage`'s record plus ``num_parameters`` and ``how`` (what was timed).
     """
-    import os
-
-    # Kineto (torch.profiler's backend) otherwise logs every profiler start and stop to stderr.
-    os.environ.setdefault("KINETO_LOG_LEVEL", "5")
     import torch
 
     from privimage.dp.benchmark import benchmark_configuration, peak_step_memory, time_interleaved
