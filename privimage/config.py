@@ -249,7 +249,7 @@ class ExperimentConfig:
     # Projected mode: untimed and timed steps per stage, and the most rows (images x K) a timed step runs.
     resource_warmup_steps: int = 1
     resource_timed_steps: int = 2
-    resource_timing_rows: int = 256
+    resource_timing_rows: int = 64
     # Fig. 8 (Appendix B): DP-SGD-only diffusion of growing size on MNIST.
     overparameterization_method: str = "dpdm"
     overparameterization_dataset: str = "mnist5k"

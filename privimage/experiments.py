@@ -836,7 +836,17 @@ def resource_table(
         "Ratios are Privimage+D / PDP-Diffusion; total time sums the stages, total memory is the peak over stages "
         "(the paper's -48% time and -50% memory, Section 6.2).",
     ]
+    # Other processes stretch every timed step alike: the load says how far the seconds are from an idle machine's.
+    if runs is None and hasattr(os, "getloadavg"):
+        notes.append(f"Timed on {os.cpu_count()} CPU cores at a 1-minute load average of {os.getloadavg()[0]:.1f} "
+                     f"(torch threads: {_torch_threads()}); compare ratios across machines, not seconds.")
     return table, stages, runs, notes
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _measured_stages(*, config: Config, schedule, presets: Mapping[str, str], plans: Mapping[str, list],

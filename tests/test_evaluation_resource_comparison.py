@@ -132,6 +132,11 @@ def test_totals_sum_time_and_take_the_peak_memory():
     assert table.loc["total", "memory_ratio"] == pytest.approx(100 / 800)
     assert table.loc["pretraining", "time_ratio"] == pytest.approx(0.1)
     assert table.loc["pretraining", "how"] == "pretraining how"
+    # Where the methods were costed differently, each says how.
+    rows = stage_rows(times, memory)
+    rows.loc[rows["method"] == "pdp-diffusion", "how"] = "no such stage"
+    assert rc.compare_methods(rows).set_index("stage").loc["sqf_training", "how"] == \
+        "pdp-diffusion: no such stage; privimage-d: sqf_training how"
     assert list(table.index) == [*rc.TABLE4_STAGES, "total"]
 
 

@@ -356,7 +356,7 @@ def compare_methods(stages: pd.DataFrame) -> pd.DataFrame:
                      "paper_time_ratio": ratio(paper_time[1], paper_time[0]),
                      "memory_ratio": ratio(cells["privimage-d_memory_mb"], cells["pdp-diffusion_memory_mb"]),
                      "paper_memory_ratio": ratio(paper_memory[1], paper_memory[0]),
-                     "how": "; ".join(dict.fromkeys(str(h) for h in stages.loc[stages["stage"] == stage, "how"]))})
+                     "how": _how(stages[stages["stage"] == stage])})
     table = pd.DataFrame(rows)
     total = {"stage": "total", "how": "time: sum over stages; memory: peak over stages"}
     for method in METHODS:
@@ -369,3 +369,12 @@ def compare_methods(stages: pd.DataFrame) -> pd.DataFrame:
                   "memory_ratio": ratio(total["privimage-d_memory_mb"], total["pdp-diffusion_memory_mb"]),
                   "paper_memory_ratio": ratio(paper_memory[1], paper_memory[0])})
     return pd.concat([table, pd.DataFrame([total])], ignore_index=True)[list(rows[0])]
+
+
+def _how(rows: pd.DataFrame) -> str:
+    """How a stage was costed: one phrase when both methods agree, else each method's."""
+    phrases = dict(zip(rows["method"], rows["how"].astype(str)))
+    if len(set(phrases.values())) == 1:
+        return next(iter(phrases.values()))
+    return "; ".join(f"{method}: {phrase}" for method, phrase in phrases.items())
+
