@@ -792,6 +792,10 @@ def resource_table(
     plans = {method: rc.stage_plan(config=config, schedule=schedule, method=method,
                                    public_images=public["num_images"], sensitive_images=sensitive["num_images"],
                                    selection_ratio=grid.resource_selection_ratio) for method in rc.METHODS}
+    # A projection builds each UNet from its preset name alone; the profile's custom shape is not a preset.
+    if grid.resource_mode == "projected" and "custom" in presets.values():
+        raise ConfigError("projected Table 4 needs UNet presets: set experiment.resource_privimage_preset and "
+                          "experiment.resource_pdp_preset (e.g. 0.44M and 5.6M)")
     runs = None
     if grid.resource_mode == "measured":
         runs, stages = _measured_stages(config=config, schedule=schedule, presets=presets, plans=plans,

@@ -452,3 +452,7 @@ def test_table4_projected_mode_times_every_stage_and_labels_it(monkeypatch):
     # Time follows the image-passes: pre-training is 100x cheaper on the 1% selection.
     pretraining = table.set_index("stage").loc["pretraining"]
     assert pretraining["time_ratio"] == pytest.approx(0.01, rel=0.02)
+    # The profile's custom UNet has no preset name to build from.
+    custom = load_config("smoke", {"experiment.resource_pdp_preset": "", "diffusion.preset": "custom"})
+    with pytest.raises(ConfigError, match="resource_pdp_preset"):
+        experiments.resource_table(config=custom, progress=False)
