@@ -79,7 +79,8 @@ class DiffusionModelConfig:
 
     ``preset`` names a size of `privimage.models.presets` whose shape replaces the
     four shape fields: "tiny" (smoke tests), the CIFAR-10 sweep "1.8M", "4.0M",
-    "6.1M", "15.7M", "27.9M", PDP-Diffusion's "80M", and the MNIST sweep "1.75M",
+    "6.1M", "15.7M", "27.9M", PDP-Diffusion's "80M" (and "5.6M", its layout at the
+    quick profile's width), and the MNIST sweep "1.75M",
     "6.99M", "27.9M", "62.7M", "112M", "251M". "custom" uses the fields below.
     """
 
@@ -235,9 +236,20 @@ class ExperimentConfig:
     model_sizes: tuple[str, ...] = ("1.8M", "4.0M", "6.1M")
     # Table 3: non-private ablations beside Privimage (the NonPriv classifier row is always added).
     nonprivate_methods: tuple[str, ...] = ("nonpriv-g", "nonpriv-d", "privimage-g", "privimage-d")
-    # Table 4: diffusion presets of Privimage+D and PDP-Diffusion ("": the profile's diffusion.preset).
+    # Table 4 (Section 6.2): diffusion presets of Privimage+D and PDP-Diffusion, in the paper's
+    # 6.1M : 80M ratio ("": the profile's diffusion.preset), each pre-trained for the paper's
+    # epochs over its own pre-training set (`privimage.evaluation.resource_comparison`).
     resource_privimage_preset: str = ""
     resource_pdp_preset: str = ""
+    # Privimage's pre-training set in Table 4: the paper's CIFAR-10 selection, 1% (DESIGN.md).
+    resource_selection_ratio: float = 0.01
+    # "measured": run every stage in full (GPUs); "projected": time a few steps of each stage
+    # after warm-up and scale them to the full schedule (a CPU, where the full stages take days).
+    resource_mode: str = "projected"
+    # Projected mode: untimed and timed steps per stage, and the most rows (images x K) a timed step runs.
+    resource_warmup_steps: int = 1
+    resource_timed_steps: int = 2
+    resource_timing_rows: int = 64
     # Fig. 8 (Appendix B): DP-SGD-only diffusion of growing size on MNIST.
     overparameterization_method: str = "dpdm"
     overparameterization_dataset: str = "mnist5k"
@@ -393,6 +405,11 @@ VALUE_RULES: tuple[tuple[str, Any, str], ...] = (
     ("experiment.epsilons", lambda v: all(e > 0 for e in v), "hold only values > 0"),
     ("experiment.sweep_epsilon", *_POSITIVE),
     ("experiment.selection_ratios", lambda v: all(0 < r <= 1 for r in v), "hold only values in (0, 1]"),
+    ("experiment.resource_selection_ratio", *_FRACTION_OPEN_CLOSED),
+    ("experiment.resource_mode", lambda v: v in ("measured", "projected"), "be 'measured' or 'projected'"),
+    ("experiment.resource_warmup_steps", *_NON_NEGATIVE),
+    ("experiment.resource_timed_steps", *_POSITIVE),
+    ("experiment.resource_timing_rows", *_POSITIVE),
 )
 
 

@@ -8,7 +8,7 @@ resulting DataFrame to `privimage.tables` and `privimage.plots`:
 - 01 Table 2, Fig. 4-5: `main_grid`, `main_table`, `tsne_points`, `load_run_synthetic`;
 - 02 Fig. 6, 10: `pretrained_only_grid`, `sds_by_ratio`, `private_selection`;
 - 03, 04 Fig. 7: `selection_ratio_grid`, `model_size_grid`;
-- 05 Table 3: `nonprivate_grid`; 06 Table 4: `resource_grid`; 07 Fig. 8: `overparameterization_grid`.
+- 05 Table 3: `nonprivate_grid`; 06 Table 4: `resource_table`; 07 Fig. 8: `overparameterization_grid`.
 
 No training loop or metric lives here: every run goes through
 `privimage.pipeline.run_method`, metrics through `privimage.evaluation`. Stages
@@ -749,30 +749,143 @@ def nonprivate_grid(*, config: Config, data_root: Path | None = None, progress: 
 # --------------------------------------------------------------------------- Table 4 (resources)
 
 
-def resource_grid(
-    *, config: Config, data_root: Path | None = None, progress: bool = True
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Privimage+D and PDP-Diffusion at ``sweep_epsilon`` with their Table 4 model sizes; time and memory per stage.
+def resource_table(
+    *, config: Config, schedule=None, data_root: Path | None = None, progress: bool = True
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None, list[str]]:
+    """Paper Table 4: time and memory per stage of PDP-Diffusion and Privimage+D, and their ratios beside the paper's.
 
-    Timings are those of the session that computed each stage (cached stages
-    keep their first measurement), so a re-run reports the same costs.
+    Each method has its Table 4 model size (``experiment.resource_*_preset``) and
+    follows ``schedule``: pre-training for the same epochs over its own
+    pre-training set (all public data; a ``resource_selection_ratio`` share of
+    it), the same DP fine-tuning and sampling. ``experiment.resource_mode``
+    chooses how: ``measured`` runs both methods in full through the pipeline
+    (GPUs; stages keep the time and memory of the session that computed them);
+    ``projected`` times a few steps of every stage on random inputs and scales
+    them to the schedule (`privimage.evaluation.resource_comparison`), reading no
+    sensitive data and training nothing.
+
+    Args:
+        config: the notebook's config.
+        schedule: a `ResourceSchedule` (default: the paper's, `paper_schedule`).
+        data_root: folder of real datasets.
+        progress: show progress bars.
 
     Returns:
-        ``(runs, stages)``: the runs (`run_grid`) and one row per method, seed and
-        stage with ``wall_time_s``, ``peak_rss_mb`` and ``gpu_reserved_mb``.
+        ``(table, stages, runs, notes)``: the paper-shaped comparison
+        (`compare_methods`), one row per method and stage (``preset``,
+        ``num_parameters``, ``work``, ``wall_time_s``, ``peak_memory_mb``, ``how``),
+        the runs of measured mode (None when projected), and the table's header lines.
     """
+    from tqdm.auto import tqdm
+
+    from privimage.data import dataset_info
+    from privimage.evaluation import resource_comparison as rc
+
     grid = config.experiment
-    presets = {"privimage-d": grid.resource_privimage_preset, "pdp-diffusion": grid.resource_pdp_preset}
-    points = [GridPoint(method=m, epsilon=grid.sweep_epsilon, seed=s,
-                        overrides={"diffusion.preset": preset} if preset else {},
-                        labels={"model_size": preset or config.diffusion.preset})
-              for m, preset in presets.items() for s in grid.sweep_seeds]
+    data_root = resolve_data_root(data_root)
+    schedule = schedule or rc.paper_schedule(data_root=data_root)
+    public = dataset_info(config.data.public, "train", data_root=data_root, config=config.data)
+    # Its size, shape and classes only: the sensitive images are not read here.
+    sensitive = dataset_info(config.data.sensitive, "train", data_root=data_root, config=config.data)
+    presets = {"pdp-diffusion": grid.resource_pdp_preset or config.diffusion.preset,
+               "privimage-d": grid.resource_privimage_preset or config.diffusion.preset}
+    plans = {method: rc.stage_plan(config=config, schedule=schedule, method=method,
+                                   public_images=public["num_images"], sensitive_images=sensitive["num_images"],
+                                   selection_ratio=grid.resource_selection_ratio) for method in rc.METHODS}
+    # A projection builds each UNet from its preset name alone; the profile's custom shape is not a preset.
+    if grid.resource_mode == "projected" and "custom" in presets.values():
+        raise ConfigError("projected Table 4 needs UNet presets: set experiment.resource_privimage_preset and "
+                          "experiment.resource_pdp_preset (e.g. 0.44M and 5.6M)")
+    runs = None
+    if grid.resource_mode == "measured":
+        runs, stages = _measured_stages(config=config, schedule=schedule, presets=presets, plans=plans,
+                                        public_images=public["num_images"], sensitive_images=sensitive["num_images"],
+                                        data_root=data_root, progress=progress)
+    else:
+        rows = []
+        jobs = [(method, work) for method in rc.METHODS for work in plans[method]]
+        for method, work in tqdm(jobs, desc="timing stages", disable=not progress):
+            row = {"method": method, "preset": presets[method], "stage": work.stage, "work": work.description}
+            if work.steps == 0:
+                rows.append({**row, "num_parameters": math.nan, "wall_time_s": 0.0, "peak_memory_mb": 0.0,
+                             "how": "no such stage"})
+                continue
+            timed = rc.time_stage_step(
+                stage=work.stage, preset=presets[method], work=work, config=config,
+                image_shape=tuple(sensitive["image_shape"]), num_classes=sensitive["num_classes"],
+                num_public_classes=public["num_classes"], max_rows=grid.resource_timing_rows,
+                warmup=grid.resource_warmup_steps, timed=grid.resource_timed_steps)
+            rows.append({**row, "num_parameters": timed["num_parameters"], "wall_time_s": timed["wall_time_s"],
+                         "peak_memory_mb": timed["peak_memory_mb"], "how": timed["how"]})
+        stages = pd.DataFrame(rows)
+    table = rc.compare_methods(stages)
+    sizes = stages.groupby("method")["num_parameters"].max()
+    notes = [
+        benchmark_note(config),
+        f"Model sizes: PDP-Diffusion {presets['pdp-diffusion']} ({sizes['pdp-diffusion']:,.0f} parameters), "
+        f"Privimage+D {presets['privimage-d']} ({sizes['privimage-d']:,.0f}), "
+        f"{sizes['pdp-diffusion'] / sizes['privimage-d']:.1f} : 1 (paper 80M : 6.1M = 13.1 : 1).",
+        f"Schedule (paper Table 5, per pass over the data): pre-training {schedule.pretrain_epochs:.1f} epochs of "
+        f"each method's own set (PDP-Diffusion all {public['num_images']:,} public images, Privimage+D "
+        f"{grid.resource_selection_ratio:.0%} of them); DP fine-tuning {schedule.finetune_epochs:g} epochs at "
+        f"q = {schedule.finetune_sample_rate:.3f}, K = {schedule.noise_multiplicity}; sampling "
+        f"{schedule.samples_per_image:g} images per sensitive image, {schedule.ddim_steps} DDIM steps; "
+        f"the SQF: the profile's {config.semantics.sqf_epochs} epochs.",
+        ("Measured: every stage ran in full; memory is the GPU's reserved peak where there is one, else the "
+         "process's peak resident memory." if runs is not None else
+         "Projected: each stage's median timed step (random inputs, after warm-up) scaled by its image-passes; "
+         "memory is tensor memory (weights, optimiser state, EMA, and one step's peak from torch.profiler, "
+         "scaled to the physical batch where fewer images were timed), the CPU counterpart of the paper's GPU "
+         "memory."),
+        "Ratios are Privimage+D / PDP-Diffusion; total time sums the stages, total memory is the peak over stages "
+        "(the paper's -48% time and -50% memory, Section 6.2).",
+    ]
+    # Other processes stretch every timed step alike: the load says how far the seconds are from an idle machine's.
+    if runs is None and hasattr(os, "getloadavg"):
+        notes.append(f"Timed on {os.cpu_count()} CPU cores at a 1-minute load average of {os.getloadavg()[0]:.1f} "
+                     f"(torch threads: {_torch_threads()}); compare ratios across machines, not seconds.")
+    return table, stages, runs, notes
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _measured_stages(*, config: Config, schedule, presets: Mapping[str, str], plans: Mapping[str, list],
+                     public_images: int, sensitive_images: int, data_root: Path,
+                     progress: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both methods run in full under ``schedule`` (Table 4's measured mode); their runs and per-stage costs."""
+    from privimage.evaluation import resource_comparison as rc
+
+    grid = config.experiment
+    points = []
+    for method in rc.METHODS:
+        own_set = rc.pretraining_images(method=method, public_images=public_images,
+                                        selection_ratio=grid.resource_selection_ratio)
+        # Only Privimage selects: PDP-Diffusion's run keeps the profile's (unused) selection setting.
+        selection = {"semantics.selection_ratio": grid.resource_selection_ratio} if method == "privimage-d" else {}
+        overrides = {"diffusion.preset": presets[method], **selection,
+                     **rc.schedule_overrides(config=config, schedule=schedule, pretraining_images=own_set,
+                                             sensitive_images=sensitive_images)}
+        points += [GridPoint(method=method, epsilon=grid.sweep_epsilon, seed=seed, overrides=overrides,
+                             labels={"model_size": presets[method]}) for seed in grid.sweep_seeds]
     runs = run_grid(config=config, points=points, data_root=data_root, progress=progress)
     rows = []
     for _, run in runs[runs["status"] == "ok"].iterrows():
-        for stage in stage_costs(Path(run["run_dir"])):
-            rows.append({"method": run["method"], "seed": run["seed"], "model_size": run["model_size"], **stage})
-    return runs, pd.DataFrame(rows)
+        work = {w.stage: w.description for w in plans[run["method"]]}
+        for cost in stage_costs(Path(run["run_dir"])):
+            on_gpu = math.isfinite(cost["gpu_reserved_mb"])
+            rows.append({"method": run["method"], "preset": run["model_size"], "stage": cost["stage"],
+                         "work": work[cost["stage"]], "num_parameters": run["num_parameters"],
+                         "wall_time_s": cost["wall_time_s"],
+                         "peak_memory_mb": cost["gpu_reserved_mb"] if on_gpu else cost["peak_rss_mb"],
+                         "how": "measured (GPU reserved peak)" if on_gpu else "measured (process RSS peak)"})
+    # Means over seeds.
+    stages = (pd.DataFrame(rows).groupby(["method", "preset", "stage", "work", "how"], as_index=False, sort=False)
+              [["num_parameters", "wall_time_s", "peak_memory_mb"]].mean())
+    return runs, stages
 
 
 def stage_costs(run_dir: Path) -> list[dict]:

@@ -223,13 +223,16 @@ def plot_noisy_histogram(
     return save_figure(figure, path)
 
 
-def plot_stage_costs(*, stages: pd.DataFrame, path: Path, title: str = "") -> Path:
+def plot_stage_costs(*, stages: pd.DataFrame, path: Path, title: str = "", memory_column: str = "peak_rss_mb",
+                     memory_label: str = "peak resident memory (MiB)", log_time: bool = False) -> Path:
     """Time (left) and peak memory (right) per stage and method (paper Table 4 as a figure).
 
     Args:
-        stages: rows with ``method``, ``stage``, ``wall_time_s`` and ``peak_rss_mb`` (means over seeds).
+        stages: rows with ``method``, ``stage``, ``wall_time_s`` and ``memory_column`` (means over seeds).
         path: the PNG to write.
         title: the figure title.
+        memory_column, memory_label: the memory column and its axis label.
+        log_time: a logarithmic time axis (stages that differ by orders of magnitude).
 
     Returns:
         ``path``.
@@ -243,8 +246,10 @@ def plot_stage_costs(*, stages: pd.DataFrame, path: Path, title: str = "") -> Pa
         part = stages[stages["method"] == method].set_index("stage").reindex(stage_names)
         positions = np.arange(len(stage_names)) + offset * width
         time_axes.bar(positions, part["wall_time_s"].to_numpy(dtype=float), width, label=method)
-        memory_axes.bar(positions, part["peak_rss_mb"].to_numpy(dtype=float), width, label=method)
-    for axes, label in ((time_axes, "wall time (s)"), (memory_axes, "peak resident memory (MiB)")):
+        memory_axes.bar(positions, part[memory_column].to_numpy(dtype=float), width, label=method)
+    if log_time:
+        time_axes.set_yscale("log")
+    for axes, label in ((time_axes, "wall time (s)"), (memory_axes, memory_label)):
         axes.set_xticks(np.arange(len(stage_names)) + width * (len(methods) - 1) / 2, stage_names, rotation=15)
         axes.set(ylabel=label)
         axes.grid(alpha=0.3, axis="y")

@@ -382,3 +382,77 @@ def test_main_grid_averages_seeds_and_one_setting_sweeps_average_sweep_seeds(mon
                   experiments.overparameterization_grid):
         sweep(config=config)
     assert captured["seeds"] == [[0, 1, 2], [7], [7], [7]]
+
+
+# --------------------------------------------------------------------------- Table 4
+
+
+def test_table4_measured_mode_runs_each_method_at_its_size_and_schedule(tmp_path, monkeypatch):
+    # The paper profile's path on the smoke profile: runs are stubbed with finished folders, GPU memory recorded.
+    from privimage.evaluation import resource_comparison as rc
+
+    config = load_config("smoke", {"experiment.resource_mode": "measured"})
+    schedule = rc.ResourceSchedule(pretrain_epochs=2.0, finetune_epochs=1.0, finetune_sample_rate=0.25,
+                                   noise_multiplicity=4, ddim_steps=10, samples_per_image=0.5)
+    captured = []
+
+    def finished_runs(*, config, points, data_root=None, progress=True):
+        rows = []
+        for index, point in enumerate(points):
+            captured.append(point)
+            folder = _finished_run(tmp_path / f"run{index}")
+            resources = json.loads((folder / "resources.json").read_text())
+            resources["stages"][0]["gpu_max_reserved_bytes"] = (index + 1) * 2**30
+            (folder / "resources.json").write_text(json.dumps(resources))
+            rows.append({"method": point.method, "seed": point.seed, "status": "ok", "run_dir": str(folder),
+                         "num_parameters": 1000 * (index + 1), "epsilon": point.epsilon, **point.labels})
+        return pd.DataFrame(rows)
+
+    monkeypatch.setattr(experiments, "run_grid", finished_runs)
+    table, stages, runs, notes = experiments.resource_table(config=config, schedule=schedule, progress=False)
+    overrides = {point.method: point.overrides for point in captured}
+    assert overrides["pdp-diffusion"]["diffusion.preset"] == config.experiment.resource_pdp_preset
+    assert overrides["privimage-d"]["diffusion.preset"] == config.experiment.resource_privimage_preset
+    # Two epochs of all 4,000 public glyphs at batch 32, against two epochs of the 1% selection (40 images).
+    assert overrides["pdp-diffusion"]["pretrain.steps"] == 250 and overrides["privimage-d"]["pretrain.steps"] == 3
+    assert overrides["privimage-d"]["semantics.selection_ratio"] == 0.01
+    assert "semantics.selection_ratio" not in overrides["pdp-diffusion"]
+    for key in ("finetune.batch_size", "finetune.noise_multiplicity", "sampling.num_samples", "sampling.ddim_steps"):
+        assert overrides["pdp-diffusion"][key] == overrides["privimage-d"][key]
+    assert overrides["privimage-d"]["finetune.batch_size"] == 1000
+    assert overrides["privimage-d"]["sampling.num_samples"] == 2000
+    assert runs is not None and len(runs) == 2
+    # Every row is measured, none projected; sampling's memory is the GPU's reserved peak.
+    assert stages["how"].str.startswith("measured").all()
+    sampling = table.set_index("stage").loc["sampling"]
+    assert sampling["pdp-diffusion_memory_mb"] == 1024 and sampling["privimage-d_memory_mb"] == 2048
+    assert sampling["memory_ratio"] == pytest.approx(2.0)
+    assert any("Measured" in note for note in notes)
+
+
+def test_table4_projected_mode_times_every_stage_and_labels_it(monkeypatch):
+    from privimage.evaluation import resource_comparison as rc
+
+    config = load_config("smoke")
+    assert config.experiment.resource_mode == "projected"
+    timed = []
+
+    def fake_timing(*, stage, preset, work, **kwargs):
+        timed.append((stage, preset))
+        return {"wall_time_s": float(work.image_steps), "peak_memory_mb": 1.0, "num_parameters": 10,
+                "how": "projected from a stub"}
+
+    monkeypatch.setattr(rc, "time_stage_step", fake_timing)
+    monkeypatch.setattr(experiments, "run_grid", lambda **kwargs: pytest.fail("projected mode must not train"))
+    table, stages, runs, _ = experiments.resource_table(config=config, progress=False)
+    assert runs is None
+    # PDP-Diffusion has no SQF to time: seven stages timed, not eight.
+    assert len(timed) == 7 and ("sqf_training", config.experiment.resource_pdp_preset) not in timed
+    assert stages.set_index(["method", "stage"]).loc[("pdp-diffusion", "sqf_training"), "how"] == "no such stage"
+    # Time follows the image-passes: pre-training is 100x cheaper on the 1% selection.
+    pretraining = table.set_index("stage").loc["pretraining"]
+    assert pretraining["time_ratio"] == pytest.approx(0.01, rel=0.02)
+    # The profile's custom UNet has no preset name to build from.
+    custom = load_config("smoke", {"experiment.resource_pdp_preset": "", "diffusion.preset": "custom"})
+    with pytest.raises(ConfigError, match="resource_pdp_preset"):
+        experiments.resource_table(config=custom, progress=False)

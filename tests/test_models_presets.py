@@ -8,7 +8,7 @@ from privimage.errors import ConfigError
 from privimage.models import UNET_PRESETS, build_unet, count_parameters, unet_shape
 
 CIFAR10_SIZES = {"1.8M": 1.8e6, "4.0M": 4.0e6, "6.1M": 6.1e6, "15.7M": 15.7e6, "27.9M": 27.9e6, "80M": 80e6}
-CPU_SIZES = {"0.11M": 0.11e6, "0.25M": 0.25e6, "0.44M": 0.44e6}
+CPU_SIZES = {"0.11M": 0.11e6, "0.25M": 0.25e6, "0.44M": 0.44e6, "5.6M": 5.6e6}
 MNIST_SIZES = {"1.75M": 1.75e6, "6.99M": 6.99e6, "27.9M": 27.9e6, "62.7M": 62.7e6, "112M": 112e6, "251M": 251e6}
 
 

@@ -13,7 +13,8 @@ against its name within 5%.
   27.9M, 62.7M, 112M, 251M (base 32, 64, 128, 192, 256, 384).
 - CPU sweep of the quick profile: 0.11M, 0.25M, 0.44M (base 8, 12, 16: the
   CIFAR-10 sweep's 1.8M/4.0M/6.1M layout at a quarter of the width, so that
-  the size ablation fits a 2-core machine; 1-channel counts).
+  the size ablation fits a 2-core machine; 1-channel counts), and 5.6M, the
+  80M layout at the same width ratio, for Table 4 (1-channel count).
 - ``tiny``: about 45k parameters, for smoke tests.
 """
 
@@ -45,6 +46,9 @@ UNET_PRESETS: dict[str, UNetPreset] = {
     "0.11M": UNetPreset(base_channels=8),
     "0.25M": UNetPreset(base_channels=12),
     "0.44M": UNetPreset(base_channels=16),
+    # PDP-Diffusion's 80M layout at the width ratio of 0.44M to 6.1M (16/60): 12.7 times 0.44M, as 80M is 13.1
+    # times 6.1M (paper Table 4 on the quick profile).
+    "5.6M": UNetPreset(base_channels=38, channel_mult=(1, 2, 2, 2), num_res_blocks=4),
     # MNIST over-parameterization sweep (1 channel); 27.9M is shared with the list above.
     "1.75M": UNetPreset(base_channels=32),
     "6.99M": UNetPreset(base_channels=64),
