@@ -12,7 +12,7 @@ way through cached stages (STYLE.md rule 4):
 - the run folder: everything touched by fine-tuning on the sensitive data.
 
 A run folder holds ``config.json`` (resolved config), ``run.json`` (method,
-epsilon, seed), ``ledger.json`` (every mechanism that read the sensitive data;
+epsilon, seed, delta and the absolute data root the sensitive set was read from), ``ledger.json`` (every mechanism that read the sensitive data;
 absent for the non-private ablations, which have no guarantee and say so in
 ``privacy.json``), ``synthetic.npz`` (uint8 images ``x`` and labels ``y``),
 ``samples.png`` (a grid per class), ``metrics.json`` (FID and CA, reporting
@@ -77,6 +77,13 @@ def run_identity(config: Config) -> dict[str, Any]:
     identity = config.to_dict()
     identity.pop("experiment", None)
     return identity
+
+
+def resolved_data_root(data_root: Path | None) -> Path:
+    """The absolute data root a run reads (``data_root``, else ``$PRIVIMAGE_DATA``, else ``./data``)."""
+    from privimage.data.registry import default_data_root
+
+    return Path(data_root if data_root is not None else default_data_root()).resolve()
 
 
 def _image_geometry(dataset_or_info) -> tuple[int, int]:
@@ -372,8 +379,10 @@ def run_method(
         _check_same_run(run_dir, method=recipe.name, epsilon=epsilon, config=config)
         _check_spending_is_traceable(run_dir)
         atomic_write_json(run_dir / "config.json", config.to_dict())
+        # The data root, absolute: `privimage audit` finds and re-hashes the same files without being told again.
         atomic_write_json(run_dir / "run.json", {"method": recipe.name, "epsilon": epsilon, "seed": config.seed,
-                                                 "delta": config.finetune.delta if recipe.private else None})
+                                                 "delta": config.finetune.delta if recipe.private else None,
+                                                 "data_root": str(resolved_data_root(data_root))})
 
     # Rank 0 owns the run folder; the others write nothing.
     distributed.main_only(open_run_dir)

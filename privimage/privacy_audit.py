@@ -13,7 +13,8 @@ computed about itself and re-derives every number from the run's own records
 - calibration: sigma re-computed from ``config.json``, the ledger's query entry
   and the fine-tuning schedule equals the sigma every DP-SGD entry records;
 - identity: the ledger's dataset hash and size equal the sensitive training
-  set's (loaded only to hash it), and its config hash equals ``config.json``'s;
+  set's (loaded only to hash it, from the data root ``run.json`` records unless
+  another is given), and its config hash equals ``config.json``'s;
 - custody: no artifact derived from the sensitive data (synthetic images,
   samples, metrics, fine-tuning checkpoints) exists without a ledger, and every
   checkpoint carries a ledger consistent with the journal. Checkpoints are read
@@ -173,8 +174,9 @@ def audit_run(*, run_dir: Path, data_root: Path | None = None) -> RunAudit:
     Args:
         run_dir: the run folder (holds ``run.json``, ``config.json`` and, for a
             private run, ``ledger.json``).
-        data_root: folder of real datasets, as given to the run (the sensitive set
-            is loaded only to compare its hash and size with the ledger's).
+        data_root: folder of real datasets (the sensitive set is loaded only to
+            compare its hash and size with the ledger's). None: the data root
+            ``run.json`` records, else ``$PRIVIMAGE_DATA``, else ``./data``.
 
     Returns:
         The `RunAudit`: every check with its verdict and detail, both epsilons, delta and status.
@@ -239,7 +241,7 @@ def audit_run(*, run_dir: Path, data_root: Path | None = None) -> RunAudit:
     checks.run("epsilon_recorded", lambda: _check_recorded_epsilon(run_dir, audit, ledger_path))
     checks.run("epsilon_within_target", lambda: _check_target(audit))
     checks.run("delta_matches_run", lambda: _check_delta(run, config, ledger))
-    checks.run("dataset_hash", lambda: _check_dataset(config, ledger, data_root))
+    checks.run("dataset_hash", lambda: _check_dataset(config, ledger, *_data_root_of(run, data_root)))
     checks.run("config_hash", lambda: _check_config_hash(config, ledger))
     checks.run("semantic_query_recorded", lambda: _check_query(method, config, ledger))
     journal = _Journal.read(run_dir / FINETUNE_DIR)
@@ -305,15 +307,28 @@ def _check_delta(run: dict, config, ledger) -> tuple[bool, str]:
     return same, f"{detail}; 1/N = {1.0 / ledger.num_examples:.3g}"
 
 
-def _check_dataset(config, ledger, data_root: Path | None) -> tuple[bool, str]:
+def _data_root_of(run: dict, data_root: Path | None) -> tuple[Path | None, str]:
+    """The data root to hash the sensitive set from, and where that choice came from."""
+    if data_root is not None:
+        return Path(data_root), "--data-root"
+    recorded = run.get("data_root")
+    if isinstance(recorded, str) and recorded:
+        return Path(recorded), "run.json"
+    # Runs written before run.json recorded it: the default root, as the run itself would have used.
+    return None, "default"
+
+
+def _check_dataset(config, ledger, data_root: Path | None, source: str) -> tuple[bool, str]:
     """The ledger accounts for this sensitive set: same content hash and size (only the hash is read)."""
     from privimage.data import load_sensitive_train
+    from privimage.pipeline import resolved_data_root
 
     sensitive = load_sensitive_train(config, data_root=data_root)
     actual = sensitive.content_hash()
     same = actual == ledger.dataset_hash and len(sensitive) == ledger.num_examples
     return same, (f"ledger {ledger.dataset_hash[:16]} (N={ledger.num_examples}), "
-                  f"{config.data.sensitive}/train {actual[:16]} (N={len(sensitive)})")
+                  f"{config.data.sensitive}/train {actual[:16]} (N={len(sensitive)}) "
+                  f"under {resolved_data_root(data_root)} (data root from {source})")
 
 
 def _check_config_hash(config, ledger) -> tuple[bool, str]:

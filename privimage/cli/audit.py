@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from privimage.cli.common import add_data_root, add_json, emit, resolve_data_root
+from privimage.cli.common import add_json, emit
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,7 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "failed, 3 non-private run (no guarantee), 4 incomplete run, 2 unreadable run folder.",
     )
     parser.add_argument("--run", type=Path, required=True, help="the run folder written by 'privimage run'")
-    add_data_root(parser)
+    parser.add_argument(
+        "--data-root", type=Path, default=None,
+        help="folder holding the sensitive dataset (default: the data root run.json records, else $PRIVIMAGE_DATA, "
+        "else ./data)",
+    )
     add_json(parser)
     parser.set_defaults(func=_audit)
 
@@ -35,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _audit(args: argparse.Namespace) -> int:
     from privimage.privacy_audit import audit_run
 
-    audit = audit_run(run_dir=args.run, data_root=resolve_data_root(args))
+    # Without --data-root the audit hashes the data where the run recorded reading it (run.json).
+    audit = audit_run(run_dir=args.run, data_root=args.data_root)
     lines = [f"{'PASS' if check.passed else 'FAIL'}  {check.name:<28} {check.detail}" for check in audit.checks]
     if audit.epsilon_rdp is not None:
         target = "none" if audit.target_epsilon is None else f"{audit.target_epsilon:g}"

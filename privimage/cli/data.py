@@ -1,4 +1,5 @@
-"""``privimage data list|info|show``: which datasets exist, what they hold, what they look like."""
+"""``privimage data list|info|show|import``: which datasets exist, what they hold, what they look like,
+and your own images brought to the public data's size and channels."""
 
 from __future__ import annotations
 
@@ -37,6 +38,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.add_argument("--allow-sensitive", action="store_true",
                       help="draw the profile's sensitive training split too (a picture of it leaves no ledger)")
     show.set_defaults(func=_show)
+
+    importing = commands.add_parser(
+        "import",
+        help="copy your own images, brought to the public data's size and channels, into a new dataset",
+        description="Write a copy of SOURCE (folder:PATH or npz:PATH, any size, grayscale or RGB) as DEST "
+        "(folder:PATH writes PNG files, npz:PATH writes <split>.npz), every split, each image converted on its "
+        "own. By default to the image shape of the profile's public dataset (1 x 32 x 32 for glyphs1k). SOURCE "
+        "is never changed; DEST must not exist.",
+    )
+    importing.add_argument("source", help="folder:PATH or npz:PATH, relative to the data root")
+    importing.add_argument("destination", help="folder:PATH or npz:PATH to create, relative to the data root")
+    importing.add_argument("--size", type=int, default=None,
+                           help="side length of the square images written (default: the public dataset's)")
+    importing.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                           help="1 grayscale or 3 RGB (default: the public dataset's)")
+    importing.add_argument("--fit", choices=("resize", "center_crop", "pad"), default="resize",
+                           help="resize: the whole image (default); center_crop: the central square, then resize; "
+                           "pad: centre on black, never shrink (28x28 MNIST-like digits to 32x32)")
+    add_profile(importing)
+    add_data_root(importing)
+    add_json(importing)
+    importing.set_defaults(func=_import)
 
 
 def _add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
@@ -109,4 +132,24 @@ def _show(args: argparse.Namespace) -> int:
     shown = save_labelled_grid(dataset=dataset, path=args.out, n=args.n, seed=args.seed, match=args.match)
     emit({"name": dataset.name, "split": dataset.split, "out": str(args.out), "num_shown": shown},
          args.json, human=f"wrote {args.out}")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from privimage.data import dataset_info
+    from privimage.data.own import import_images
+
+    data_root = resolve_data_root(args)
+    channels, size = args.channels, args.size
+    if channels is None or size is None:
+        # The public data's geometry, from the registry: the sensitive set must match it to be pre-trained for.
+        config = _data_config(args)
+        shape = dataset_info(config.public, "train", data_root=data_root, config=config)["image_shape"]
+        channels = shape[0] if channels is None else channels
+        size = shape[-1] if size is None else size
+    result = import_images(source=args.source, destination=args.destination, data_root=data_root,
+                           channels=channels, side=size, fit=args.fit)
+    counts = ", ".join(f"{split} {count:,}" for split, count in result["splits"].items())
+    emit(result, args.json, human=f"wrote {args.destination} ({counts} images, "
+                                  f"{' x '.join(str(s) for s in result['image_shape'])}) to {result['path']}")
     return 0

@@ -116,26 +116,79 @@ def _check_linked_folders(root: Path, data_root: Path, what: str) -> None:
                     raise DataError(f"{what}: {link} links back to its own ancestor {link.resolve()}; refusing a loop")
 
 
+# How an image is brought to a side length: `fit_image`'s policies.
+FIT_POLICIES = ("resize", "center_crop", "pad", "box")
+
+
+def fit_image(image: Image.Image, *, mode: str, side: int | None, policy: str) -> np.ndarray:
+    """One PIL image -> uint8 C x H x W in ``mode``, brought to ``side`` x ``side`` by ``policy``.
+
+    Args:
+        image: the decoded image.
+        mode: PIL mode, ``"L"`` (1 channel, ITU-R 601 luma) or ``"RGB"`` (grey replicated).
+        side: target side length, or None to keep the size.
+        policy: ``"resize"`` (the whole image; box filter when shrinking, bicubic when enlarging),
+            ``"center_crop"`` (the central square of the shorter side, then bicubic), ``"pad"``
+            (centred on a black square, as MNIST's 28x28 digits are padded to 32x32; never shrinks)
+            or ``"box"`` (the whole image, box filter: how the downsampled ImageNet was made).
+
+    Returns:
+        The image as an array.
+    """
+    image = image.convert(mode)
+    width, height = image.size
+    if side is not None and (width, height) != (side, side):
+        if policy == "center_crop":
+            # Central square of the shorter side, then resize (CelebA32/64, paper Section 4.1).
+            crop = min(width, height)
+            left, top = (width - crop) // 2, (height - crop) // 2
+            image = image.crop((left, top, left + crop, top + crop)).resize((side, side), Image.Resampling.BICUBIC)
+        elif policy == "box":
+            # Box resize of the whole image, as the downsampled ImageNet was made.
+            image = image.resize((side, side), Image.Resampling.BOX)
+        elif policy == "resize":
+            # A box filter averages when shrinking; it would only repeat pixels when enlarging.
+            shrinking = width >= side and height >= side
+            image = image.resize((side, side), Image.Resampling.BOX if shrinking else Image.Resampling.BICUBIC)
+        elif policy == "pad":
+            if width > side or height > side:
+                raise DataError(f"a {width}x{height} image cannot be padded to {side}x{side}; "
+                                "use the fit 'resize' or 'center_crop'")
+            canvas = Image.new(mode, (side, side), 0)
+            canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+            image = canvas
+        else:
+            raise DataError(f"unknown fit '{policy}' (choose {', '.join(FIT_POLICIES)})")
+    array = np.asarray(image, dtype=np.uint8)
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def fit_arrays(images: np.ndarray, *, channels: int, side: int, policy: str) -> np.ndarray:
+    """Bring uint8 N x C x H x W images (C = 1 or 3) to ``channels`` x ``side`` x ``side`` with `fit_image`.
+
+    Args:
+        images: the images.
+        channels: 1 (grayscale) or 3 (RGB).
+        side: target side length.
+        policy: see `fit_image`.
+
+    Returns:
+        uint8 N x channels x side x side.
+    """
+    mode = "L" if channels == 1 else "RGB"
+    fitted = [fit_image(Image.fromarray(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)),
+                        mode=mode, side=side, policy=policy) for image in images]
+    return np.stack(fitted) if fitted else np.zeros((0, channels, side, side), np.uint8)
+
+
 def _decode(task: tuple[str, str, int | None, str]) -> np.ndarray:
-    """One file -> uint8 C x H x W; ``resize`` is None (keep), or a side length."""
+    """One file -> uint8 C x H x W; ``side`` is None (keep), or a side length."""
     path, mode, side, policy = task
     try:
         with Image.open(path) as image:
-            image = image.convert(mode)
-            if side is not None:
-                if policy == "center_crop":
-                    # Central square of the shorter side, then resize (CelebA32/64, paper Section 4.1).
-                    width, height = image.size
-                    crop = min(width, height)
-                    left, top = (width - crop) // 2, (height - crop) // 2
-                    image = image.crop((left, top, left + crop, top + crop)).resize((side, side), Image.Resampling.BICUBIC)
-                else:
-                    # Box resize of the whole image, as the downsampled ImageNet was made.
-                    image = image.resize((side, side), Image.Resampling.BOX)
-            array = np.asarray(image, dtype=np.uint8)
+            return fit_image(image, mode=mode, side=side, policy=policy)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"cannot decode image {path} ({exc.__class__.__name__}: {exc})") from None
-    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
 def header_info(paths: Sequence[str], what: str) -> tuple[list[tuple[int, int]], list[str]]:
@@ -183,7 +236,7 @@ def decode_images(
         what: the dataset's name, for messages and the progress bar.
         mode: PIL mode, ``"L"`` (1 channel), ``"RGB"``, or ``"auto"`` (``"L"`` when every file is grayscale).
         side: target side length, or None to keep sizes (which must then agree).
-        policy: ``"center_crop"`` (crop the central square, then resize) or ``"box"`` (resize all).
+        policy: how images reach ``side`` (`fit_image`: ``"resize"``, ``"center_crop"``, ``"pad"``, ``"box"``).
         workers: decoding processes (default: all CPUs for large folders).
         progress: show a progress bar.
 
