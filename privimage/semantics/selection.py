@@ -10,7 +10,6 @@ post-processes the DP release, so it costs no privacy.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,9 +47,6 @@ class QuerySettings:
     k: int  # semantics queried per sensitive image
     semantics_per_class: int  # N: semantics each class selects
     k_follows_semantics_per_class: bool  # True when the config leaves k to N (k: null)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def query_settings(*, config: Config, num_public_classes: int, num_rows: int, private: bool = True) -> QuerySettings:
