@@ -184,6 +184,9 @@ def test_03_selection_ratio(smoke_run):
     results = execute("03_selection_ratio.ipynb", smoke_run)
     table = read_table(results, "tab_rq3_selection_ratio")
     assert sorted(table["selection_ratio"]) == sorted(smoke_run["config"].experiment.selection_ratios)
+    # Smoke sweeps 1% and 5% of 1,000 glyph classes for 10 digits: N = 1 and 5, each queried with k = N.
+    ordered = table.sort_values("selection_ratio")
+    assert ordered["semantics_per_class"].tolist() == ordered["k"].tolist() == [1, 5]
     assert_metric_ranges(table)
     assert_png(results / "figures" / "fig_rq3_selection_ratio.png")
 
