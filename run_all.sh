@@ -4,7 +4,8 @@
 #   ./run_all.sh [--profile smoke|quick|paper] [--only 01,03]
 #
 # Writes executed notebooks to results/<profile>/notebooks/, tables (CSV and
-# Markdown) to results/<profile>/tables/, figures (PNG) to results/<profile>/figures/.
+# Markdown) to results/<profile>/tables/, figures (PNG) to results/<profile>/figures/,
+# and results/<profile>/run_info.json (commit, clean tree, times, peak memory, CPUs, load).
 # Trained stages are cached under cache/ (override with PRIVIMAGE_CACHE), so a
 # second run only re-plots.
 set -euo pipefail

@@ -4,9 +4,9 @@
 ``sqf_digits.json`` and ``sqf_digits.md``.
 
 The semantic query picks a digit's own glyph class only when enough of that
-class's sensitive images have it as their top-1 semantic: with z = 50 over
-1,000 public classes, the noise hides every bin below about 150 of a class's
-400 votes. The full pipeline takes hours to show whether a change of the SQF
+class's sensitive images have it as their top-1 semantic: with the quick
+profile's z = 39 and k = 1 over 1,000 public classes, the noise hides every
+bin below about 120 of a class's 400 votes (three noise stds). The full pipeline takes hours to show whether a change of the SQF
 or of the corpus moves those shares; this command shows it in the time it
 takes to train the SQF (minutes from the cache). For the profile's SQF
 (``--augmentation`` and ``--sqf-epochs`` override the profile) it reports:
@@ -133,7 +133,7 @@ def measure(*, profile: str, augmentation: str | None, sqf_epochs: int | None, t
     from privimage.config import load_config
     from privimage.data import dataset_info, load_dataset
     from privimage.data.base import ImageDataset
-    from privimage.semantics.selection import semantics_per_row
+    from privimage.semantics.selection import query_settings
     from privimage.semantics.stage import trained_query_function
 
     overrides = {}
@@ -147,6 +147,9 @@ def measure(*, profile: str, augmentation: str | None, sqf_epochs: int | None, t
     public_names = query_function.public_class_names
     test = load_dataset(config.data.sensitive, "test", data_root=data_root, config=config.data)
     own = own_digit_classes(public_names, test.class_names)
+    # The profile's z, k and N (k = N unless the profile sets k), as a run queries them.
+    query = query_settings(config=config, num_public_classes=len(public_names), num_rows=len(own))
+    per_row = query.semantics_per_class
 
     def top_k(images: np.ndarray, labels: np.ndarray, name: str, k: int) -> np.ndarray:
         """Each image's k most probable semantics, the most probable first."""
@@ -158,24 +161,22 @@ def measure(*, profile: str, augmentation: str | None, sqf_epochs: int | None, t
 
     uci_images, uci_labels = uci_digits()
     uci_shares = own_shares(top_k(uci_images, uci_labels, "uci-digits", 1)[:, 0], uci_labels)
-    test_top_k = top_k(test.images, test.labels, test.name, semantics.k)
+    test_top_k = top_k(test.images, test.labels, test.name, query.k)
     test_shares = own_shares(test_top_k[:, 0], test.labels)
 
     # The query on the training split, imitated from the test split's histogram (reporting only).
     train_size = dataset_info(config.data.sensitive, "train", data_root=data_root, config=config.data)["num_images"]
     histogram = top_k_histogram(test_top_k, test.labels, num_rows=len(own), num_semantics=len(public_names))
     histogram *= train_size / len(test)
-    per_row = semantics_per_row(selection_ratio=semantics.selection_ratio, num_public_classes=len(public_names),
-                                num_rows=len(own))
     # A Monte Carlo estimate, not a release: seeded so that the table can be reproduced.
-    hits = simulate_selection(histogram, own, noise_std=semantics.query_noise_multiplier * np.sqrt(semantics.k),
+    hits = simulate_selection(histogram, own, noise_std=query.query_noise_multiplier * np.sqrt(query.k),
                               per_row=per_row, trials=trials, rng=np.random.default_rng(seed))
     own_counts = hits.sum(axis=1)
 
     # The same simulation at other noise levels, beside their privacy cost (reporting only).
     sweep = []
     for z in query_noise_multipliers:
-        z_hits = simulate_selection(histogram, own, noise_std=z * np.sqrt(semantics.k), per_row=per_row,
+        z_hits = simulate_selection(histogram, own, noise_std=z * np.sqrt(query.k), per_row=per_row,
                                     trials=trials, rng=np.random.default_rng(seed))
         z_counts = z_hits.sum(axis=1)
         sweep.append({"query_noise_multiplier": z,
@@ -202,7 +203,7 @@ def measure(*, profile: str, augmentation: str | None, sqf_epochs: int | None, t
         "sqf_cache_key": Path(query_function.cache_dir).name,
         "public_val_accuracy": query_function.public_val_accuracy,
         "sqf_train_seconds": query_function.train_seconds,
-        "query": {"k": semantics.k, "query_noise_multiplier": semantics.query_noise_multiplier,
+        "query": {"k": query.k, "query_noise_multiplier": query.query_noise_multiplier,
                   "selection_ratio": semantics.selection_ratio, "semantics_per_class": per_row,
                   "train_size": train_size, "trials": trials, "seed": seed},
         "uci_mean_share": float(np.mean(uci_shares)), "mnist_test_mean_share": float(np.mean(test_shares)),

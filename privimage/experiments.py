@@ -668,11 +668,23 @@ def matched_glyph_pretraining(*, config: Config, data_root: Path | None = None, 
 
 
 def selection_ratio_grid(*, config: Config, data_root: Path | None = None, progress: bool = True) -> pd.DataFrame:
-    """Privimage+D at ``experiment.sweep_epsilon`` for each selection ratio and seed (Fig. 7, ratio)."""
+    """Privimage+D at ``experiment.sweep_epsilon`` for each selection ratio and seed (Fig. 7, ratio).
+
+    Each ratio queries with its own k: k = N, the semantics it selects per class,
+    unless the profile sets k (paper Appendix A, Table 8). The rows carry both.
+    """
+    from privimage.semantics.stage import resolve_query_settings
+
+    data_root = resolve_data_root(data_root)
     grid = config.experiment
-    points = [GridPoint(method="privimage-d", epsilon=grid.sweep_epsilon, seed=s,
-                        overrides={"semantics.selection_ratio": r}, labels={"selection_ratio": r})
-              for r in grid.selection_ratios for s in grid.sweep_seeds]
+    points = []
+    for ratio in grid.selection_ratios:
+        for seed in grid.sweep_seeds:
+            point = GridPoint(method="privimage-d", epsilon=grid.sweep_epsilon, seed=seed,
+                              overrides={"semantics.selection_ratio": ratio})
+            query = resolve_query_settings(run_config(config=config, point=point), data_root=data_root)
+            points.append(dataclasses.replace(point, labels={
+                "selection_ratio": ratio, "semantics_per_class": query.semantics_per_class, "k": query.k}))
     return run_grid(config=config, points=points, data_root=data_root, progress=progress)
 
 

@@ -10,12 +10,20 @@ A notebook executes into a hidden ``.NN_*.running.ipynb`` beside its final
 name and replaces the previous executed copy only once it has finished, so an
 interrupted run never leaves a truncated notebook under that name; a failed
 run keeps its partial copy, with the traceback, as ``NN_*.failed.ipynb``.
+
+Beside them, ``run_info.json`` says what produced them (`RunInfo`): the commit
+and whether the tree was clean, start and end time, each notebook's wall time,
+the peak resident memory, torch's threads, the CPUs and the load average. It
+is rewritten after every notebook, so an interrupted run leaves its record too.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
+import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -72,6 +80,81 @@ def missing_requirements(profile: str) -> list[str]:
         missing.append("pytorch-fid's Inception weights (`privimage evaluate --download-inception`, "
                        "or set $PRIVIMAGE_INCEPTION_WEIGHTS)")
     return missing
+
+
+def git_state(repo: Path = REPO_ROOT) -> dict:
+    """The commit checked out and whether the tree was clean (None for both outside a git checkout).
+
+    Args:
+        repo: the repository folder.
+
+    Returns:
+        ``commit``, ``tree_clean`` and ``changed_paths`` (the first 20 that ``git status`` lists).
+    """
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout if done.returncode == 0 else None
+
+    commit, status = git("rev-parse", "HEAD"), git("status", "--porcelain")
+    changed = [line[3:] for line in (status or "").splitlines()]
+    return {"commit": commit.strip() if commit else None,
+            "tree_clean": None if status is None else not changed, "changed_paths": changed[:20]}
+
+
+def peak_rss_mb() -> float:
+    """The largest resident memory of this process or of any finished child (the notebook kernels), in MB."""
+    # ru_maxrss is in KiB on Linux, in bytes on macOS.
+    unit = 1 if sys.platform == "darwin" else 1024
+    peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return peak * unit / 1e6
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+class RunInfo:
+    """``results/<profile>/run_info.json``: what one ``./run_all.sh`` ran, on what, and at what cost.
+
+    Args:
+        path: the file to (re)write.
+        profile: the profile run.
+        only: the notebook numbers asked for (None: all).
+    """
+
+    def __init__(self, *, path: Path, profile: str, only: set[str] | None) -> None:
+        import torch
+
+        self.path = path
+        self._start = time.perf_counter()
+        cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+        self.record = {
+            "profile": profile, "only": sorted(only) if only else None, **git_state(),
+            "start": _now(), "end": None, "wall_seconds": None, "status": "running", "notebooks": [],
+            # The kernels inherit this environment, so they run with the same thread count.
+            "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "cpu_count": os.cpu_count(), "cpus_usable": len(cpus) if cpus is not None else None,
+            "load_average_start": list(os.getloadavg()), "load_average_end": None, "peak_rss_mb": None,
+        }
+
+    def notebook_done(self, name: str, seconds: float) -> None:
+        """Add a finished notebook; ``peak_rss_mb_so_far`` rose during it if it exceeds the previous one's."""
+        self.record["notebooks"].append({"name": name, "wall_seconds": round(seconds, 1),
+                                         "peak_rss_mb_so_far": round(peak_rss_mb(), 1)})
+        self.write()
+
+    def write(self, status: str | None = None) -> None:
+        """Rewrite the file with the time, memory and load so far; ``status`` ends the run."""
+        from privimage.cache import atomic_write_json
+
+        if status is not None:
+            self.record.update(status=status, end=_now())
+        self.record.update(wall_seconds=round(time.perf_counter() - self._start, 1), peak_rss_mb=round(peak_rss_mb(), 1),
+                           load_average_end=list(os.getloadavg()))
+        atomic_write_json(self.path, self.record)
 
 
 def failed_copy(output: Path) -> Path:
@@ -145,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     from jupyter_client.kernelspec import NoSuchKernel
     from nbclient.exceptions import DeadKernelError
 
+    info = RunInfo(path=results_dir / "run_info.json", profile=args.profile, only=only)
+    info.write()
     timings = []
     for notebook in notebooks:
         print(f"[run_all] {notebook.name} (profile {args.profile}) ...", flush=True)
@@ -152,26 +237,33 @@ def main(argv: list[str] | None = None) -> int:
         try:
             seconds = run_notebook(notebook, args.profile, results_dir, progress=True)
         except papermill.PapermillExecutionError as exc:
+            info.write(status=f"failed in {notebook.name}")
             print(f"error: {notebook.name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}", file=sys.stderr)
             print(f"       executed copy with the traceback: {partial}", file=sys.stderr)
             return 1
         except DeadKernelError:
+            info.write(status=f"kernel died in {notebook.name}")
             print(f"error: {notebook.name}: the kernel died (out of memory?); partial copy: {partial}",
                   file=sys.stderr)
             return 1
         except NoSuchKernel:
+            info.write(status="no kernel")
             print(f"error: no Jupyter kernel named {KERNEL_NAME!r}; run ./run_all.sh, which installs it",
                   file=sys.stderr)
             return 1
         except KeyboardInterrupt:
+            info.write(status=f"interrupted in {notebook.name}")
             print(f"error: interrupted during {notebook.name}; the stages it finished are cached, "
                   "and the next run goes on from them", file=sys.stderr)
             return 130
         timings.append((notebook.name, seconds))
+        info.notebook_done(notebook.name, seconds)
         print(f"[run_all] {notebook.name} done in {seconds / 60:.1f} min", flush=True)
 
+    info.write(status="finished")
     total = sum(s for _, s in timings)
-    print(f"[run_all] all {len(timings)} notebooks done in {total / 60:.1f} min; outputs in {results_dir}/")
+    print(f"[run_all] all {len(timings)} notebooks done in {total / 60:.1f} min; outputs in {results_dir}/ "
+          f"(run_info.json: commit, times, peak memory)")
     return 0
 
 

@@ -549,7 +549,9 @@ def dry_run(*, method: str, config: Config, epsilon: float | None, data_root: Pa
         world_size: number of processes the run would use (default: ``$WORLD_SIZE``, else 1).
 
     Returns:
-        The schedule as a JSON-able dict; ``distributed`` holds what each process runs.
+        The schedule as a JSON-able dict; ``distributed`` holds what each process runs;
+        ``query_noise_multiplier`` (z), ``k`` and ``semantics_per_class`` (N) describe the
+        semantic query of the methods that select (None for the others, z None when not private).
     """
     from privimage.models import build_gan, build_unet, count_parameters
     from privimage.privacy import PrivacyLedger
@@ -583,17 +585,25 @@ def dry_run(*, method: str, config: Config, epsilon: float | None, data_root: Pa
         "noise_multiplicity": plan.noise_multiplicity,
         "distributed": per_rank_batches(config=config, world_size=world_size, num_examples=num_examples),
     }
+    # The query's z, k and N (k = N unless the config sets k; paper Appendix A), for the methods that select.
+    query = None
+    if recipe.uses_query:
+        from privimage.semantics.stage import resolve_query_settings
+
+        query = resolve_query_settings(config, data_root=data_root, private=recipe.private)
+    result.update({"query_noise_multiplier": query.query_noise_multiplier if query and recipe.private else None,
+                   "k": query.k if query else None,
+                   "semantics_per_class": query.semantics_per_class if query else None})
     if not recipe.private:
         return {**result, "private": False, "epsilon": None}
     ledger = PrivacyLedger(delta=config.finetune.delta, dataset_hash="0" * 64, num_examples=num_examples)
-    if recipe.uses_query:
-        ledger.record_semantic_query(query_noise_multiplier=config.semantics.query_noise_multiplier,
-                                     k=config.semantics.k, generator="secure" if config.finetune.secure_mode else "os-entropy")
+    if query:
+        ledger.record_semantic_query(query_noise_multiplier=query.query_noise_multiplier, k=query.k,
+                                     generator="secure" if config.finetune.secure_mode else "os-entropy")
     sigma = calibrate_to_ledger(ledger=ledger, target_epsilon=epsilon, sample_rate=sample_rate, steps=steps)
     ledger.record_dpsgd_steps(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps)
     return {
         **result, "private": True, "target_epsilon": epsilon, "delta": config.finetune.delta,
-        "query_noise_multiplier": config.semantics.query_noise_multiplier if recipe.uses_query else None,
         "noise_multiplier": sigma, "epsilon": ledger.epsilon(), "epsilon_prv": ledger.epsilon(accountant="prv"),
     }
 

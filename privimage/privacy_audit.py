@@ -243,7 +243,7 @@ def audit_run(*, run_dir: Path, data_root: Path | None = None) -> RunAudit:
     checks.run("delta_matches_run", lambda: _check_delta(run, config, ledger))
     checks.run("dataset_hash", lambda: _check_dataset(config, ledger, *_data_root_of(run, data_root)))
     checks.run("config_hash", lambda: _check_config_hash(config, ledger))
-    checks.run("semantic_query_recorded", lambda: _check_query(method, config, ledger))
+    checks.run("semantic_query_recorded", lambda: _check_query(method, config, ledger, data_root))
     journal = _Journal.read(run_dir / FINETUNE_DIR)
     checks.run("dpsgd_steps_match_journal", lambda: _check_journal(journal, ledger))
     checks.run("noise_multiplier_calibrated", lambda: _check_calibration(audit, method, config, ledger, journal))
@@ -340,15 +340,19 @@ def _check_config_hash(config, ledger) -> tuple[bool, str]:
     return ledger.config_hash == expected, f"ledger {ledger.config_hash or '(none)'}, config.json {expected}"
 
 
-def _check_query(method, config, ledger) -> tuple[bool, str]:
-    """Exactly one semantic query when the method selects public data by it, none otherwise (Theorem 3.1)."""
+def _check_query(method, config, ledger, data_root: Path | None) -> tuple[bool, str]:
+    """Exactly one semantic query when the method selects public data by it, none otherwise (Theorem 3.1),
+    at the config's z and k (k = N when the config leaves it to N)."""
+    from privimage.semantics.stage import resolve_query_settings
+
     queries = [e for e in ledger.entries if e["mechanism"] == "semantic_query"]
     if not method.uses_query:
         return not queries, f"method {method.name} makes no semantic query; the ledger lists {len(queries)}"
     if len(queries) != 1:
         return False, f"method {method.name} makes one semantic query; the ledger lists {len(queries)}"
     query = queries[0]
-    wanted = (config.semantics.query_noise_multiplier, config.semantics.k)
+    settings = resolve_query_settings(config, data_root=data_root)
+    wanted = (settings.query_noise_multiplier, settings.k)
     same = _close(query["query_noise_multiplier"], wanted[0], 1e-12) and query["k"] == wanted[1]
     return same, (f"ledger z={query['query_noise_multiplier']:g} k={query['k']}; "
                   f"config z={wanted[0]:g} k={wanted[1]}")

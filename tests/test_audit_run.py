@@ -24,6 +24,7 @@ from privimage.data import load_sensitive_train
 from privimage.pipeline import run_identity
 from privimage.privacy import PrivacyLedger
 from privimage.privacy_audit import audit_run
+from privimage.semantics.stage import resolve_query_settings
 from privimage.training.checkpoint import save_checkpoint
 from privimage.training.dpsgd import calibrate_to_ledger
 from privimage.training.plan import finetune_schedule
@@ -46,8 +47,9 @@ def _write_run(run_dir: Path, *, method: str, sensitive, config, epsilon: float 
     ledger = PrivacyLedger(delta=config.finetune.delta, dataset_hash=sensitive.content_hash(),
                            num_examples=len(sensitive), config_hash=config_hash(run_identity(config)))
     if method == "privimage-d":
-        ledger.record_semantic_query(query_noise_multiplier=config.semantics.query_noise_multiplier,
-                                     k=config.semantics.k, generator="os-entropy")
+        query = resolve_query_settings(config)
+        ledger.record_semantic_query(query_noise_multiplier=query.query_noise_multiplier, k=query.k,
+                                     generator="os-entropy")
     sample_rate, steps = finetune_schedule(num_examples=len(sensitive), batch_size=config.finetune.batch_size,
                                            epochs=config.finetune.epochs)
     sigma = calibrate_to_ledger(ledger=ledger, target_epsilon=epsilon, sample_rate=sample_rate, steps=steps)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from privimage.config import PROFILES, Config, config_from_dict, config_hash, load_config
+from privimage.config import PROFILES, Config, config_from_dict, config_hash, load_config, query_noise_multiplier
 from privimage.errors import ConfigError
 
 
@@ -82,7 +82,7 @@ def test_config_hash_depends_on_section_content_only():
     [
         ("semantics.selection_ratio", 0.0, "lie in (0, 1]"),
         ("semantics.selection_ratio", 1.5, "lie in (0, 1]"),
-        ("semantics.k", 0, "be > 0"),
+        ("semantics.k", 0, "be >= 1"),
         ("semantics.query_noise_multiplier", -1.0, "be > 0"),
         ("finetune.delta", 1.0, "lie in (0, 1)"),
         ("finetune.noise_multiplicity", 0, "be > 0"),
@@ -107,3 +107,34 @@ def test_out_of_range_value_in_a_profile_file_names_the_file(tmp_path):
 def test_edge_values_inside_the_ranges_load():
     config = load_config("smoke", {"semantics.selection_ratio": 1.0, "pretrain.steps": 0, "pretrain.label_dropout": 0.0})
     assert config.semantics.selection_ratio == 1.0 and config.pretrain.steps == 0
+
+
+def test_quick_and_paper_take_the_papers_one_percent_selection_with_k_following_n():
+    for profile in ("quick", "paper"):
+        semantics = load_config(profile).semantics
+        assert semantics.selection_ratio == 0.01 and semantics.k is None, profile
+    # An explicit k stays, and null (k = N) survives the JSON round trip of a saved config.json.
+    assert load_config("quick", {"semantics.k": 3}).semantics.k == 3
+    assert config_from_dict(load_config("quick").to_dict()).semantics.k is None
+
+
+def test_query_noise_multiplier_keeps_the_papers_share_of_a_class_s_votes():
+    # Quick: 484 x 400 / 5000 = 38.7 on MNIST-5k (paper Appendix A), written as 39.
+    assert query_noise_multiplier(load_config("quick")) == 39.0
+    # The derivation stands beside the setting.
+    from privimage.config import PROFILE_DIR
+
+    assert "484 x 400 / 5000 = 38.7" in (PROFILE_DIR / "quick.yaml").read_text()
+    # Paper: null stands for the paper's z of the sensitive dataset.
+    paper = load_config("paper")
+    assert paper.semantics.query_noise_multiplier is None
+    assert query_noise_multiplier(paper) == 484.0
+    assert query_noise_multiplier(load_config("paper", {"data.sensitive": "celeba64"})) == 5300.0
+    # A number set on top of the paper profile wins over the paper's table.
+    assert query_noise_multiplier(load_config("paper", {"semantics.query_noise_multiplier": 100.0})) == 100.0
+
+
+def test_a_null_query_noise_multiplier_for_a_dataset_the_paper_never_queried_is_refused():
+    config = load_config("paper", {"data.sensitive": "mnist5k", "finetune.batch_size": 1000})
+    with pytest.raises(ConfigError, match="gives none for 'mnist5k'.*set a number"):
+        query_noise_multiplier(config)

@@ -456,3 +456,20 @@ def test_table4_projected_mode_times_every_stage_and_labels_it(monkeypatch):
     custom = load_config("smoke", {"experiment.resource_pdp_preset": "", "diffusion.preset": "custom"})
     with pytest.raises(ConfigError, match="resource_pdp_preset"):
         experiments.resource_table(config=custom, progress=False)
+
+
+@pytest.mark.parametrize("k, expected_k", [(None, [1, 5, 100]), (3, [3, 3, 3])])
+def test_the_selection_ratio_sweep_queries_k_equal_to_n_unless_the_profile_sets_k(monkeypatch, k, expected_k):
+    config = load_config("smoke", {"experiment.selection_ratios": [0.01, 0.05, 1.0], "semantics.k": k})
+    captured = []
+
+    def record(*, config, points, data_root=None, progress=True):
+        captured.extend(points)
+        return pd.DataFrame()
+
+    monkeypatch.setattr(experiments, "run_grid", record)
+    experiments.selection_ratio_grid(config=config)
+    # 10 digits among 1,000 public glyph classes: N = 1, 5, 100 (paper Table 8); the run's config keeps k as set.
+    assert [point.labels["semantics_per_class"] for point in captured] == [1, 5, 100]
+    assert [point.labels["k"] for point in captured] == expected_k
+    assert all(experiments.run_config(config=config, point=point).semantics.k == k for point in captured)

@@ -184,6 +184,9 @@ def test_03_selection_ratio(smoke_run):
     results = execute("03_selection_ratio.ipynb", smoke_run)
     table = read_table(results, "tab_rq3_selection_ratio")
     assert sorted(table["selection_ratio"]) == sorted(smoke_run["config"].experiment.selection_ratios)
+    # Smoke sweeps 1% and 5% of 1,000 glyph classes for 10 digits: N = 1 and 5, each queried with k = N.
+    ordered = table.sort_values("selection_ratio")
+    assert ordered["semantics_per_class"].tolist() == ordered["k"].tolist() == [1, 5]
     assert_metric_ranges(table)
     assert_png(results / "figures" / "fig_rq3_selection_ratio.png")
 
@@ -362,3 +365,58 @@ def test_relative_folders_in_the_environment_reach_the_kernels_as_absolute_paths
     assert os.environ["PRIVIMAGE_RESULTS"] == str(tmp_path / "out")
     assert os.environ["PRIVIMAGE_DATA"] == str(tmp_path / "data")
     assert "PRIVIMAGE_CACHE" not in os.environ
+
+
+def test_the_runner_records_commit_times_memory_and_machine_in_run_info(tmp_path, monkeypatch):
+    import json
+    import resource
+    import subprocess
+    import sys
+    import time
+
+    import papermill
+    import torch
+
+    from privimage import notebook_runner
+
+    stubs = tmp_path / "notebooks"
+    stubs.mkdir()
+    for name in ("01_first.ipynb", "02_second.ipynb"):
+        (stubs / name).write_text("{}")
+    monkeypatch.setattr(notebook_runner, "NOTEBOOK_DIR", stubs)
+    monkeypatch.setenv("PRIVIMAGE_RESULTS", str(tmp_path / "results"))
+    # A kernel-like child that holds 200 MB more than this process ever did: the peak must come from it.
+    child_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 + 200_000_000
+    touch_every_page = f"x = bytearray({child_bytes}); x[::4096] = b'1' * len(x[::4096])"
+
+    def execute(source, output, **kwargs):
+        if Path(source).name.startswith("02"):
+            subprocess.run([sys.executable, "-c", touch_every_page], check=True)
+        time.sleep(0.2)
+        Path(output).write_text("complete")
+
+    monkeypatch.setattr(papermill, "execute_notebook", execute)
+    assert notebook_runner.main(["--profile", "smoke"]) == 0
+    info = json.loads((tmp_path / "results" / "smoke" / "run_info.json").read_text())
+    head = subprocess.run(["git", "-C", str(notebook_runner.REPO_ROOT), "rev-parse", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+    assert info["commit"] == head and isinstance(info["tree_clean"], bool) and info["status"] == "finished"
+    assert [entry["name"] for entry in info["notebooks"]] == ["01_first.ipynb", "02_second.ipynb"]
+    assert all(entry["wall_seconds"] >= 0.2 for entry in info["notebooks"])
+    assert info["start"] <= info["end"] and info["wall_seconds"] >= 0.4
+    assert info["peak_rss_mb"] >= 0.95 * child_bytes / 1e6
+    assert info["notebooks"][1]["peak_rss_mb_so_far"] > info["notebooks"][0]["peak_rss_mb_so_far"]
+    assert info["torch_threads"] == torch.get_num_threads() and info["cpu_count"] == os.cpu_count()
+    assert len(info["load_average_start"]) == len(info["load_average_end"]) == 3
+
+    # An interrupted run leaves its record too, naming where it stopped.
+    def interrupted(source, output, **kwargs):
+        if Path(source).name.startswith("02"):
+            raise KeyboardInterrupt
+        Path(output).write_text("complete")
+
+    monkeypatch.setattr(papermill, "execute_notebook", interrupted)
+    assert notebook_runner.main(["--profile", "smoke"]) == 130
+    info = json.loads((tmp_path / "results" / "smoke" / "run_info.json").read_text())
+    assert info["status"] == "interrupted in 02_second.ipynb" and info["end"] is not None
+    assert [entry["name"] for entry in info["notebooks"]] == ["01_first.ipynb"]

@@ -85,6 +85,29 @@ def test_paper_dry_run_needs_no_data_and_meets_the_target(tmp_path):
     assert 0.99 * 10.0 <= result["epsilon"] <= 10.0
     assert abs(result["num_parameters"] - 1.8e6) / 1.8e6 < 0.05
     assert result["noise_multiplier"] > 0
+    # The paper's CIFAR-10 query: z = 484, a 1% selection (N = 1) and k = N (Appendix A, Table 8).
+    assert (result["query_noise_multiplier"], result["k"], result["semantics_per_class"]) == (484.0, 1, 1)
+
+
+@pytest.mark.parametrize("ratio, n", [(0.01, 1), (0.05, 5), (0.2, 20)])
+def test_dry_run_reports_the_query_z_k_and_n_of_the_methods_that_select(ratio, n):
+    config = load_config("quick", {"semantics.selection_ratio": ratio})
+    result = dry_run(method="privimage-d", config=config, epsilon=10.0)
+    assert (result["query_noise_multiplier"], result["k"], result["semantics_per_class"]) == (39.0, n, n)
+    # No query: nothing to report; the non-private ablation selects, with no noise.
+    assert {key: dry_run(method="pdp-diffusion", config=config, epsilon=10.0)[key]
+            for key in ("query_noise_multiplier", "k", "semantics_per_class")} == dict.fromkeys(
+        ("query_noise_multiplier", "k", "semantics_per_class"))
+    nonprivate = dry_run(method="nonpriv-d", config=config, epsilon=None)
+    assert (nonprivate["query_noise_multiplier"], nonprivate["k"], nonprivate["semantics_per_class"]) == (None, n, n)
+
+
+def test_run_dry_run_json_on_the_command_line_reports_the_query(capsys):
+    from privimage.cli import main
+
+    assert main(["run", "--profile", "quick", "--method", "privimage-g", "--epsilon", "5", "--dry-run", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (printed["query_noise_multiplier"], printed["k"], printed["semantics_per_class"]) == (39.0, 1, 1)
 
 
 def test_nonprivate_methods_refuse_nothing_and_private_ones_need_epsilon():

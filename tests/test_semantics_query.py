@@ -179,3 +179,39 @@ def test_query_refuses_a_ledger_of_another_dataset_and_bad_k():
         query_semantic_distribution(query_function=_query_function(), sensitive=sensitive, k=5,
                                     query_noise_multiplier=1.0, ledger=ledger)
     assert ledger.entries == []
+
+
+def test_select_without_k_queries_k_equal_to_n_and_records_z_k_and_n(capsys, tmp_path, monkeypatch):
+    import json
+
+    import privimage.semantics.stage as stage
+    from privimage.cli import main
+
+    def untrained_query_function(*, public_train, **kwargs):
+        # Public data only, and no training: the test is about what the query records.
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(32 * 32, public_train.num_classes))
+        return QueryFunction(model=model, public_name=public_train.name, public_class_names=public_train.class_names,
+                             public_val_accuracy=0.0, train_seconds=0.0, cache_dir="")
+
+    monkeypatch.setattr(stage, "train_query_function", untrained_query_function)
+
+    def select(out, *extra):
+        assert main(["select", "--profile", "smoke", "--selection-ratio", "0.05", "--out", str(out), "--json",
+                     *extra]) == 0
+        printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        return printed, json.loads((out / "selection.json").read_text())
+
+    # 5% of 1,000 public classes for 10 digits: N = 5, and k follows it.
+    printed, summary = select(tmp_path / "follows")
+    assert (summary["k"], summary["semantics_per_class"], summary["query_noise_multiplier"]) == (5, 5, 39.0)
+    assert summary["k_follows_semantics_per_class"] is True
+    assert all(len(chosen) == 5 for chosen in summary["selected"].values())
+    [query] = summary["ledger"]["entries"]
+    assert (query["mechanism"], query["query_noise_multiplier"], query["k"]) == ("semantic_query", 39.0, 5)
+    assert (printed["k"], printed["semantics_per_class"], printed["query_noise_multiplier"]) == (5, 5, 39.0)
+    # An explicit --k is kept; N still follows the ratio.
+    _, summary = select(tmp_path / "explicit", "--k", "2", "--query-noise-multiplier", "60")
+    assert (summary["k"], summary["semantics_per_class"], summary["query_noise_multiplier"]) == (2, 5, 60.0)
+    assert summary["k_follows_semantics_per_class"] is False
+    assert (summary["ledger"]["entries"][0]["k"], summary["ledger"]["entries"][0]["query_noise_multiplier"]) == (2, 60.0)

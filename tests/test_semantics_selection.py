@@ -3,10 +3,12 @@
 import numpy as np
 import pytest
 
+from privimage.config import load_config
 from privimage.data.base import ImageDataset
-from privimage.errors import PrivImageError
+from privimage.errors import ConfigError, PrivImageError
 from privimage.semantics.query import NoisySemanticDistribution
-from privimage.semantics.selection import build_selection, select_semantics, semantics_per_row
+from privimage.semantics.selection import build_selection, query_settings, select_semantics, semantics_per_row
+from privimage.semantics.stage import resolve_query_settings
 
 
 @pytest.mark.parametrize("ratio, expected", [(0.01, 1), (0.05, 5), (0.1, 10), (0.2, 20), (0.5, 50), (1.0, 100)])
@@ -85,3 +87,35 @@ def test_relabelling_follows_the_sensitive_label_order_not_the_order_json_gives_
     assert np.all(dataset.labels[pixel_class == 2] == 0) and np.all(dataset.labels[pixel_class == 5] == 1)
     with pytest.raises(PrivImageError, match="sensitive classes"):
         relabel_selected(public=public, selected=selected, class_names=("zero", "one"))
+
+
+@pytest.mark.parametrize("ratio, n", [(0.01, 1), (0.05, 5), (0.1, 10), (0.2, 20), (0.5, 50), (1.0, 100)])
+def test_k_follows_n_through_the_rq3_sweep_unless_the_config_sets_k(ratio, n):
+    # Paper Appendix A ("we set k = N") and Table 8: 10 sensitive classes, 1,000 public ones.
+    follows = query_settings(config=load_config("quick", {"semantics.selection_ratio": ratio}),
+                             num_public_classes=1000, num_rows=10)
+    assert (follows.k, follows.semantics_per_class, follows.k_follows_semantics_per_class) == (n, n, True)
+    assert follows.query_noise_multiplier == 39.0
+    fixed = query_settings(config=load_config("quick", {"semantics.selection_ratio": ratio, "semantics.k": 2}),
+                           num_public_classes=1000, num_rows=10)
+    assert (fixed.k, fixed.semantics_per_class, fixed.k_follows_semantics_per_class) == (2, n, False)
+
+
+def test_query_settings_of_the_profiles_from_the_datasets_metadata(tmp_path):
+    quick = resolve_query_settings(load_config("quick"))
+    assert (quick.query_noise_multiplier, quick.k, quick.semantics_per_class) == (39.0, 1, 1)
+    # The paper profile needs no dataset files: CIFAR-10 and ImageNet's sizes come from the registry.
+    paper = resolve_query_settings(load_config("paper"), data_root=tmp_path)
+    assert (paper.query_noise_multiplier, paper.k, paper.semantics_per_class) == (484.0, 1, 1)
+    # CelebA is one row: 1% of 1,000 classes is N = 10 for it, and k follows.
+    celeba = resolve_query_settings(load_config("paper", {"data.sensitive": "celeba32"}), data_root=tmp_path)
+    assert (celeba.query_noise_multiplier, celeba.k, celeba.semantics_per_class) == (5300.0, 10, 10)
+    # The non-private ablation's exact histogram has no noise.
+    assert resolve_query_settings(load_config("quick"), private=False).query_noise_multiplier == 0.0
+
+
+def test_a_k_above_the_public_classes_is_a_config_error_naming_the_key():
+    with pytest.raises(ConfigError, match=r"semantics\.k must lie in \[1, 1000\].*got 1001"):
+        query_settings(config=load_config("quick", {"semantics.k": 1001}), num_public_classes=1000, num_rows=10)
+    with pytest.raises(ConfigError, match=r"semantics\.k must be >= 1"):
+        load_config("quick", {"semantics.k": 0})

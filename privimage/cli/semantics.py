@@ -22,7 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     select.add_argument("--sensitive", default=None, help="sensitive dataset (default: the profile's, mnist5k)")
     select.add_argument("--selection-ratio", type=float, default=None, help="fraction of public data to select")
     select.add_argument("--query-noise-multiplier", type=float, default=None, help="z: noise std is z*sqrt(k)")
-    select.add_argument("--k", type=int, default=None, help="semantics queried per sensitive image")
+    select.add_argument("--k", type=int, default=None,
+                        help="semantics queried per sensitive image (default: the profile's; k = N, the "
+                        "semantics selected per class, unless the profile sets k)")
     select.add_argument("--delta", type=float, default=None, help="delta for the reported epsilon")
     select.add_argument("--out", type=Path, required=True, help="output folder")
     add_profile(select)
@@ -71,12 +73,16 @@ def _select(args: argparse.Namespace) -> int:
     summary = result.summary
     if args.json:
         emit({"selection_json": str(path), "selection_ratio": summary["selection_ratio"],
+              "query_noise_multiplier": summary["query_noise_multiplier"], "k": summary["k"],
+              "semantics_per_class": summary["semantics_per_class"],
               "epsilon": ledger.epsilon(), "delta": ledger.delta,
               "public_val_accuracy": summary["sqf"]["public_val_accuracy"], "selected": summary["selected"]}, True)
     else:
         for name, chosen in summary["selected"].items():
             print(f"{name:>12}: {', '.join(chosen)}")
-        print(f"achieved selection ratio {summary['selection_ratio']:.4f}; SQF public-val accuracy "
+        print(f"N = {summary['semantics_per_class']} semantics per class, queried with k = {summary['k']} "
+              f"and z = {summary['query_noise_multiplier']:g}; "
+              f"achieved selection ratio {summary['selection_ratio']:.4f}; SQF public-val accuracy "
               f"{summary['sqf']['public_val_accuracy']:.3f}; query epsilon {ledger.epsilon():.4g} at delta {ledger.delta:g}")
         print(path)
     return 0

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from privimage.config import Config, query_noise_multiplier
 from privimage.data.base import ImageDataset
-from privimage.errors import PrivImageError
+from privimage.errors import ConfigError, PrivImageError
 from privimage.semantics.query import NoisySemanticDistribution
 
 
@@ -36,6 +37,50 @@ def semantics_per_row(*, selection_ratio: float, num_public_classes: int, num_ro
             f"public classes, but the public dataset has {num_public_classes}"
         )
     return per_row
+
+
+@dataclass(frozen=True)
+class QuerySettings:
+    """What one semantic query uses (paper Section 3.3, Appendix A)."""
+
+    query_noise_multiplier: float  # z: the noise std is z * sqrt(k); 0 for the non-private ablation
+    k: int  # semantics queried per sensitive image
+    semantics_per_class: int  # N: semantics each class selects
+    k_follows_semantics_per_class: bool  # True when the config leaves k to N (k: null)
+
+
+def query_settings(*, config: Config, num_public_classes: int, num_rows: int, private: bool = True) -> QuerySettings:
+    """z, k and N of a config's semantic query, for a public set and a number of histogram rows.
+
+    k follows N unless the config sets it (paper Appendix A: "we set k = N"), so a
+    1% selection of 1,000 classes for 10 classes queries k = 1, and 5% queries k = 5.
+
+    Args:
+        config: the resolved config.
+        num_public_classes: the public dataset's classes (the semantics to choose from).
+        num_rows: histogram rows, the sensitive classes (1 for unlabelled data).
+        private: False for the non-private ablation, whose exact histogram has no noise (z = 0).
+
+    Returns:
+        The `QuerySettings`.
+
+    Raises:
+        ConfigError: a k outside [1, public classes], or no z for the sensitive dataset.
+        PrivImageError: a selection ratio the public classes cannot meet.
+    """
+    explicit_k = config.semantics.k
+    # An explicit k is checked first: it needs only the public dataset's size.
+    if explicit_k is not None and not 1 <= explicit_k <= num_public_classes:
+        raise ConfigError(f"semantics.k must lie in [1, {num_public_classes}] (the public classes of "
+                          f"'{config.data.public}'), got {explicit_k}")
+    per_row = semantics_per_row(selection_ratio=config.semantics.selection_ratio,
+                                num_public_classes=num_public_classes, num_rows=num_rows)
+    return QuerySettings(
+        query_noise_multiplier=query_noise_multiplier(config) if private else 0.0,
+        k=per_row if explicit_k is None else explicit_k,
+        semantics_per_class=per_row,
+        k_follows_semantics_per_class=explicit_k is None,
+    )
 
 
 def select_semantics(noisy_histogram: np.ndarray, *, per_row: int) -> list[list[int]]:

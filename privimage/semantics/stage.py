@@ -28,7 +28,7 @@ from privimage.errors import PrivImageError
 from privimage.privacy import PrivacyLedger
 from privimage.semantics.query import exact_semantic_distribution, query_semantic_distribution
 from privimage.semantics.query_function import QueryFunction, train_query_function
-from privimage.semantics.selection import Selection, build_selection, semantics_per_row
+from privimage.semantics.selection import QuerySettings, Selection, build_selection, query_settings
 
 
 @dataclass
@@ -72,6 +72,23 @@ def trained_query_function(config: Config, *, data_root: Path | None = None, pro
     )
 
 
+def resolve_query_settings(config: Config, *, data_root: Path | None = None, private: bool = True) -> QuerySettings:
+    """z, k and N of the config's query, from the datasets' metadata (no image is read).
+
+    Args:
+        config: the resolved config.
+        data_root: folder of real datasets.
+        private: False for the non-private ablation (z = 0).
+
+    Returns:
+        The `QuerySettings` (`privimage.semantics.selection.query_settings`).
+    """
+    public_info = dataset_info(config.data.public, "train", data_root=data_root, config=config.data)
+    sensitive_info = dataset_info(config.data.sensitive, "train", data_root=data_root, config=config.data)
+    return query_settings(config=config, num_public_classes=int(public_info["num_classes"]),
+                          num_rows=int(sensitive_info["num_classes"]), private=private)
+
+
 def run_selection(
     config: Config,
     *,
@@ -88,24 +105,19 @@ def run_selection(
     ledger and no guarantee; ``selection.json`` then says so.
     """
     semantics = config.semantics
-    # Every parameter is checked before any data is loaded (from the public
-    # dataset's metadata), before the SQF trains or the sensitive data is queried.
+    # Every parameter is checked before the public images load (from their
+    # metadata), before the SQF trains or the sensitive data is queried.
     public_info = dataset_info(config.data.public, "train", data_root=data_root, config=config.data)
-    num_public_classes = public_info["num_classes"]
-    if not 1 <= semantics.k <= num_public_classes:
-        raise PrivImageError(
-            f"k must lie in [1, {num_public_classes}] (the public classes of '{config.data.public}'), "
-            f"got {semantics.k}"
-        )
     sensitive = sensitive if sensitive is not None else load_sensitive_train(config, data_root=data_root)
     if len(sensitive) == 0:
         raise PrivImageError(f"the sensitive dataset '{sensitive.name}/{sensitive.split}' is empty")
+    # z, k and N (k = N unless the config sets k): one histogram row per sensitive class.
+    settings = query_settings(config=config, num_public_classes=int(public_info["num_classes"]),
+                              num_rows=sensitive.num_classes, private=private)
     check_image_shapes(public_name=config.data.public, public_shape=tuple(public_info["image_shape"]),
                        sensitive=sensitive)
     public_train, public_val = load_public(config, data_root=data_root)
     check_compatible(public_train, sensitive)
-    semantics_per_row(selection_ratio=semantics.selection_ratio, num_public_classes=public_train.num_classes,
-                      num_rows=sensitive.num_classes)
     query_function = train_query_function(
         public_train=public_train, public_val=public_val, config=semantics, seed=semantics.sqf_seed, progress=progress
     )
@@ -117,13 +129,13 @@ def run_selection(
         distribution = query_semantic_distribution(
             query_function=query_function,
             sensitive=sensitive,
-            k=semantics.k,
-            query_noise_multiplier=semantics.query_noise_multiplier,
+            k=settings.k,
+            query_noise_multiplier=settings.query_noise_multiplier,
             ledger=ledger,
             secure_mode=config.finetune.secure_mode,
         )
     else:
-        distribution = exact_semantic_distribution(query_function=query_function, sensitive=sensitive, k=semantics.k)
+        distribution = exact_semantic_distribution(query_function=query_function, sensitive=sensitive, k=settings.k)
     selection = build_selection(distribution=distribution, public=public_train, selection_ratio=semantics.selection_ratio)
     seconds = time.perf_counter() - start
 
@@ -137,10 +149,12 @@ def run_selection(
     summary = {
         "public": public_train.name,
         "sensitive": sensitive.name,
-        "k": semantics.k,
+        "k": settings.k,
+        "k_follows_semantics_per_class": settings.k_follows_semantics_per_class,
         "private": private,
+        # The non-private ablation adds no noise: z is 0 there whatever the config says.
         "query_noise_multiplier": distribution.query_noise_multiplier,
-        "noise_std": distribution.query_noise_multiplier * float(np.sqrt(semantics.k)),
+        "noise_std": distribution.query_noise_multiplier * float(np.sqrt(settings.k)),
         "semantics_per_class": selection.per_row,
         "selection_ratio_requested": selection.selection_ratio_requested,
         "selection_ratio": selection.selection_ratio_achieved,
