@@ -390,5 +390,22 @@ def test_a_common_factor_keeps_every_order_but_a_per_feature_scale_need_not():
 
 
 def test_unknown_offline_scale_is_a_config_error():
-    with pytest.raises(ConfigError, match="fid_offline_scale must be 'public-standardised' or 'raw'"):
+    with pytest.raises(ConfigError, match="fid_offline_scale must be .public-standardised., .public-common. or .raw."):
         load_config("smoke", {"evaluation.fid_offline_scale": "zscore"})
+
+
+@pytest.mark.filterwarnings("ignore:.*`disp` argument is deprecated")
+def test_common_public_factor_divides_every_fid_by_one_constant(offline, offline_raw, fixed_sets):
+    train, validation = stand_in_public()
+    config = load_config("smoke", {"evaluation.fid_backbone_epochs": 3, "evaluation.fid_offline_scale": "public-common"})
+    common = load_fid_backbone(config=config, public_train=train, public_validation=validation)
+    assert common.scale == "divided by one common std of public sklearn-digits/val"
+    # The factor is the root mean public variance of the per-feature statistics.
+    factor = np.mean(offline.standardisation.std ** 2)
+    half_b, sets = fixed_sets
+    results = {name: frechet_distance(synthetic=sets[name], real=half_b, extractor=common)
+               for name in ("one class", "30% uniform", "uniform")}
+    for result in results.values():
+        assert result["fid"] * factor == pytest.approx(result["fid_unscaled"], rel=1e-6)
+    # So its order is the raw one, including the pair the per-feature scale swaps on this backbone.
+    assert sorted(results, key=lambda n: results[n]["fid"]) == sorted(results, key=lambda n: results[n]["fid_unscaled"])

@@ -53,6 +53,10 @@ every coupling maps to a coupling of the images, so
   were seen to swap. Every result on this scale also carries ``fid_unscaled``,
   the same pair on the raw features, so a table's order can be checked, and
   ``fid_offline_scale: raw`` keeps the old scale.
+- ``fid_offline_scale: public-common`` divides every feature by one common
+  public std (the root mean public variance) instead: every FID is the raw one
+  divided by the same constant, so every order is kept exactly, at the price
+  of letting the features with the largest spread dominate, as raw FID does.
 """
 
 from __future__ import annotations
@@ -81,7 +85,7 @@ INCEPTION_ENV = "PRIVIMAGE_INCEPTION_WEIGHTS"
 INCEPTION_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_DIMS = (64, 192, 768, 2048)
 BACKBONE_CHOICES = ("auto", "inception", "offline")
-OFFLINE_SCALES = ("public-standardised", "raw")
+OFFLINE_SCALES = ("public-standardised", "public-common", "raw")
 # Bump when the standardisation changes, so stale cached statistics are not reused.
 STANDARDISATION_VERSION = 1
 INCEPTION_SCALE = "unscaled Inception features (standard FID)"
@@ -150,8 +154,10 @@ class BackboneChoice:
     scale: str = INCEPTION_SCALE  # how the features are scaled, as results and tables print it
 
 
-def standardised_scale_label(public_name: str, split: str) -> str:
-    """How a result names the public-standardised offline scale, e.g. ``standardised on public glyphs1k/val``."""
+def standardised_scale_label(public_name: str, split: str, *, common: bool = False) -> str:
+    """How a result names a public offline scale, e.g. ``standardised on public glyphs1k/val``."""
+    if common:
+        return f"divided by one common std of public {public_name}/{split}"
     return f"standardised on public {public_name}/{split}"
 
 
@@ -182,8 +188,9 @@ def choose_backbone(*, config: EvaluationConfig, public_name: str) -> BackboneCh
         return BackboneChoice("inception", "inception", config.fid_inception_dims, weights)
     from privimage.evaluation.datasets import PUBLIC_VALIDATION_SPLIT
 
-    scale = (standardised_scale_label(public_name, PUBLIC_VALIDATION_SPLIT)
-             if config.fid_offline_scale == "public-standardised" else RAW_OFFLINE_SCALE)
+    scale = (RAW_OFFLINE_SCALE if config.fid_offline_scale == "raw" else
+             standardised_scale_label(public_name, PUBLIC_VALIDATION_SPLIT,
+                                      common=config.fid_offline_scale == "public-common"))
     return BackboneChoice("offline", backbone_name(public_name), config.fid_backbone_embedding_dim, scale=scale)
 
 
@@ -275,6 +282,7 @@ class FeatureStandardisation:
     mean: np.ndarray
     std: np.ndarray
     label: str  # e.g. "standardised on public glyphs1k/val"
+    dataset: str  # the public split the statistics come from, e.g. "glyphs1k/val"
     key: str  # cache hash: the backbone identity and the public split's content
 
 
@@ -328,6 +336,22 @@ class OfflineFeatures(FeatureExtractor):
         return (raw - self.standardisation.mean) / self.standardisation.std
 
 
+def common_factor(standardisation: FeatureStandardisation) -> FeatureStandardisation:
+    """One std for every feature, the root mean public variance: every FID is divided by its square.
+
+    Args:
+        standardisation: the per-feature public statistics.
+
+    Returns:
+        The same shift with ``std`` replaced by its root mean square, labelled as a common factor.
+    """
+    rms = float(np.sqrt(np.mean(standardisation.std ** 2)))
+    name, split = standardisation.dataset.rsplit("/", 1)
+    return FeatureStandardisation(mean=standardisation.mean, std=np.full_like(standardisation.std, rms),
+                                  label=standardised_scale_label(name, split, common=True),
+                                  dataset=standardisation.dataset, key=f"{standardisation.key}-common")
+
+
 def public_feature_standardisation(
     *,
     extractor: OfflineFeatures,
@@ -355,7 +379,8 @@ def public_feature_standardisation(
     stats_path, meta_path = folder / "stats.npz", folder / "meta.json"
     if stats_path.is_file() and meta_path.is_file():
         with np.load(stats_path) as stats:
-            return FeatureStandardisation(mean=stats["mean"], std=stats["std"], label=label, key=key)
+            return FeatureStandardisation(mean=stats["mean"], std=stats["std"], label=label,
+                                          dataset=f"{public.name}/{public.split}", key=key)
     if len(public) < 2:
         raise DataError(f"FID feature standardisation needs at least 2 public images, got {len(public)} in "
                         f"{public.name}/{public.split}")
@@ -372,7 +397,7 @@ def public_feature_standardisation(
         "backbone_identity": extractor.identity, "num_images": len(public),
         "std_min": float(std.min()), "std_max": float(std.max()),
     })
-    return FeatureStandardisation(mean=mean, std=std, label=label, key=key)
+    return FeatureStandardisation(mean=mean, std=std, label=label, dataset=f"{public.name}/{public.split}", key=key)
 
 
 _INCEPTION_LOCK = threading.Lock()
@@ -450,7 +475,7 @@ def load_fid_backbone(
     if public_validation is None:
         public_validation = load_split(name=config.data.public, split=PUBLIC_VALIDATION_SPLIT, data_root=data_root,
                                        config=config.data)
-    standardise = config.evaluation.fid_offline_scale == "public-standardised"
+    standardise = config.evaluation.fid_offline_scale != "raw"
     # The scale reads public data only: never the sensitive dataset, either split.
     if standardise and public_validation.name == config.data.sensitive:
         raise DataError(f"the FID feature standardisation reads public data only, but its split is from the "
@@ -462,6 +487,8 @@ def load_fid_backbone(
         return raw
     # The scale comes from the held-out public split, the images the backbone did not fit.
     standardisation = public_feature_standardisation(extractor=raw, public=public_validation, progress=progress)
+    if config.evaluation.fid_offline_scale == "public-common":
+        standardisation = common_factor(standardisation)
     return OfflineFeatures(model=model, meta=meta, batch_size=config.evaluation.fid_batch_size, device=device,
                            standardisation=standardisation)
 
