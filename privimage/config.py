@@ -202,6 +202,12 @@ class EvaluationConfig:
     fid_backbone_width: int = 32
     fid_backbone_embedding_dim: int = 128
     fid_backbone_epochs: int = 3
+    # Scale of the offline features: "public-standardised" (per-feature mean and
+    # std of the public validation split, so FIDs read like familiar ones),
+    # "public-common" (one common public std for all features: every FID divided
+    # by the same constant, so every order is kept) or "raw" (unnormalised, FIDs
+    # in the thousands). Inception features are never rescaled.
+    fid_offline_scale: str = "public-standardised"
     # Downstream classifiers, trained on the synthetic set.
     lr_inverse_regularization: tuple[float, ...] = (0.01, 0.1, 1.0)
     lr_max_iter: int = 500
@@ -412,6 +418,8 @@ VALUE_RULES: tuple[tuple[str, Any, str], ...] = (
     ("sampling.batch_size", *_POSITIVE),
     ("sampling.guidance_scale", *_NON_NEGATIVE),
     ("evaluation.synthetic_validation_fraction", lambda v: 0 < v < 1, "lie in (0, 1)"),
+    ("evaluation.fid_offline_scale", lambda v: v in ("public-standardised", "public-common", "raw"),
+     "be 'public-standardised', 'public-common' or 'raw'"),
     ("experiment.epsilons", lambda v: all(e > 0 for e in v), "hold only values > 0"),
     ("experiment.sweep_epsilon", *_POSITIVE),
     ("experiment.selection_ratios", lambda v: all(0 < r <= 1 for r in v), "hold only values in (0, 1]"),

@@ -55,8 +55,8 @@ _REPO_ROOT = Path(__file__).resolve().parent.parent
 METRICS = ("fid", "ca_lr", "ca_mlp", "ca_cnn")
 # The headline numbers of a run, beside the metrics.
 RUN_COLUMNS = ("dataset", "public", "method", "epsilon", "seed", "status", "note", *METRICS,
-               "epsilon_spent", "epsilon_prv", "delta", "fid_backbone", "fid_num_synthetic", "fid_num_real",
-               "num_parameters", "run_dir")
+               "epsilon_spent", "epsilon_prv", "delta", "fid_backbone", "fid_scale", "fid_unscaled",
+               "fid_num_synthetic", "fid_num_real", "num_parameters", "run_dir")
 
 
 # --------------------------------------------------------------------------- where results go
@@ -207,7 +207,7 @@ def run_point(*, config: Config, point: GridPoint, data_root: Path | None = None
     resolved = run_config(config=config, point=point)
     row: dict[str, Any] = {column: None for column in RUN_COLUMNS}
     # Missing numbers are NaN, so that a column of a skipped run stays numeric.
-    row.update({column: math.nan for column in (*METRICS, "epsilon_spent", "epsilon_prv")})
+    row.update({column: math.nan for column in (*METRICS, "epsilon_spent", "epsilon_prv", "fid_unscaled")})
     row.update(dataset=resolved.data.sensitive, public=resolved.data.public, method=recipe.name,
                epsilon=point.epsilon if recipe.private else None, seed=point.seed, status="ok", note="")
     row.update(point.labels)
@@ -258,7 +258,9 @@ def read_run(run_dir: Path) -> dict[str, Any]:
         "fid": _number(metrics.get("fid")), "ca_lr": _number(ca.get("lr")), "ca_mlp": _number(ca.get("mlp")),
         "ca_cnn": _number(ca.get("cnn")), "epsilon_spent": _number(privacy.get("epsilon")),
         "epsilon_prv": _number(privacy.get("epsilon_prv")), "delta": privacy.get("delta"),
-        "fid_backbone": metrics.get("fid_backbone"), "fid_num_synthetic": metrics.get("fid_num_synthetic"),
+        "fid_backbone": metrics.get("fid_backbone"), "fid_scale": metrics.get("fid_scale"),
+        "fid_unscaled": _number(metrics.get("fid_unscaled")),
+        "fid_num_synthetic": metrics.get("fid_num_synthetic"),
         "fid_num_real": metrics.get("fid_num_real"), "run_dir": str(run_dir),
     }
 
@@ -336,15 +338,18 @@ def summarize(runs: pd.DataFrame, *, by: Iterable[str], metrics: Iterable[str] =
 
 
 def describe_fid(runs: pd.DataFrame) -> str:
-    """The FID backbone and sample counts of the finished runs, for a table header."""
+    """The FID backbone, feature scale and sample counts of the finished runs, for a table header."""
     done = runs[runs["status"] == "ok"]
     if not len(done):
         return "FID: no finished run"
     backbones = sorted(set(str(b) for b in done["fid_backbone"].dropna()))
+    # Runs evaluated before the scale was recorded measured raw offline features.
+    scales = done["fid_scale"] if "fid_scale" in done else pd.Series([None] * len(done), dtype=object)
+    scales = sorted(set("scale not recorded (raw)" if s is None or s != s else str(s) for s in scales))
     synthetic = sorted(set(int(n) for n in done["fid_num_synthetic"].dropna()))
     real = sorted(set(int(n) for n in done["fid_num_real"].dropna()))
-    return (f"FID backbone: {', '.join(backbones)}; {'/'.join(map(str, synthetic))} synthetic vs "
-            f"{'/'.join(map(str, real))} real test images (reporting only)")
+    return (f"FID backbone: {', '.join(backbones)}, features {'; '.join(scales)}; {'/'.join(map(str, synthetic))} "
+            f"synthetic vs {'/'.join(map(str, real))} real test images (reporting only)")
 
 
 # --------------------------------------------------------------------------- RQ1 (Table 2, Fig. 4, 5)
@@ -539,7 +544,7 @@ def pretrained_only(*, config: Config, method: str, data_root: Path | None = Non
     ``cache_root()/pretrained_samples/<key>/`` (``synthetic.npz``, ``samples.png``).
 
     Returns:
-        ``{"method", "seed", "status", "note", "fid", "fid_backbone", "fid_num_synthetic", "samples_dir"}``.
+        ``{"method", "seed", "status", "note", "fid", "fid_backbone", "fid_scale", "fid_num_synthetic", "samples_dir"}``.
     """
     data_root = resolve_data_root(data_root)
     import torch
@@ -551,7 +556,8 @@ def pretrained_only(*, config: Config, method: str, data_root: Path | None = Non
 
     recipe = get_method(method)
     row = {"method": recipe.name, "seed": config.seed, "status": "ok", "note": "", "fid": math.nan,
-           "fid_backbone": None, "fid_num_synthetic": None, "fid_num_real": None, "samples_dir": None}
+           "fid_backbone": None, "fid_scale": None, "fid_num_synthetic": None, "fid_num_real": None,
+           "samples_dir": None}
     if recipe.pretrain_data == "none":
         return {**row, "status": "skipped", "note": f"{recipe.name} has no pre-training stage"}
     # The sensitive set is read by the noisy query only (selected pre-training data); the ledger records it.
@@ -591,7 +597,8 @@ def _samples_fid(*, folder: Path, config: Config, data_root: Path, progress: boo
     extractor = load_fid_backbone(config=config, data_root=data_root, progress=progress)
     fid = frechet_distance(synthetic=synthetic, real=test, extractor=extractor,
                            allow_singular_covariance=config.evaluation.fid_allow_singular_covariance)
-    return {**row, "fid": float(fid["fid"]), "fid_backbone": fid["fid_backbone"],
+    return {**row, "fid": float(fid["fid"]), "fid_backbone": fid["fid_backbone"], "fid_scale": fid["fid_scale"],
+            "fid_unscaled": fid.get("fid_unscaled", math.nan),
             "fid_num_synthetic": fid["fid_num_synthetic"], "fid_num_real": fid["fid_num_real"],
             "samples_dir": str(folder)}
 
@@ -638,7 +645,8 @@ def matched_glyph_pretraining(*, config: Config, data_root: Path | None = None, 
     from privimage.semantics.selection import relabel_selected
 
     row = {"method": "matched-glyphs", "seed": config.seed, "status": "ok", "note": "", "fid": math.nan,
-           "fid_backbone": None, "fid_num_synthetic": None, "fid_num_real": None, "samples_dir": None}
+           "fid_backbone": None, "fid_scale": None, "fid_num_synthetic": None, "fid_num_real": None,
+           "samples_dir": None}
     # Class names and image shape from the test split's metadata: the training split is never opened here.
     info = dataset_info(config.data.sensitive, "test", data_root=data_root, config=config.data)
     if config.data.public != "glyphs1k" or tuple(info["class_names"]) != DIGIT_CLASS_NAMES:

@@ -23,6 +23,8 @@ from privimage.evaluation.fid import (
     find_inception_weights,
     frechet_distance,
     load_fid_backbone,
+    public_feature_standardisation,
+    pytorch_fid_distance,
     reference_statistics,
 )
 
@@ -67,6 +69,7 @@ def test_offline_backbone_is_labelled_and_learnt_its_public_task(offline):
     assert isinstance(offline, OfflineFeatures)
     assert offline.name == "offline-smallcnn-sklearn-digits"
     assert offline.feature_dims == 128
+    assert offline.scale == "standardised on public sklearn-digits/val"
     # A backbone that learnt nothing would give meaningless features.
     assert offline.meta["public_validation_accuracy"] > 0.7
 
@@ -76,7 +79,8 @@ def test_fid_of_a_set_against_itself_is_zero(offline, mnist_test):
     assert abs(result["fid"]) < 1e-6
     assert result["fid_backbone"] == offline.name
     # The metric names the exact weights it was measured with.
-    assert result["fid_backbone_identity"].endswith(offline.meta["weights_sha256"])
+    assert offline.meta["weights_sha256"] in result["fid_backbone_identity"]
+    assert result["fid_scale"] == "standardised on public sklearn-digits/val"
     assert len(offline.meta["weights_sha256"]) == 16
     assert result["fid_num_synthetic"] == result["fid_num_real"] == 1000
     assert "reporting only" in result["fid_reference"]
@@ -103,7 +107,7 @@ def test_backbone_and_reference_statistics_are_cached(offline, mnist_test, monke
 
     mu, sigma, meta = reference_statistics(real=mnist_test, extractor=offline)
     assert meta["use"].startswith("reporting only") and meta["num_images"] == 1000
-    assert sigma.shape == (128, 128)
+    assert sigma.shape == (128, 128) and meta["scale"] == offline.scale
     # The cached statistics are what the features give.
     features = offline.features(mnist_test.images).astype(np.float64)
     np.testing.assert_allclose(mu, features.mean(axis=0), rtol=1e-6, atol=1e-8)
@@ -265,3 +269,143 @@ def test_cached_backbone_metadata_names_its_public_data(offline):
     folders = list((cache_root() / "fid_backbone").iterdir())
     metas = [json.loads((folder / "meta.json").read_text()) for folder in folders]
     assert any(meta["public_dataset"] == "sklearn-digits/train" for meta in metas)
+
+
+# --------------------------------------------------------------------------- the public-standardised scale
+
+
+@pytest.fixture(scope="module")
+def offline_raw(offline):
+    """The same cached backbone on its raw (unnormalised) scale."""
+    train, validation = stand_in_public()
+    config = load_config("smoke", {"evaluation.fid_backbone_epochs": 3, "evaluation.fid_offline_scale": "raw"})
+    return load_fid_backbone(config=config, public_train=train, public_validation=validation)
+
+
+@pytest.fixture(scope="module")
+def fixed_sets(mnist_test):
+    """Sets like the rows of a result table, from near-real to far, all fixed by seed (no training)."""
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(mnist_test))
+    half_a, half_b = mnist_test.subset(order[:500], "test-a"), mnist_test.subset(order[500:], "test-b")
+
+    def named(name, images):
+        return ImageDataset(name, "synthetic", images, half_a.labels[:len(images)], half_a.class_names)
+
+    uniform = rng.integers(0, 256, half_a.images.shape, dtype=np.uint8)
+    public_digits = stand_in_public()[0].images[:500]
+    mixtures = {f"{int(100 * share)}% uniform": np.where(np.arange(500)[:, None, None, None] < 500 * share,
+                                                         uniform, half_a.images) for share in (0.1, 0.3, 0.6)}
+    sets = {"real half": half_a,
+            **{f"noise {std}": with_noise(half_a, std) for std in (16, 48, 96, 160)},
+            **{name: named(name, images) for name, images in mixtures.items()},
+            "one class": named("one class", np.repeat(half_a.images[half_a.labels == 1][:50], 10, axis=0)),
+            "inverted": named("inverted", 255 - half_a.images),
+            "public digits": named("public digits", public_digits),
+            "uniform": named("uniform", uniform)}
+    return half_b, sets
+
+
+def test_standardisation_comes_from_the_public_validation_split_and_is_cached(offline, offline_raw):
+    _, validation = stand_in_public()
+    standardised = offline.features(validation.images)
+    # On the public split that set the scale, every feature has mean 0 and std 1.
+    np.testing.assert_allclose(standardised.mean(axis=0), 0.0, atol=1e-8)
+    np.testing.assert_allclose(standardised.std(axis=0, ddof=1), 1.0, rtol=1e-8)
+    # The standardised features are an exact per-feature affine map of the raw ones.
+    images = validation.images[:20]
+    np.testing.assert_allclose(offline.features(images) * offline.standardisation.std + offline.standardisation.mean,
+                               offline_raw.features(images), rtol=1e-9, atol=1e-9)
+    assert offline_raw.scale.startswith("unscaled") and offline_raw.identity != offline.identity
+    metas = [json.loads(path.read_text()) for path in (cache_root() / "fid_feature_scale").glob("*/meta.json")]
+    assert [meta["dataset"] for meta in metas] == ["sklearn-digits/val"]
+    assert metas[0]["use"].startswith("public data only")
+
+
+def test_standardisation_refuses_sensitive_data(offline_raw):
+    train = load_mnist5k("train")
+    flagged = ImageDataset(train.name, train.split, train.images, train.labels, train.class_names, sensitive=True)
+    with pytest.raises(DataError, match="must not read the sensitive training set"):
+        public_feature_standardisation(extractor=offline_raw, public=flagged)
+    # Not the sensitive dataset's test split either: the public name must differ from the sensitive one.
+    test = load_mnist5k("test")
+    with pytest.raises(DataError, match="reads public data only"):
+        load_fid_backbone(config=load_config("smoke", {"evaluation.fid_backbone_epochs": 3}),
+                          public_train=stand_in_public()[0], public_validation=test)
+
+
+@pytest.mark.filterwarnings("ignore:.*`disp` argument is deprecated")
+def test_new_scale_real_halves_near_zero_and_uniform_noise_far_above(offline, fixed_sets):
+    half_b, sets = fixed_sets
+    fid = {name: frechet_distance(synthetic=sets[name], real=half_b, extractor=offline)["fid"]
+           for name in ("real half", "uniform")}
+    # Two disjoint halves of the test split: only the finite-sample bias of 500 vs 500 images.
+    assert 0 < fid["real half"] < 10, fid
+    assert fid["uniform"] > 100 and fid["uniform"] > 30 * fid["real half"], fid
+
+
+@pytest.mark.filterwarnings("ignore:.*`disp` argument is deprecated")
+def test_rescaling_keeps_the_order_of_a_table_of_fixed_sets(offline, offline_raw, fixed_sets):
+    half_b, sets = fixed_sets
+    # One pass of fixed features gives both columns: the FID and the same pair on the raw scale.
+    results = {name: frechet_distance(synthetic=dataset, real=half_b, extractor=offline) for name, dataset in sets.items()}
+    standardised = {name: result["fid"] for name, result in results.items()}
+    raw = {name: result["fid_unscaled"] for name, result in results.items()}
+    assert raw["uniform"] == pytest.approx(
+        frechet_distance(synthetic=sets["uniform"], real=half_b, extractor=offline_raw)["fid"], rel=1e-6)
+
+    # A ladder of one kind of damage, as methods of one family at growing budgets, keeps its order.
+    for ladder in (["real half", "noise 16", "noise 48", "noise 96", "noise 160"],
+                   ["real half", "10% uniform", "30% uniform", "60% uniform", "uniform"]):
+        assert sorted(ladder, key=raw.get) == ladder and sorted(ladder, key=standardised.get) == ladder, (raw, standardised)
+    # Across kinds of damage, pairs whose raw FIDs differ by more than half keep their order; closer pairs of
+    # different kinds can swap (measured here: "one class" and "30% uniform", raw 82 vs 63, swap).
+    for first in sets:
+        for second in sets:
+            if raw[first] > 1.5 * raw[second]:
+                assert standardised[first] > standardised[second], (first, second, raw, standardised)
+    # What holds for every pair (module docstring of privimage.evaluation.fid): the W2 bound.
+    std = offline.standardisation.std
+    for name in sets:
+        assert raw[name] / std.max() ** 2 <= standardised[name] * (1 + 1e-6) + 1e-6
+        assert standardised[name] <= raw[name] / std.min() ** 2 * (1 + 1e-6) + 1e-6
+
+
+def test_a_common_factor_keeps_every_order_but_a_per_feature_scale_need_not():
+    identity = np.eye(2)
+    reference = np.zeros(2)
+    far_in_first, far_in_second = np.array([2.0, 0.0]), np.array([0.0, 1.0])
+
+    def fid(mu, scale):
+        scale = np.asarray(scale)
+        # The same per-feature scale on both sets, as the standardisation applies it.
+        covariance = identity * np.outer(scale, scale)
+        return pytorch_fid_distance(mu * scale, covariance, reference * scale, covariance)
+
+    assert fid(far_in_first, [1, 1]) == pytest.approx(4.0) and fid(far_in_second, [1, 1]) == pytest.approx(1.0)
+    # A common factor c multiplies every FID by c^2.
+    assert fid(far_in_first, [3, 3]) == pytest.approx(36.0) and fid(far_in_second, [3, 3]) == pytest.approx(9.0)
+    # Dividing the second feature by a public std of 0.1 swaps the two pairs (why the order is tested above).
+    assert fid(far_in_first, [1, 10]) < fid(far_in_second, [1, 10])
+
+
+def test_unknown_offline_scale_is_a_config_error():
+    with pytest.raises(ConfigError, match="fid_offline_scale must be .public-standardised., .public-common. or .raw."):
+        load_config("smoke", {"evaluation.fid_offline_scale": "zscore"})
+
+
+@pytest.mark.filterwarnings("ignore:.*`disp` argument is deprecated")
+def test_common_public_factor_divides_every_fid_by_one_constant(offline, offline_raw, fixed_sets):
+    train, validation = stand_in_public()
+    config = load_config("smoke", {"evaluation.fid_backbone_epochs": 3, "evaluation.fid_offline_scale": "public-common"})
+    common = load_fid_backbone(config=config, public_train=train, public_validation=validation)
+    assert common.scale == "divided by one common std of public sklearn-digits/val"
+    # The factor is the root mean public variance of the per-feature statistics.
+    factor = np.mean(offline.standardisation.std ** 2)
+    half_b, sets = fixed_sets
+    results = {name: frechet_distance(synthetic=sets[name], real=half_b, extractor=common)
+               for name in ("one class", "30% uniform", "uniform")}
+    for result in results.values():
+        assert result["fid"] * factor == pytest.approx(result["fid_unscaled"], rel=1e-6)
+    # So its order is the raw one, including the pair the per-feature scale swaps on this backbone.
+    assert sorted(results, key=lambda n: results[n]["fid"]) == sorted(results, key=lambda n: results[n]["fid_unscaled"])

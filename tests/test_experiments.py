@@ -194,6 +194,18 @@ def test_summarize_averages_seeds_and_keeps_skipped_methods():
     assert math.isnan(summary.loc["dpgan", "epsilon_spent_max"])
 
 
+def test_fid_note_names_backbone_scale_and_sample_counts():
+    runs = _runs().assign(fid_scale="standardised on public glyphs1k/val")
+    note = experiments.describe_fid(runs)
+    assert note.startswith("FID backbone: offline-smallcnn-glyphs1k, features standardised on public glyphs1k/val;")
+    assert "200 synthetic vs 1000 real" in note
+    # Runs on two scales are both named (their FIDs do not compare); runs from before the scale was recorded say so.
+    mixed = runs.copy()
+    mixed.loc[1, "fid_scale"] = "unscaled (raw offline features)"
+    assert "glyphs1k/val; unscaled (raw offline features)" in experiments.describe_fid(mixed)
+    assert "scale not recorded (raw)" in experiments.describe_fid(_runs())
+
+
 def test_summarize_has_no_std_column_with_one_seed():
     one_seed = _runs()[lambda f: f["seed"] == 0]
     summary = experiments.summarize(one_seed, by=["method"])

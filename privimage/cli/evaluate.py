@@ -57,8 +57,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
                                 progress=args.progress)
     ca = result["ca"]
     human = (
-        f"FID {result['fid']:.2f} ({result['fid_backbone']}, {result['fid_num_synthetic']} synthetic vs "
-        f"{result['fid_num_real']} real)\n"
+        f"FID {result['fid']:.2f} ({result['fid_backbone']}, {result['fid_scale']}, {result['fid_num_synthetic']} "
+        f"synthetic vs {result['fid_num_real']} real)\n"
         f"CA  LR {ca['lr']:.1%}  MLP {ca['mlp']:.1%}  CNN {ca['cnn']:.1%}  (tested on {result['ca_test_split']})"
     )
     emit(result, args.json, human)

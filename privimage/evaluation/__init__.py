@@ -4,7 +4,8 @@ resource costs.
 
 - `evaluate_synthetic` - FID and CA of one synthetic set (``privimage evaluate``).
 - `frechet_distance`, `load_fid_backbone`, `reference_statistics` - FID with
-  pytorch-fid's Inception, or the offline public-data backbone.
+  pytorch-fid's Inception, or the offline public-data backbone (its features
+  standardised with public statistics: `public_feature_standardisation`).
 - `classification_accuracy`, `train_classifiers`, `score_on_test` - LR, MLP, CNN.
 - `cnn_embeddings`, `tsne_embedding`, `plot_tsne` - paper Fig. 4.
 - `class_grid`, `save_class_grid` - paper Fig. 5 and Fig. 10.
@@ -29,6 +30,7 @@ from privimage.evaluation.fid import (
     find_inception_weights,
     frechet_distance,
     load_fid_backbone,
+    public_feature_standardisation,
     reference_statistics,
 )
 from privimage.evaluation.grids import class_grid, save_class_grid
@@ -40,6 +42,6 @@ __all__ = [
     "CLASSIFIERS", "STAGES", "FeatureExtractor", "InceptionFeatures", "OfflineFeatures", "TrainedClassifiers",
     "choose_backbone", "class_grid", "classification_accuracy", "cnn_embeddings", "download_inception_weights",
     "evaluate_synthetic", "find_inception_weights", "frechet_distance", "load_fid_backbone", "load_synthetic_npz",
-    "measure_stage", "plot_tsne", "reference_statistics", "save_class_grid", "score_on_test", "split_for_validation",
+    "measure_stage", "plot_tsne", "public_feature_standardisation", "reference_statistics", "save_class_grid", "score_on_test", "split_for_validation",
     "train_classifiers", "tsne_embedding",
 ]

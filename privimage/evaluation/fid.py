@@ -20,6 +20,43 @@ size adaptation to the offline backbone's training shape.
 Reference statistics of the real split (the sensitive test split, for reporting
 only) are computed once per backbone and cached under
 ``cache_root()/fid_reference/<hash>/``.
+
+The scale of the offline features (``evaluation.fid_offline_scale``)
+--------------------------------------------------------------------
+The offline backbone's 128-d features are unnormalised, so its raw FIDs run into
+the thousands. By default each feature is standardised, x -> (x - m) / s, with
+the per-feature mean m and standard deviation s of the backbone's features on
+the *public* validation split (Glyphs-1k by default; never the sensitive data,
+either split), computed once and cached under
+``cache_root()/fid_feature_scale/<hash>/`` (hash of the backbone's identity and
+of the public split's content). Every run measured with one backbone uses the
+same m and s, so its FIDs compare across runs; the scale is named in every
+result (``fid_scale``) and table. Inception features are never rescaled.
+
+What the rescaling guarantees, and what it does not. With D = diag(1/s), the
+statistics become (D (mu - m), D Sigma D); the Fréchet distance is the squared
+2-Wasserstein distance W2^2 between the two Gaussians, and for the invertible D
+every coupling maps to a coupling of the images, so
+
+    FID_raw / max(s)^2  <=  FID_standardised  <=  FID_raw / min(s)^2.
+
+- The shift m cancels exactly; a set against itself is still 0.
+- One common factor for all features would multiply every FID by the same
+  constant and keep every order. A per-feature scale does not: the bound above
+  only guarantees that two pairs keep their order when their raw FIDs differ by
+  more than the factor (max(s) / min(s))^2; closer pairs can swap, because the
+  rescaling re-weights which feature directions count.
+- So the ordering of methods is not a theorem. On fixed features
+  (tests/test_evaluation_fid.py) a ladder of one kind of damage keeps its
+  order, and pairs whose raw FIDs differ by more than half keep theirs; two
+  sets damaged in different ways with raw FIDs within about 30% of each other
+  were seen to swap. Every result on this scale also carries ``fid_unscaled``,
+  the same pair on the raw features, so a table's order can be checked, and
+  ``fid_offline_scale: raw`` keeps the old scale.
+- ``fid_offline_scale: public-common`` divides every feature by one common
+  public std (the root mean public variance) instead: every FID is the raw one
+  divided by the same constant, so every order is kept exactly, at the price
+  of letting the features with the largest spread dominate, as raw FID does.
 """
 
 from __future__ import annotations
@@ -39,7 +76,7 @@ from tqdm.auto import tqdm
 
 from privimage.cache import atomic_save_npz, atomic_write_json, file_sha256, stage_dir
 from privimage.config import Config, EvaluationConfig, config_hash
-from privimage.data.base import ImageDataset
+from privimage.data.base import ImageDataset, refuse_sensitive
 from privimage.errors import ConfigError, DataError, PrivImageError
 from privimage.evaluation.backbone import backbone_name, load_or_train_backbone
 from privimage.evaluation.networks import SmallCNN, default_device
@@ -48,6 +85,11 @@ INCEPTION_ENV = "PRIVIMAGE_INCEPTION_WEIGHTS"
 INCEPTION_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_DIMS = (64, 192, 768, 2048)
 BACKBONE_CHOICES = ("auto", "inception", "offline")
+OFFLINE_SCALES = ("public-standardised", "public-common", "raw")
+# Bump when the standardisation changes, so stale cached statistics are not reused.
+STANDARDISATION_VERSION = 1
+INCEPTION_SCALE = "unscaled Inception features (standard FID)"
+RAW_OFFLINE_SCALE = "unscaled (raw offline features)"
 
 
 # --------------------------------------------------------------------------- backbone choice
@@ -109,6 +151,14 @@ class BackboneChoice:
     name: str
     feature_dims: int
     inception_weights: Path | None = None
+    scale: str = INCEPTION_SCALE  # how the features are scaled, as results and tables print it
+
+
+def standardised_scale_label(public_name: str, split: str, *, common: bool = False) -> str:
+    """How a result names a public offline scale, e.g. ``standardised on public glyphs1k/val``."""
+    if common:
+        return f"divided by one common std of public {public_name}/{split}"
+    return f"standardised on public {public_name}/{split}"
 
 
 def choose_backbone(*, config: EvaluationConfig, public_name: str) -> BackboneChoice:
@@ -123,6 +173,9 @@ def choose_backbone(*, config: EvaluationConfig, public_name: str) -> BackboneCh
     """
     if config.fid_backbone not in BACKBONE_CHOICES:
         raise ConfigError(f"evaluation.fid_backbone must be one of {', '.join(BACKBONE_CHOICES)}, got '{config.fid_backbone}'")
+    if config.fid_offline_scale not in OFFLINE_SCALES:
+        raise ConfigError(f"evaluation.fid_offline_scale must be one of {', '.join(OFFLINE_SCALES)}, "
+                          f"got '{config.fid_offline_scale}'")
     if config.fid_inception_dims not in INCEPTION_DIMS:
         raise ConfigError(f"evaluation.fid_inception_dims must be one of {INCEPTION_DIMS}, got {config.fid_inception_dims}")
     weights = find_inception_weights(config=config) if config.fid_backbone != "offline" else None
@@ -133,7 +186,12 @@ def choose_backbone(*, config: EvaluationConfig, public_name: str) -> BackboneCh
         )
     if weights is not None:
         return BackboneChoice("inception", "inception", config.fid_inception_dims, weights)
-    return BackboneChoice("offline", backbone_name(public_name), config.fid_backbone_embedding_dim)
+    from privimage.evaluation.datasets import PUBLIC_VALIDATION_SPLIT
+
+    scale = (RAW_OFFLINE_SCALE if config.fid_offline_scale == "raw" else
+             standardised_scale_label(public_name, PUBLIC_VALIDATION_SPLIT,
+                                      common=config.fid_offline_scale == "public-common"))
+    return BackboneChoice("offline", backbone_name(public_name), config.fid_backbone_embedding_dim, scale=scale)
 
 
 def check_fid_sample_count(*, num_images: int, feature_dims: int, backbone: str, role: str,
@@ -172,6 +230,7 @@ class FeatureExtractor:
     name: str
     identity: str  # cache key: changes whenever the features would
     feature_dims: int
+    scale: str = INCEPTION_SCALE
     batch_size: int = 200
     device: torch.device = torch.device("cpu")
 
@@ -216,15 +275,38 @@ class InceptionFeatures(FeatureExtractor):
         return features.flatten(1)
 
 
-class OfflineFeatures(FeatureExtractor):
-    """Penultimate features of the offline public-data backbone (before the ReLU, see `SmallCNN`)."""
+@dataclass(frozen=True)
+class FeatureStandardisation:
+    """Per-feature mean and standard deviation of the offline features on public data."""
 
-    def __init__(self, *, model: SmallCNN, meta: dict, batch_size: int = 200, device: torch.device | None = None):
+    mean: np.ndarray
+    std: np.ndarray
+    label: str  # e.g. "standardised on public glyphs1k/val"
+    dataset: str  # the public split the statistics come from, e.g. "glyphs1k/val"
+    key: str  # cache hash: the backbone identity and the public split's content
+
+
+class OfflineFeatures(FeatureExtractor):
+    """Penultimate features of the offline public-data backbone (before the ReLU, see `SmallCNN`).
+
+    With a `FeatureStandardisation` the features are standardised with public
+    statistics (see the module docstring for what that preserves); without one
+    they are raw.
+    """
+
+    def __init__(self, *, model: SmallCNN, meta: dict, batch_size: int = 200, device: torch.device | None = None,
+                 standardisation: FeatureStandardisation | None = None):
         self.name = meta["name"]
         # The weights' digest, not only the settings that trained them: two machines
         # can train different weights from the same settings, and FIDs compare only
         # under one backbone.
         self.identity = f"{meta['name']}-{meta['hash']}-{meta['weights_sha256']}"
+        self.standardisation = standardisation
+        self.scale = RAW_OFFLINE_SCALE
+        if standardisation is not None:
+            # Cached reference statistics must not mix scales.
+            self.identity += f"-std-{standardisation.key}"
+            self.scale = standardisation.label
         self.feature_dims = int(meta["arch"]["embedding_dim"])
         self.input_shape = tuple(meta["input_shape"])
         self.batch_size = batch_size
@@ -245,6 +327,77 @@ class OfflineFeatures(FeatureExtractor):
         if images.shape[2:] != (height, width):
             images = F.interpolate(images, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
         return self.model.embed_pre_activation(images)
+
+    def features(self, images: np.ndarray, *, progress: bool = False) -> np.ndarray:
+        """Features of all images, standardised with the public statistics when the extractor has them."""
+        raw = super().features(images, progress=progress)
+        if self.standardisation is None:
+            return raw
+        return (raw - self.standardisation.mean) / self.standardisation.std
+
+
+def common_factor(standardisation: FeatureStandardisation) -> FeatureStandardisation:
+    """One std for every feature, the root mean public variance: every FID is divided by its square.
+
+    Args:
+        standardisation: the per-feature public statistics.
+
+    Returns:
+        The same shift with ``std`` replaced by its root mean square, labelled as a common factor.
+    """
+    rms = float(np.sqrt(np.mean(standardisation.std ** 2)))
+    name, split = standardisation.dataset.rsplit("/", 1)
+    return FeatureStandardisation(mean=standardisation.mean, std=np.full_like(standardisation.std, rms),
+                                  label=standardised_scale_label(name, split, common=True),
+                                  dataset=standardisation.dataset, key=f"{standardisation.key}-common")
+
+
+def public_feature_standardisation(
+    *,
+    extractor: OfflineFeatures,
+    public: ImageDataset,
+    progress: bool = False,
+) -> FeatureStandardisation:
+    """Per-feature mean and std of the raw offline features on a public split, computed once and cached.
+
+    Args:
+        extractor: the offline backbone without a standardisation (raw features).
+        public: the public split the statistics come from (never sensitive data).
+        progress: show a progress bar when computing.
+
+    Returns:
+        A `FeatureStandardisation` labelled with the public split's name.
+    """
+    # Public data only, like the backbone itself: the sensitive set never sets the scale.
+    refuse_sensitive(public, "the FID feature standardisation")
+    if extractor.standardisation is not None:
+        raise PrivImageError("public_feature_standardisation needs the raw offline features")
+    key = config_hash({"version": STANDARDISATION_VERSION, "backbone": extractor.identity,
+                       "public": public.content_hash()})
+    label = standardised_scale_label(public.name, public.split)
+    folder = stage_dir("fid_feature_scale", key)
+    stats_path, meta_path = folder / "stats.npz", folder / "meta.json"
+    if stats_path.is_file() and meta_path.is_file():
+        with np.load(stats_path) as stats:
+            return FeatureStandardisation(mean=stats["mean"], std=stats["std"], label=label,
+                                          dataset=f"{public.name}/{public.split}", key=key)
+    if len(public) < 2:
+        raise DataError(f"FID feature standardisation needs at least 2 public images, got {len(public)} in "
+                        f"{public.name}/{public.split}")
+    features = extractor.features(public.images, progress=progress)
+    mean, std = features.mean(axis=0), features.std(axis=0, ddof=1)
+    # A feature constant on the public data would divide by zero; it carries no public scale to read.
+    if not (std > 0).all():
+        raise DataError(f"FID feature standardisation: {int((std <= 0).sum())} offline features are constant on "
+                        f"{public.name}/{public.split}; retrain the backbone or set evaluation.fid_offline_scale: raw")
+    atomic_save_npz(stats_path, mean=mean, std=std)
+    atomic_write_json(meta_path, {
+        "dataset": f"{public.name}/{public.split}", "dataset_hash": public.content_hash(),
+        "use": "public data only: per-feature scale of the offline FID features",
+        "backbone_identity": extractor.identity, "num_images": len(public),
+        "std_min": float(std.min()), "std_max": float(std.max()),
+    })
+    return FeatureStandardisation(mean=mean, std=std, label=label, dataset=f"{public.name}/{public.split}", key=key)
 
 
 _INCEPTION_LOCK = threading.Lock()
@@ -322,9 +475,22 @@ def load_fid_backbone(
     if public_validation is None:
         public_validation = load_split(name=config.data.public, split=PUBLIC_VALIDATION_SPLIT, data_root=data_root,
                                        config=config.data)
+    standardise = config.evaluation.fid_offline_scale != "raw"
+    # The scale reads public data only: never the sensitive dataset, either split.
+    if standardise and public_validation.name == config.data.sensitive:
+        raise DataError(f"the FID feature standardisation reads public data only, but its split is from the "
+                        f"sensitive dataset '{config.data.sensitive}'")
     model, meta = load_or_train_backbone(public_train=public_train, public_validation=public_validation,
                                          config=config.evaluation, device=device, progress=progress)
-    return OfflineFeatures(model=model, meta=meta, batch_size=config.evaluation.fid_batch_size, device=device)
+    raw = OfflineFeatures(model=model, meta=meta, batch_size=config.evaluation.fid_batch_size, device=device)
+    if not standardise:
+        return raw
+    # The scale comes from the held-out public split, the images the backbone did not fit.
+    standardisation = public_feature_standardisation(extractor=raw, public=public_validation, progress=progress)
+    if config.evaluation.fid_offline_scale == "public-common":
+        standardisation = common_factor(standardisation)
+    return OfflineFeatures(model=model, meta=meta, batch_size=config.evaluation.fid_batch_size, device=device,
+                           standardisation=standardisation)
 
 
 # --------------------------------------------------------------------------- statistics and distance
@@ -372,12 +538,33 @@ def reference_statistics(
         "use": "reporting only (FID reference of the sensitive test split)",
         "backbone": extractor.name,
         "backbone_identity": extractor.identity,
+        "scale": extractor.scale,
         "feature_dims": extractor.feature_dims,
         "num_images": len(real),
     }
     atomic_save_npz(stats_path, mu=mu, sigma=sigma)
     atomic_write_json(meta_path, meta)
     return mu, sigma, meta
+
+
+def pytorch_fid_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """pytorch-fid's ``calculate_frechet_distance``, with its failure as one user-facing error."""
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    try:
+        # pytorch-fid 0.3.0 passes scipy's deprecated `disp` argument; that is not the user's concern.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*`disp` argument is deprecated", category=DeprecationWarning)
+            return float(calculate_frechet_distance(mu1, sigma1, mu2, sigma2))
+    except ValueError as exc:
+        # pytorch-fid raises on a matrix square root with a large imaginary part (singular covariances).
+        raise PrivImageError(f"FID failed: {str(exc).splitlines()[0]}; use more images") from None
+
+
+def unstandardised_statistics(mu: np.ndarray, sigma: np.ndarray,
+                              scale: FeatureStandardisation) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of standardised features mapped back to the raw scale (x = s z + m)."""
+    return mu * scale.std + scale.mean, sigma * np.outer(scale.std, scale.std)
 
 
 def frechet_distance(
@@ -399,11 +586,11 @@ def frechet_distance(
         progress: show progress bars.
 
     Returns:
-        ``{"fid", "fid_backbone", "fid_backbone_identity", "fid_feature_dims", "fid_num_synthetic",
-        "fid_num_real", "fid_reference"}``.
+        ``{"fid", "fid_backbone", "fid_scale", "fid_backbone_identity", "fid_feature_dims",
+        "fid_num_synthetic", "fid_num_real", "fid_reference"}``, and on the
+        public-standardised offline scale ``fid_unscaled``, the same pair's FID on
+        the raw features (for checking that a table keeps its order).
     """
-    from pytorch_fid.fid_score import calculate_frechet_distance
-
     # The same quantisation and resize for both sides requires the same stored shape.
     if synthetic.image_shape != real.image_shape:
         raise DataError(
@@ -416,21 +603,24 @@ def frechet_distance(
 
     real_mu, real_sigma, reference = reference_statistics(real=real, extractor=extractor, progress=progress)
     synthetic_mu, synthetic_sigma = feature_statistics(extractor.features(synthetic.images, progress=progress))
-    try:
-        # pytorch-fid 0.3.0 passes scipy's deprecated `disp` argument; that is not the user's concern.
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*`disp` argument is deprecated", category=DeprecationWarning)
-            distance = calculate_frechet_distance(synthetic_mu, synthetic_sigma, real_mu, real_sigma)
-    except ValueError as exc:
-        # pytorch-fid raises on a matrix square root with a large imaginary part (singular covariances).
-        raise PrivImageError(f"FID failed: {str(exc).splitlines()[0]}; use more images") from None
+    distance = pytorch_fid_distance(synthetic_mu, synthetic_sigma, real_mu, real_sigma)
+    unscaled = {}
+    if getattr(extractor, "standardisation", None) is not None:
+        # The same features on the raw scale, so that a table's order can be checked against it.
+        scale = extractor.standardisation
+        unscaled["fid_unscaled"] = float(pytorch_fid_distance(
+            *unstandardised_statistics(synthetic_mu, synthetic_sigma, scale),
+            *unstandardised_statistics(real_mu, real_sigma, scale)))
     return {
         "fid": float(distance),
         "fid_backbone": extractor.name,
+        # How the features were scaled: FIDs compare only under one backbone and one scale.
+        "fid_scale": extractor.scale,
         # Name, settings and weights digest of the feature network.
         "fid_backbone_identity": extractor.identity,
         "fid_feature_dims": int(extractor.feature_dims),
         "fid_num_synthetic": len(synthetic),
         "fid_num_real": len(real),
         "fid_reference": f"{reference['dataset']} (reporting only)",
+        **unscaled,
     }
