@@ -49,8 +49,19 @@ def stand_in_public():
 
 @pytest.fixture(scope="module")
 def offline():
+    """The offline backbone with per-feature public standardisation (the scale whose guarantees are weakest)."""
+    train, validation = stand_in_public()
+    config = load_config("smoke", {"evaluation.fid_backbone_epochs": 3,
+                                   "evaluation.fid_offline_scale": "public-standardised"})
+    return load_fid_backbone(config=config, public_train=train, public_validation=validation)
+
+
+@pytest.fixture(scope="module")
+def offline_default():
+    """The offline backbone on the profile's default scale (one common public std)."""
     train, validation = stand_in_public()
     config = load_config("smoke", {"evaluation.fid_backbone_epochs": 3})
+    assert config.evaluation.fid_offline_scale == "public-common"
     return load_fid_backbone(config=config, public_train=train, public_validation=validation)
 
 
@@ -100,7 +111,8 @@ def test_backbone_and_reference_statistics_are_cached(offline, mnist_test, monke
     train, validation = stand_in_public()
     # A second request must load the cached instrument, not train again.
     monkeypatch.setattr(backbone_module, "fit_cnn", lambda **_: pytest.fail("backbone retrained"))
-    again = load_fid_backbone(config=load_config("smoke", {"evaluation.fid_backbone_epochs": 3}),
+    again = load_fid_backbone(config=load_config("smoke", {"evaluation.fid_backbone_epochs": 3,
+                                                           "evaluation.fid_offline_scale": "public-standardised"}),
                               public_train=train, public_validation=validation)
     images = mnist_test.images[:50]
     np.testing.assert_allclose(again.features(images), offline.features(images))
@@ -335,9 +347,11 @@ def test_standardisation_refuses_sensitive_data(offline_raw):
 
 
 @pytest.mark.filterwarnings("ignore:.*`disp` argument is deprecated")
-def test_new_scale_real_halves_near_zero_and_uniform_noise_far_above(offline, fixed_sets):
+@pytest.mark.parametrize("scale", ["offline", "offline_default"])
+def test_new_scale_real_halves_near_zero_and_uniform_noise_far_above(request, scale, fixed_sets):
     half_b, sets = fixed_sets
-    fid = {name: frechet_distance(synthetic=sets[name], real=half_b, extractor=offline)["fid"]
+    extractor = request.getfixturevalue(scale)
+    fid = {name: frechet_distance(synthetic=sets[name], real=half_b, extractor=extractor)["fid"]
            for name in ("real half", "uniform")}
     # Two disjoint halves of the test split: only the finite-sample bias of 500 vs 500 images.
     assert 0 < fid["real half"] < 10, fid

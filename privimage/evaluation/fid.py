@@ -24,7 +24,9 @@ only) are computed once per backbone and cached under
 The scale of the offline features (``evaluation.fid_offline_scale``)
 --------------------------------------------------------------------
 The offline backbone's 128-d features are unnormalised, so its raw FIDs run into
-the thousands. By default each feature is standardised, x -> (x - m) / s, with
+the thousands. By default (``public-common``) every feature is divided by one
+common public standard deviation, which keeps every ordering exactly (below);
+``public-standardised`` standardises each feature, x -> (x - m) / s, with
 the per-feature mean m and standard deviation s of the backbone's features on
 the *public* validation split (Glyphs-1k by default; never the sensitive data,
 either split), computed once and cached under
@@ -588,7 +590,7 @@ def frechet_distance(
     Returns:
         ``{"fid", "fid_backbone", "fid_scale", "fid_backbone_identity", "fid_feature_dims",
         "fid_num_synthetic", "fid_num_real", "fid_reference"}``, and on the
-        public-standardised offline scale ``fid_unscaled``, the same pair's FID on
+        rescaled offline scales ``fid_unscaled``, the same pair's FID on
         the raw features (for checking that a table keeps its order).
     """
     # The same quantisation and resize for both sides requires the same stored shape.
