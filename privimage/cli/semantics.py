@@ -50,6 +50,7 @@ def _select(args: argparse.Namespace) -> int:
     from privimage.config import load_config
     from privimage.data import load_sensitive_train
     from privimage.privacy import PrivacyLedger
+    from privimage.privacy_audit import check_release_location
     from privimage.semantics.stage import run_selection
 
     overrides = {
@@ -63,6 +64,8 @@ def _select(args: argparse.Namespace) -> int:
     if (Path(args.out) / "selection.json").exists():
         raise PrivImageError(f"{Path(args.out) / 'selection.json'} already holds an earlier release; "
                              "choose another --out, or remove it knowing its budget stays spent")
+    # Where the release goes is checked before any work and before the sensitive data is read.
+    check_release_location(out_dir=args.out, command="select")
     data_root = resolve_data_root(args)
     sensitive = load_sensitive_train(config, data_root=data_root)
     ledger = PrivacyLedger(delta=config.finetune.delta, dataset_hash=sensitive.content_hash(), num_examples=len(sensitive))
