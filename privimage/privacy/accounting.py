@@ -19,6 +19,7 @@ rate 1 and noise multiplier z, and reports the upper end of its error interval.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections import Counter
 from typing import Iterable, Sequence
@@ -94,9 +95,18 @@ def composition_epsilon(
     queries = [check_positive(z, "query_noise_multiplier") for z in query_noise_multipliers]
     if not runs and not queries:
         return 0.0
-    if accountant == "rdp":
-        return _rdp_epsilon(runs, queries, delta)
-    return _prv_epsilon(runs, queries, delta)
+    # Extreme parameters overflow inside the accountants' float arithmetic; the outcome is checked below.
+    try:
+        with np.errstate(all="ignore"):
+            epsilon = _rdp_epsilon(runs, queries, delta) if accountant == "rdp" else _prv_epsilon(runs, queries, delta)
+    except ArithmeticError:
+        # opacus divides by sigma^2, which is 0 for a subnormal sigma such as 5e-324.
+        epsilon = math.inf
+    if not epsilon < math.inf:
+        raise PrivacyError(f"the {accountant.upper()} accountant finds no finite epsilon at delta {delta:g}: "
+                           "the noise is too small for any guarantee")
+    # A bound below 0 (a large delta) still means (0, delta)-DP: epsilon is never negative.
+    return max(0.0, epsilon)
 
 
 def _rdp_epsilon(runs: list[tuple[float, float, int]], queries: list[float], delta: float) -> float:
