@@ -108,18 +108,16 @@ def _load_npz(name: str, path: Path, split: str) -> ImageDataset:
     if not np.issubdtype(labels.dtype, np.integer) or labels.shape != (len(images),):
         raise DataError(f"{name}: {path} 'y' is {labels.dtype} of shape {labels.shape}; expected {len(images)} integers")
     labels = labels.astype(np.int64)
-    present = np.unique(labels)
     if names is None:
         # Without class_names, K is read off the labels: they must be dense 0..K-1, or one
         # stray label (30,000,000) would claim that many classes, and as many rows of memory.
-        if len(present) and not np.array_equal(present, np.arange(len(present))):
+        # (Negative labels, and labels beyond class_names, are refused by ImageDataset.)
+        present = np.unique(labels)
+        if len(present) and present[0] >= 0 and not np.array_equal(present, np.arange(len(present))):
             raise DataError(f"{name}: {path} 'y' labels must be 0..K-1 with every class present, got "
                             f"{len(present)} distinct labels from {present[0]} to {present[-1]}; relabel them, or "
                             "add 'class_names' (K names in label order)")
         class_names = tuple(f"class_{label}" for label in range(len(present)))
     else:
         class_names = tuple(str(n) for n in np.asarray(names).reshape(-1))
-        if len(present) and not (present[0] >= 0 and present[-1] < len(class_names)):
-            raise DataError(f"{name}: {path} 'y' labels run from {present[0]} to {present[-1]}, outside the "
-                            f"{len(class_names)} classes its 'class_names' name (0..{len(class_names) - 1})")
     return ImageDataset(name=name, split=split, images=images, labels=labels, class_names=class_names)
