@@ -260,6 +260,25 @@ def test_7_an_output_folder_under_a_file_is_refused_before_any_work(capsys, tmp_
     assert seconds < SECONDS
 
 
+def test_8_a_text_file_named_npz_is_called_not_a_zip_archive(capsys, tmp_path):
+    (tmp_path / "notes.npz").write_text("hello, not an archive")
+    line = refused(capsys, ["data", "info", "npz:notes.npz", "--data-root", str(tmp_path)], mentions="not a readable npz file (not a zip archive")
+    assert "pickle" not in line
+
+
+def test_8_select_from_the_sensitive_set_says_it_is_not_public_before_reading_it(capsys, tmp_path, tripwire,
+                                                                                 monkeypatch):
+    no_sensitive_read(monkeypatch)
+    refused(capsys, ["select", "--profile", "smoke", "--public", "mnist5k", "--out", str(tmp_path / "S")],
+            mentions="not a public dataset with named semantics")
+    assert not (tmp_path / "S").exists()
+
+
+def test_8_sds_with_a_selection_folder_names_the_file_to_give(capsys, tmp_path):
+    refused(capsys, ["sds", "--profile", "smoke", "--a", "mnist5k", "--b", f"glyphs1k:{tmp_path}"],
+            mentions=f"give the selection.json inside it, e.g. glyphs1k:{tmp_path / 'selection.json'}")
+
+
 # --------------------------------------------------------------------------- arbitrary numbers
 
 

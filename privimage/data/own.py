@@ -85,6 +85,10 @@ def load_own(name: str, data_root: Path, split: str) -> ImageDataset:
 def _load_npz(name: str, path: Path, split: str) -> ImageDataset:
     if not path.is_file():
         raise DataError(f"{name}: {path} not found (expected an npz with 'x' uint8 images and 'y' labels)")
+    # numpy takes any file without a zip or .npy header for a pickle: say what it really is.
+    with path.open("rb") as handle:
+        if not zipfile.is_zipfile(handle):
+            raise DataError(f"{name}: {path} is not a readable npz file (not a zip archive; write one with numpy.savez)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = [key for key in ("x", "y") if key not in archive.files]
