@@ -555,6 +555,10 @@ def _check_released_updates(folder: Path, journal: _Journal) -> tuple[bool, str]
         entry = by_release.get(release)
         if entry is None or entry.unapplied:
             problems.append(f"{path.name}: a released update no journal line charges")
+        elif entry.torn:
+            # A kill mid-write cut the line that charges it: the step counts; a resume completes the line.
+            problems.append(f"{path.name}: journal line {release} was cut off while being written (the step is "
+                            "charged; resume the run to complete the line)")
         elif entry.update != path.name or entry.sha256 != sha256_of(path):
             problems.append(f"{path.name}: its SHA-256 differs from journal line {release} (altered after release)")
     problems += [f"{path.name}: part of an update written and not yet charged (resume the run to charge it)"

@@ -260,6 +260,16 @@ def test_7_an_output_folder_under_a_file_is_refused_before_any_work(capsys, tmp_
     assert seconds < SECONDS
 
 
+def test_8_a_truncated_last_journal_line_is_called_cut_off_not_altered(capsys, copy_written):
+    out, _ = copy_written
+    journal = out / "finetune" / "dpsgd_journal.jsonl"
+    text = journal.read_text().rstrip("\n")
+    journal.write_text(text[: len(text) - 20])
+    code, result, _ = audit(capsys, out)
+    detail = next(check["detail"] for check in result["checks"] if check["name"] == "released_updates_charged")
+    assert code == 1 and "cut off while being written" in detail and "altered" not in detail, detail
+
+
 def test_8_a_text_file_named_npz_is_called_not_a_zip_archive(capsys, tmp_path):
     (tmp_path / "notes.npz").write_text("hello, not an archive")
     line = refused(capsys, ["data", "info", "npz:notes.npz", "--data-root", str(tmp_path)], mentions="not a readable npz file (not a zip archive")
