@@ -63,6 +63,31 @@ def write_failed(path: Path, error: OSError) -> WriteFailed:
     return failure
 
 
+def check_output_folder(path: Path) -> Path:
+    """Refuse, before any work, an output folder that could never be created or written.
+
+    Args:
+        path: the folder a command will write into (it may not exist yet).
+
+    Returns:
+        ``path`` as a `Path`.
+
+    Raises:
+        PrivImageError: ``path`` or a folder above it is a file, or the nearest
+            existing folder above it is not writable.
+    """
+    path = Path(path)
+    for folder in (path, *path.parents):
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                what = "it is" if folder == path else f"{folder} is"
+                raise PrivImageError(f"cannot use {path} as an output folder: {what} a file, not a folder")
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise PrivImageError(f"cannot use {path} as an output folder: {folder} is not writable")
+            return path
+    return path
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file, fsync and rename.
 

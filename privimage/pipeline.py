@@ -349,8 +349,13 @@ def run_method(
 
     # Under torchrun, join the launcher's process group (nothing to do for one process).
     distributed.setup()
+    from privimage.privacy_audit import check_release_location
+
     recipe = get_method(method)
     epsilon = check_epsilon(recipe, epsilon)
+    run_dir = Path(out_dir) if out_dir is not None else default_run_dir(method=recipe, config=config, epsilon=epsilon)
+    # Where the run will write is checked before any work and before the sensitive data is read.
+    distributed.main_only(lambda: check_release_location(out_dir=run_dir, command="run"))
     # The sensitive training set: read only by the query and DP-SGD below.
     # Loaded and checked (delta < 1/N, ...) before the run folder is created.
     with distributed.main_process_first():
@@ -371,8 +376,6 @@ def run_method(
             f"'{sensitive.name}' has {sensitive.num_classes} class: classification accuracy needs at least 2; "
             "run with --no-evaluate (evaluate=False)"
         )
-
-    run_dir = Path(out_dir) if out_dir is not None else default_run_dir(method=recipe, config=config, epsilon=epsilon)
 
     def open_run_dir() -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -484,16 +487,20 @@ def finetune_stage(
 
 def _check_same_run(run_dir: Path, *, method: str, epsilon: float | None, config: Config) -> None:
     """Refuse to resume a folder that holds another run (different method, budget or config)."""
+    from privimage.privacy_audit import read_json_mapping
+
     run_json, config_json = run_dir / "run.json", run_dir / "config.json"
     if run_json.is_file():
-        previous = json.loads(run_json.read_text())
+        # A damaged record cannot vouch for what the folder holds: refuse rather than guess.
+        previous = read_json_mapping(run_json, required=("method", "epsilon", "seed"))
         if previous.get("method") != method or previous.get("epsilon") != epsilon or previous.get("seed") != config.seed:
             raise PrivImageError(
                 f"{run_dir} holds a run of {previous.get('method')} at epsilon {previous.get('epsilon')} "
                 f"seed {previous.get('seed')}; choose another --out"
             )
     # The experiment grid section does not change one run (run_identity), so it may differ.
-    if config_json.is_file() and run_identity(config_from_dict(json.loads(config_json.read_text()))) != run_identity(config):
+    if config_json.is_file() and run_identity(config_from_dict(read_json_mapping(config_json), source=str(config_json))) \
+            != run_identity(config):
         raise PrivImageError(f"{run_dir} was run with another config; choose another --out")
 
 
@@ -520,9 +527,11 @@ def _check_same_pretraining_data(run_dir: Path, data_key: str) -> None:
     query function (`selection_stage`): a run fine-tuned from a model pre-trained
     on an earlier selection must not be resumed, or reused, as this one.
     """
+    from privimage.privacy_audit import read_json_mapping
+
     path = run_dir / "pretraining_data.json"
     if path.is_file():
-        previous = json.loads(path.read_text())["data"]
+        previous = read_json_mapping(path, required=("data",))["data"]
         if previous != data_key:
             raise PrivImageError(
                 f"{run_dir} holds a run pre-trained on other data ({previous}, now {data_key}); "

@@ -44,6 +44,10 @@ from privimage.errors import PrivacyError, PrivImageError
 EXIT_CODES = {"pass": 0, "fail": 1, "no guarantee": 3, "incomplete": 4}
 # Files of a run folder that are computed from the sensitive data (pipeline.py writes them after the ledger).
 DERIVED_FILES = ("synthetic.npz", "samples.png", "metrics.json", "privacy.json")
+# What ``privimage select`` releases (semantics/stage.py): a noisy query of the sensitive data, with its own ledger.
+RELEASE_FILES = ("selection.json", "noisy_histogram.npz")
+# Files that make a folder a run folder of ``privimage run``.
+RUN_MARKERS = ("run.json", "ledger.json")
 FINETUNE_DIR = "finetune"
 # Accountants are deterministic: a recorded epsilon that differs by more than this was not computed from this ledger.
 RECORDED_EPSILON_RTOL = 1e-6
@@ -111,6 +115,57 @@ def _read_json(path: Path, what: str) -> Any:
         raise PrivImageError(f"{path} not found: {what}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PrivImageError(f"{path} is not readable JSON ({exc.__class__.__name__})") from None
+
+
+def read_json_mapping(path: Path, *, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A JSON object of a run folder holding ``required`` keys; anything else is a one-line `PrivImageError`.
+
+    Args:
+        path: the JSON file (it must exist).
+        required: keys it must hold.
+
+    Returns:
+        The parsed object.
+    """
+    data = _read_json(path, "")
+    if not isinstance(data, dict):
+        raise PrivImageError(f"{path} holds a JSON {type(data).__name__}, not an object: the folder is damaged")
+    missing = [key for key in required if key not in data]
+    if missing:
+        raise PrivImageError(f"{path} lacks {', '.join(repr(key) for key in missing)}: the folder is damaged")
+    return data
+
+
+def check_release_location(*, out_dir: Path, command: str) -> None:
+    """Refuse an output folder inside or on top of another release or run, or one that cannot be written.
+
+    A release (the noisy query of ``privimage select``) and a run each carry their
+    own privacy record; a folder holding both would show one ledger beside a
+    release it does not charge (DESIGN.md, Privacy: one ledger per run). Called
+    before any work and before the sensitive data is read.
+
+    Args:
+        out_dir: the folder ``command`` would write into.
+        command: ``"run"`` or ``"select"``, for the message.
+
+    Raises:
+        PrivImageError: the folder or a folder above it holds a release or a run
+            that is not this command's own, or the folder cannot be created.
+    """
+    from privimage.cache import check_output_folder
+
+    out_dir = check_output_folder(out_dir)
+    # The folder itself may hold its own earlier output (a resumed run; select refuses that itself).
+    foreign = RELEASE_FILES if command == "run" else RUN_MARKERS
+    held = [name for name in foreign if (out_dir / name).exists()]
+    if held:
+        raise PrivImageError(f"{out_dir} holds {held[0]} of another "
+                             f"{'release' if command == 'run' else 'run'}: choose another --out for this {command}")
+    for folder in out_dir.resolve().parents:
+        held = [name for name in RELEASE_FILES + RUN_MARKERS if (folder / name).is_file()]
+        if held:
+            raise PrivImageError(f"{out_dir} lies inside {folder}, which holds {held[0]} of another release or run: "
+                                 f"choose a --out outside it")
 
 
 def _read_run(run_dir: Path):
@@ -221,6 +276,7 @@ def audit_run(*, run_dir: Path, data_root: Path | None = None) -> RunAudit:
         return audit
     checks.add("artifacts_covered_by_ledger", True,
                f"ledger.json covers {', '.join(derived) if derived else 'the run (no derived artifacts yet)'}")
+    checks.run("no_uncharged_release", lambda: _check_no_release(run_dir))
 
     from privimage.privacy import PrivacyLedger
 
@@ -235,15 +291,22 @@ def audit_run(*, run_dir: Path, data_root: Path | None = None) -> RunAudit:
                                      f"N={ledger.num_examples}, add/remove-one neighbouring")
     audit.delta = ledger.delta
 
-    # Epsilon from the ledger with both accountants (paper Theorem E.2).
-    audit.epsilon_rdp = ledger.epsilon(accountant="rdp")
-    audit.epsilon_prv = ledger.epsilon(accountant="prv")
+    # Epsilon from the ledger with both accountants (paper Theorem E.2); a ledger they cannot bound fails.
+    try:
+        epsilons = ledger.epsilon(accountant="rdp"), ledger.epsilon(accountant="prv")
+    except PrivImageError as exc:
+        checks.add("epsilon_accountable", False, str(exc).splitlines()[0])
+        audit.checks = checks.items
+        audit.status = "fail"
+        return audit
+    audit.epsilon_rdp, audit.epsilon_prv = epsilons
     checks.run("epsilon_recorded", lambda: _check_recorded_epsilon(run_dir, audit, ledger_path))
     checks.run("epsilon_within_target", lambda: _check_target(audit))
     checks.run("delta_matches_run", lambda: _check_delta(run, config, ledger))
     checks.run("dataset_hash", lambda: _check_dataset(config, ledger, *_data_root_of(run, data_root)))
     checks.run("config_hash", lambda: _check_config_hash(config, ledger))
     checks.run("semantic_query_recorded", lambda: _check_query(method, config, ledger, data_root))
+    checks.run("pretraining_data_recorded", lambda: _check_pretraining_record(run_dir, method))
     journal = _Journal.read(run_dir / FINETUNE_DIR)
     checks.run("dpsgd_steps_match_journal", lambda: _check_journal(journal, ledger))
     checks.run("noise_multiplier_calibrated", lambda: _check_calibration(audit, method, config, ledger, journal))
@@ -297,6 +360,24 @@ def _check_target(audit: RunAudit) -> tuple[bool, str]:
     within = audit.epsilon_rdp <= audit.target_epsilon and audit.epsilon_prv <= audit.target_epsilon
     return within, (f"epsilon_rdp {audit.epsilon_rdp:.6g}, epsilon_prv {audit.epsilon_prv:.6g} "
                     f"{'<=' if within else 'EXCEED'} target {audit.target_epsilon:g} at delta {audit.delta:g}")
+
+
+def _check_no_release(run_dir: Path) -> tuple[bool, str]:
+    """The run folder holds no separate release: its ledger charges the query its own selection made, not that one."""
+    held = [name for name in RELEASE_FILES if (run_dir / name).exists()]
+    if held:
+        return False, (f"{', '.join(held)} in the run folder: a separate release of the sensitive data that "
+                       "ledger.json does not charge (the run's own selection lives in the stage cache)")
+    return True, "no release of 'privimage select' in the run folder"
+
+
+def _check_pretraining_record(run_dir: Path, method) -> tuple[bool, str]:
+    """pretraining_data.json names data of the kind the method pre-trains on (what a resume is checked against)."""
+    record = read_json_mapping(run_dir / "pretraining_data.json", required=("data",))
+    data = record["data"]
+    kind = {"none": "none", "all": "all:", "selected": "selected:"}.get(method.pretrain_data, method.pretrain_data)
+    same = isinstance(data, str) and (data == kind if kind == "none" else data.startswith(kind))
+    return same, f"pretraining_data.json data {data!r}; method {method.name} pre-trains on {method.pretrain_data!r}"
 
 
 def _check_delta(run: dict, config, ledger) -> tuple[bool, str]:
@@ -495,6 +576,10 @@ def _check_released_updates(folder: Path, journal: _Journal) -> tuple[bool, str]
         entry = by_release.get(release)
         if entry is None or entry.unapplied:
             problems.append(f"{path.name}: a released update no journal line charges")
+        elif entry.torn:
+            # A kill mid-write cut the line that charges it: the step counts; a resume completes the line.
+            problems.append(f"{path.name}: journal line {release} was cut off while being written (the step is "
+                            "charged; resume the run to complete the line)")
         elif entry.update != path.name or entry.sha256 != sha256_of(path):
             problems.append(f"{path.name}: its SHA-256 differs from journal line {release} (altered after release)")
     problems += [f"{path.name}: part of an update written and not yet charged (resume the run to charge it)"

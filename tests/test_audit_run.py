@@ -41,6 +41,8 @@ def _write_run(run_dir: Path, *, method: str, sensitive, config, epsilon: float 
     atomic_write_json(run_dir / "run.json", {"method": method, "epsilon": epsilon, "seed": config.seed,
                                              "delta": config.finetune.delta if private else None})
     atomic_save_npz(run_dir / "synthetic.npz", x=np.zeros((10, 1, 32, 32), np.uint8), y=np.arange(10))
+    atomic_write_json(run_dir / "pretraining_data.json",
+                      {"data": {"privimage-d": "selected:0", "dpdm": "none"}.get(method, "selected:0")})
     if not private:
         atomic_write_json(run_dir / "privacy.json", {"guarantee": "none", "reason": "non-private ablation"})
         return

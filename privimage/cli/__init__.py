@@ -6,7 +6,8 @@ follows:
 
 - ``--json`` prints exactly one JSON object on the last line of standard output;
 - ``--data-root`` defaults to ``$PRIVIMAGE_DATA``, else ``./data``;
-- a `PrivImageError` becomes ``error: <message>`` on standard error and exit 2.
+- a `PrivImageError`, or a command line argparse cannot parse, becomes
+  ``error: <message>`` on standard error and exit 2.
 """
 
 from __future__ import annotations
@@ -29,8 +30,19 @@ COMMAND_MODULES = (
 )
 
 
+class UsageError(PrivImageError):
+    """A command line that does not parse (unknown option, missing or malformed value)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one ``error:`` line (naming --help) instead of usage text and an exit."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="privimage",
         description="PrivImage companion: DP image synthesis with semantics-guided pre-training.",
     )
@@ -49,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         result = args.func(args)
     except PrivImageError as exc:
         message = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__

@@ -52,7 +52,8 @@ def _select(args: argparse.Namespace) -> int:
     from privimage.config import load_config
     from privimage.data import load_sensitive_train
     from privimage.privacy import PrivacyLedger
-    from privimage.semantics.stage import run_selection
+    from privimage.privacy_audit import check_release_location
+    from privimage.semantics.stage import check_public_name, run_selection
 
     overrides = {
         "data.public": args.public, "data.sensitive": args.sensitive,
@@ -65,6 +66,9 @@ def _select(args: argparse.Namespace) -> int:
     if (Path(args.out) / "selection.json").exists():
         raise PrivImageError(f"{Path(args.out) / 'selection.json'} already holds an earlier release; "
                              "choose another --out, or remove it knowing its budget stays spent")
+    # Where the release goes, and what it selects from, are checked before any work and the sensitive read.
+    check_release_location(out_dir=args.out, command="select")
+    check_public_name(config)
     data_root = resolve_data_root(args)
     sensitive = load_sensitive_train(config, data_root=data_root)
     ledger = PrivacyLedger(delta=config.finetune.delta, dataset_hash=sensitive.content_hash(), num_examples=len(sensitive))
@@ -95,6 +99,9 @@ def _frequencies(spec: str, args: argparse.Namespace, config) -> dict[str, float
 
     # folder:PATH and npz:PATH hold a colon too: only a trailing ":....json" names a selection.
     name, _, selection_path = spec.rpartition(":")
+    if name and selection_path and Path(selection_path).is_dir():
+        raise PrivImageError(f"{selection_path} is a folder: give the selection.json inside it, "
+                             f"e.g. {name}:{Path(selection_path) / 'selection.json'}")
     if not (name and selection_path.endswith(".json")):
         name, selection_path = spec, ""
     if selection_path:

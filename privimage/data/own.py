@@ -90,6 +90,10 @@ def load_own(name: str, data_root: Path, split: str) -> ImageDataset:
 def _load_npz(name: str, path: Path, split: str) -> ImageDataset:
     if not path.is_file():
         raise DataError(f"{name}: {path} not found (expected an npz with 'x' uint8 images and 'y' labels)")
+    # numpy takes any file without a zip or .npy header for a pickle: say what it really is.
+    with path.open("rb") as handle:
+        if not zipfile.is_zipfile(handle):
+            raise DataError(f"{name}: {path} is not a readable npz file (not a zip archive; write one with numpy.savez)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = [key for key in ("x", "y") if key not in archive.files]
@@ -114,8 +118,15 @@ def _load_npz(name: str, path: Path, split: str) -> ImageDataset:
         raise DataError(f"{name}: {path} 'y' is {labels.dtype} of shape {labels.shape}; expected {len(images)} integers")
     labels = labels.astype(np.int64)
     if names is None:
-        count = int(labels.max()) + 1 if len(labels) else 0
-        class_names = tuple(f"class_{label}" for label in range(count))
+        # Without class_names, K is read off the labels: they must be dense 0..K-1, or one
+        # stray label (30,000,000) would claim that many classes, and as many rows of memory.
+        # (Negative labels, and labels beyond class_names, are refused by ImageDataset.)
+        present = np.unique(labels)
+        if len(present) and present[0] >= 0 and not np.array_equal(present, np.arange(len(present))):
+            raise DataError(f"{name}: {path} 'y' labels must be 0..K-1 with every class present, got "
+                            f"{len(present)} distinct labels from {present[0]} to {present[-1]}; relabel them, or "
+                            "add 'class_names' (K names in label order)")
+        class_names = tuple(f"class_{label}" for label in range(len(present)))
     else:
         class_names = tuple(str(n) for n in np.asarray(names).reshape(-1))
     return ImageDataset(name=name, split=split, images=images, labels=labels, class_names=class_names)

@@ -19,6 +19,7 @@ rate 1 and noise multiplier z, and reports the upper end of its error interval.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections import Counter
 from typing import Iterable, Sequence
@@ -26,6 +27,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.analysis import rdp as rdp_analysis
+from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV, compute_safe_domain_size
 
 from privimage.errors import PrivacyError
 from privimage.privacy.validation import check_delta, check_k, check_positive, check_sample_rate, check_steps
@@ -35,6 +37,12 @@ ACCOUNTANTS = ("rdp", "prv")
 RDP_ORDERS: tuple[float, ...] = tuple(RDPAccountant.DEFAULT_ALPHAS)
 # PRV accountant's additive error on epsilon (opacus's default); we report the upper bound.
 PRV_EPS_ERROR = 0.01
+# opacus's default delta error of the PRV accountant (delta / 1000).
+PRV_DELTA_ERROR_SHARE = 1e-3
+# Most grid points the PRV accountant may discretise on (about 5 s and 0.5 GB on one core); see `prv_domain_points`.
+MAX_PRV_DOMAIN_POINTS = 2**22
+# opacus's warning that the best RDP order is at an end of the grid: the bound holds, only looser.
+GRID_EDGE_WARNING = "Optimal order is the (largest|smallest) alpha"
 
 
 def check_accountant(accountant: str) -> str:
@@ -87,9 +95,18 @@ def composition_epsilon(
     queries = [check_positive(z, "query_noise_multiplier") for z in query_noise_multipliers]
     if not runs and not queries:
         return 0.0
-    if accountant == "rdp":
-        return _rdp_epsilon(runs, queries, delta)
-    return _prv_epsilon(runs, queries, delta)
+    # Extreme parameters overflow inside the accountants' float arithmetic; the outcome is checked below.
+    try:
+        with np.errstate(all="ignore"):
+            epsilon = _rdp_epsilon(runs, queries, delta) if accountant == "rdp" else _prv_epsilon(runs, queries, delta)
+    except ArithmeticError:
+        # opacus divides by sigma^2, which is 0 for a subnormal sigma such as 5e-324.
+        epsilon = math.inf
+    if not epsilon < math.inf:
+        raise PrivacyError(f"the {accountant.upper()} accountant finds no finite epsilon at delta {delta:g}: "
+                           "the noise is too small for any guarantee")
+    # A bound below 0 (a large delta) still means (0, delta)-DP: epsilon is never negative.
+    return max(0.0, epsilon)
 
 
 def _rdp_epsilon(runs: list[tuple[float, float, int]], queries: list[float], delta: float) -> float:
@@ -100,19 +117,55 @@ def _rdp_epsilon(runs: list[tuple[float, float, int]], queries: list[float], del
     for z in queries:
         total += query_rdp(query_noise_multiplier=z)
     # Where the best order is the grid's largest (a lone query with large z, or a tiny
-    # DP-SGD spend), opacus warns that a wider grid would give a tighter bound. The bound
-    # is still valid, only conservative, and the grid is opacus's default on purpose (the
-    # numbers match its RDPAccountant); the warning would print on every query-only ledger.
+    # DP-SGD spend) or smallest (a huge spend), opacus warns that a wider grid would give a
+    # tighter bound. The bound is still valid, only conservative, and the grid is opacus's
+    # default on purpose (the numbers match its RDPAccountant); the warning would print on
+    # every query-only ledger.
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        warnings.filterwarnings("ignore", message=GRID_EDGE_WARNING)
         epsilon, _best_order = rdp_analysis.get_privacy_spent(orders=list(RDP_ORDERS), rdp=total, delta=delta)
     return float(epsilon)
+
+
+def prv_domain_points(*, history: Sequence[tuple[float, float, int]], delta: float) -> float:
+    """Grid points of the PRV accountant's discretisation of a composition (Gopi et al. 2021, Remark 5.6).
+
+    opacus truncates the privacy loss to [-L, L], with L an RDP bound on epsilon at
+    delta_error / 4, and discretises it with a mesh of
+    ``eps_error / sqrt(T log(12 / delta_error) / 2)`` for T steps in all. The
+    number of points, 2 L / mesh, grows with epsilon and with sqrt(T): a
+    sigma of 0.01 over 13 steps needs 1.7e8 points (many GB), a ledger of 1e9
+    steps far more. Sizing it first costs only RDP evaluations.
+
+    Args:
+        history: ``(noise_multiplier, sample_rate, steps)`` triples, as opacus's PRVAccountant keeps them.
+        delta: target delta.
+
+    Returns:
+        The number of grid points ``PRVAccountant.get_epsilon`` would allocate.
+    """
+    delta_error = delta * PRV_DELTA_ERROR_SHARE
+    prvs = [PoissonSubsampledGaussianPRV(sample_rate, sigma) for sigma, sample_rate, _ in history]
+    steps = [count for _, _, count in history]
+    with np.errstate(divide="ignore", over="ignore"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=GRID_EDGE_WARNING)
+        half_width = compute_safe_domain_size(prvs=prvs, max_self_compositions=steps, eps_error=PRV_EPS_ERROR,
+                                              delta_error=delta_error)
+    mesh = PRV_EPS_ERROR / np.sqrt(sum(steps) * np.log(12.0 / delta_error) / 2.0)
+    return float(2.0 * half_width / mesh)
 
 
 def _prv_epsilon(runs: list[tuple[float, float, int]], queries: list[float], delta: float) -> float:
     # A query is a Gaussian mechanism: a "subsampled" Gaussian with sample rate 1 and noise z.
     history = [(sigma, q, steps) for sigma, q, steps in runs]
     history += [(z, 1.0, count) for z, count in Counter(queries).items()]
+    # Refuse in fixed time what would exhaust memory: the domain, not epsilon, is what explodes.
+    points = prv_domain_points(history=history, delta=delta)
+    if not points <= MAX_PRV_DOMAIN_POINTS:
+        raise PrivacyError(
+            f"the PRV accountant would need {points:.3g} grid points for this composition (at most "
+            f"{MAX_PRV_DOMAIN_POINTS:.3g}): its privacy loss is too large or has too many steps (the RDP accountant still bounds it)"
+        )
     prv = PRVAccountant()
     # opacus's accountants keep (noise_multiplier, sample_rate, steps) in `history`;
     # filling it directly avoids one Python call per step.
@@ -122,7 +175,7 @@ def _prv_epsilon(runs: list[tuple[float, float, int]], queries: list[float], del
         # opacus sizes the PRV domain with an RDP bound at a tiny delta, whose "largest alpha"
         # warning only concerns that (conservative) domain size, not the epsilon we report.
         with np.errstate(divide="ignore"), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+            warnings.filterwarnings("ignore", message=GRID_EDGE_WARNING)
             return float(prv.get_epsilon(delta=delta, eps_error=PRV_EPS_ERROR))
     except (RuntimeError, ValueError) as exc:
         raise PrivacyError(f"the PRV accountant cannot bound this composition ({exc})") from None

@@ -16,6 +16,9 @@ from privimage.privacy.validation import check_delta, check_k, check_positive, c
 
 # Largest sigma tried before giving up; beyond it the query's cost alone is (numerically) the target.
 MAX_NOISE_MULTIPLIER = 1e4
+# Smallest sigma calibration returns: below it DP-SGD's noise is negligible and the accountants' series
+# converge ever more slowly (a target of 1e300 would halve sigma 200 times, minutes of work, for no guarantee).
+MIN_NOISE_MULTIPLIER = 1e-3
 
 
 def calibrate_noise_multiplier(
@@ -86,8 +89,13 @@ def calibrate_noise_multiplier(
             )
     # Bisection keeps the invariant epsilon(high) <= target; stop once it is close enough.
     for _ in range(200):
-        if spent(high) >= (1.0 - tolerance) * target:
+        if spent(high) >= (1.0 - tolerance) * target or high - low <= 1e-12 * high:
             return high
+        if low == 0 and high < MIN_NOISE_MULTIPLIER:
+            raise PrivacyError(
+                f"epsilon {target:g} is met only by a noise multiplier below {MIN_NOISE_MULTIPLIER:g}, "
+                "which protects nothing: lower the target"
+            )
         middle = 0.5 * (low + high) if low > 0 else high / 2.0
         if spent(middle) > target:
             low = middle

@@ -39,8 +39,18 @@ class SelectionResult:
     summary: dict
 
 
+def check_public_name(config: Config) -> None:
+    """The public dataset is not the sensitive one: its class names are the semantics the query votes for."""
+    from privimage.data.registry import is_sensitive_name
+
+    if is_sensitive_name(config.data.public, config.data):
+        raise PrivImageError(f"'{config.data.public}' is the sensitive dataset, not a public dataset with named "
+                             "semantics (e.g. glyphs1k, imagenet32)")
+
+
 def load_public(config: Config, *, data_root: Path | None = None) -> tuple[ImageDataset, ImageDataset]:
     """The public dataset's train and validation splits."""
+    check_public_name(config)
     name = config.data.public
     val_split = "val"
     return (
