@@ -412,8 +412,11 @@ def run_method(
         # The privacy record is complete once fine-tuning is: write it before any derived artifact.
         if recipe.private:
             ledger.save(run_dir / "ledger.json")
+            epsilon_prv, prv_unavailable = ledger.prv_cross_check()
             record = {"guarantee": "differential privacy", "epsilon": ledger.epsilon(),
-                      "epsilon_prv": ledger.epsilon(accountant="prv"), "delta": ledger.delta,
+                      "epsilon_prv": epsilon_prv,
+                      **({"epsilon_prv_unavailable": prv_unavailable} if prv_unavailable else {}),
+                      "delta": ledger.delta,
                       "target_epsilon": epsilon, "neighbouring": "add/remove one sensitive image",
                       # Which generators drew the noise (the ledger has it per mechanism).
                       "noise_generators": sorted({entry["generator"] for entry in ledger.entries
@@ -613,7 +616,7 @@ def dry_run(*, method: str, config: Config, epsilon: float | None, data_root: Pa
     ledger.record_dpsgd_steps(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps)
     return {
         **result, "private": True, "target_epsilon": epsilon, "delta": config.finetune.delta,
-        "noise_multiplier": sigma, "epsilon": ledger.epsilon(), "epsilon_prv": ledger.epsilon(accountant="prv"),
+        "noise_multiplier": sigma, "epsilon": ledger.epsilon(), "epsilon_prv": ledger.prv_cross_check()[0],
     }
 
 

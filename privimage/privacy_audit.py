@@ -293,13 +293,15 @@ def audit_run(*, run_dir: Path, data_root: Path | None = None) -> RunAudit:
 
     # Epsilon from the ledger with both accountants (paper Theorem E.2); a ledger they cannot bound fails.
     try:
-        epsilons = ledger.epsilon(accountant="rdp"), ledger.epsilon(accountant="prv")
+        audit.epsilon_rdp = ledger.epsilon(accountant="rdp")
     except PrivImageError as exc:
         checks.add("epsilon_accountable", False, str(exc).splitlines()[0])
         audit.checks = checks.items
         audit.status = "fail"
         return audit
-    audit.epsilon_rdp, audit.epsilon_prv = epsilons
+    # PRV only cross-checks RDP: where it cannot size its grid, the run says so in privacy.json.
+    audit.epsilon_prv, prv_unavailable = ledger.prv_cross_check()
+    checks.run("epsilon_accountable", lambda: _check_accountable(ledger, audit, prv_unavailable))
     checks.run("epsilon_recorded", lambda: _check_recorded_epsilon(run_dir, audit, ledger_path))
     checks.run("epsilon_within_target", lambda: _check_target(audit))
     checks.run("delta_matches_run", lambda: _check_delta(run, config, ledger))
@@ -344,21 +346,38 @@ def _check_recorded_epsilon(run_dir: Path, audit: RunAudit, ledger_path: Path) -
         if not isinstance(privacy, dict) or privacy.get("guarantee") != "differential privacy":
             return False, "privacy.json does not state the differential-privacy guarantee of a private method"
         recorded.append(("privacy.json epsilon", privacy.get("epsilon"), audit.epsilon_rdp))
-        recorded.append(("privacy.json epsilon_prv", privacy.get("epsilon_prv"), audit.epsilon_prv))
+        if audit.epsilon_prv is None:
+            # The cross-check could not run now; the run must not have recorded a value either.
+            if privacy.get("epsilon_prv") is not None:
+                return False, f"privacy.json epsilon_prv = {privacy.get('epsilon_prv')!r}, but PRV cannot bound this ledger"
+        else:
+            recorded.append(("privacy.json epsilon_prv", privacy.get("epsilon_prv"), audit.epsilon_prv))
     wrong = [f"{name} = {value!r}, recomputed {fresh:.6g}" for name, value, fresh in recorded
              if not isinstance(value, (int, float)) or not _close(value, fresh, RECORDED_EPSILON_RTOL)]
     if wrong:
         return False, "; ".join(wrong)
-    return True, f"recomputed epsilon_rdp {audit.epsilon_rdp:.6g} and epsilon_prv {audit.epsilon_prv:.6g} " \
+    return True, f"recomputed epsilon_rdp {audit.epsilon_rdp:.6g} and epsilon_prv {_format_epsilon(audit.epsilon_prv)} " \
                  f"equal {', '.join(name for name, _, _ in recorded)}"
+
+
+def _format_epsilon(value: float | None) -> str:
+    return "unavailable" if value is None else f"{value:.6g}"
+
+
+def _check_accountable(ledger, audit: RunAudit, prv_unavailable: str | None) -> tuple[bool, str]:
+    """RDP bounds the ledger; PRV cross-checks it where its grid fits (a run past that is reported, not failed)."""
+    if prv_unavailable is None:
+        return True, f"RDP {audit.epsilon_rdp:.6g}, PRV {audit.epsilon_prv:.6g}"
+    return True, f"RDP {audit.epsilon_rdp:.6g}; PRV cross-check unavailable: {prv_unavailable}"
 
 
 def _check_target(audit: RunAudit) -> tuple[bool, str]:
     """Both accountants keep the run within its target (calibration uses RDP; PRV cross-checks)."""
     if audit.target_epsilon is None:
         return False, "run.json names no target epsilon"
-    within = audit.epsilon_rdp <= audit.target_epsilon and audit.epsilon_prv <= audit.target_epsilon
-    return within, (f"epsilon_rdp {audit.epsilon_rdp:.6g}, epsilon_prv {audit.epsilon_prv:.6g} "
+    within = audit.epsilon_rdp <= audit.target_epsilon and (audit.epsilon_prv is None
+                                                            or audit.epsilon_prv <= audit.target_epsilon)
+    return within, (f"epsilon_rdp {audit.epsilon_rdp:.6g}, epsilon_prv {_format_epsilon(audit.epsilon_prv)} "
                     f"{'<=' if within else 'EXCEED'} target {audit.target_epsilon:g} at delta {audit.delta:g}")
 
 

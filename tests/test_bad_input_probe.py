@@ -151,8 +151,32 @@ def test_3_an_audit_of_a_ledger_charging_1e9_steps_fails_a_check(capsys, copy_wr
     (out / "ledger.json").write_text(json.dumps(ledger))
     (code, result, err), seconds = timed(lambda: audit(capsys, out))
     assert code == 1 and result["status"] == "fail" and not err, (code, err)
-    assert "epsilon_accountable" in failed_checks(result)
+    # RDP bounds it (far above target); PRV, only a cross-check, says it cannot, in fixed time.
+    assert {"dpsgd_steps_match_journal", "epsilon_within_target"} <= set(failed_checks(result))
+    accountable = next(check for check in result["checks"] if check["name"] == "epsilon_accountable")
+    assert "PRV cross-check unavailable" in accountable["detail"] and result["epsilon_prv"] is None
     assert seconds < SECONDS
+
+
+def test_a_finished_run_records_an_unavailable_prv_cross_check_instead_of_failing(capsys, copy_written, monkeypatch):
+    # A composition whose PRV grid is too large must not cost a finished run its outputs: privacy.json says so.
+    from privimage.privacy import accounting
+
+    out, _ = copy_written
+    monkeypatch.setattr(accounting, "MAX_PRV_DOMAIN_POINTS", 1.0)
+    ledger = PrivacyLedger.load(out / "ledger.json")
+    epsilon_prv, reason = ledger.prv_cross_check()
+    assert epsilon_prv is None and "grid points" in reason
+    privacy = json.loads((out / "privacy.json").read_text())
+    privacy.update({"epsilon_prv": None, "epsilon_prv_unavailable": reason})
+    (out / "privacy.json").write_text(json.dumps(privacy))
+    code, result, err = audit(capsys, out)
+    assert code == 0 and result["status"] == "pass", result
+    # A value recorded where PRV cannot bound the ledger is a wrong record.
+    privacy["epsilon_prv"] = 1.0
+    (out / "privacy.json").write_text(json.dumps(privacy))
+    code, result, _ = audit(capsys, out)
+    assert code == 1 and "epsilon_recorded" in failed_checks(result)
 
 
 # --------------------------------------------------------------------------- 4: resuming a damaged folder

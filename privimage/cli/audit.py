@@ -44,7 +44,8 @@ def _audit(args: argparse.Namespace) -> int:
     lines = [f"{'PASS' if check.passed else 'FAIL'}  {check.name:<28} {check.detail}" for check in audit.checks]
     if audit.epsilon_rdp is not None:
         target = "none" if audit.target_epsilon is None else f"{audit.target_epsilon:g}"
-        lines.append(f"epsilon {audit.epsilon_rdp:.4f} (RDP), {audit.epsilon_prv:.4f} (PRV) at delta {audit.delta:g}; "
+        prv = "unavailable" if audit.epsilon_prv is None else f"{audit.epsilon_prv:.4f}"
+        lines.append(f"epsilon {audit.epsilon_rdp:.4f} (RDP), {prv} (PRV) at delta {audit.delta:g}; "
                      f"target {target}")
     lines.append(f"{audit.status}: {audit.method} run in {audit.run_dir}")
     emit(audit.to_dict(), args.json, "\n".join(lines))

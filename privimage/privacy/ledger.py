@@ -175,6 +175,22 @@ class PrivacyLedger:
         queries = [e["query_noise_multiplier"] for e in self._entries if e["mechanism"] == "semantic_query"]
         return composition_epsilon(dpsgd_runs=runs, query_noise_multipliers=queries, delta=self.delta, accountant=accountant)
 
+    def prv_cross_check(self) -> tuple[float | None, str | None]:
+        """The PRV accountant's epsilon, or None and the reason where it cannot size its grid.
+
+        RDP is the account the guarantee rests on; PRV only cross-checks it. A
+        composition whose PRV grid would exhaust memory (a huge epsilon, very many
+        steps) is refused in fixed time by `composition_epsilon`; a finished run
+        records that instead of losing its outputs to a refused cross-check.
+
+        Returns:
+            ``(epsilon_prv, None)``, or ``(None, reason)``.
+        """
+        try:
+            return self.epsilon(accountant="prv"), None
+        except PrivacyError as exc:
+            return None, str(exc).splitlines()[0]
+
     # ------------------------------------------------------------------ persistence
 
     def to_dict(self) -> dict[str, Any]:
