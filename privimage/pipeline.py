@@ -47,6 +47,7 @@ from privimage.data import dataset_info, load_dataset, load_sensitive_train
 from privimage.data.base import ImageDataset
 from privimage.errors import PrivImageError
 from privimage.methods import Method, get_method
+from privimage.semantics.stage import resolve_query_settings
 
 RUN_FILES = ("config.json", "run.json", "synthetic.npz", "samples.png", "metrics.json", "resources.json")
 
@@ -376,6 +377,11 @@ def run_method(
             f"'{sensitive.name}' has {sensitive.num_classes} class: classification accuracy needs at least 2; "
             "run with --no-evaluate (evaluate=False)"
         )
+    # The schedule and the budget are checked before any work: a budget no sigma meets, or a batch the
+    # data cannot fill, is refused before the query and pre-training spend anything, not after them.
+    if recipe.private:
+        planned_calibration(recipe=recipe, config=config, num_examples=len(sensitive), epsilon=epsilon,
+                            data_root=data_root)
 
     def open_run_dir() -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -566,8 +572,6 @@ def dry_run(*, method: str, config: Config, epsilon: float | None, data_root: Pa
         semantic query of the methods that select (None for the others, z None when not private).
     """
     from privimage.models import build_gan, build_unet, count_parameters
-    from privimage.privacy import PrivacyLedger
-    from privimage.training.dpsgd import calibrate_to_ledger
     from privimage.training.plan import finetune_plan
 
     recipe = get_method(method)
@@ -588,6 +592,7 @@ def dry_run(*, method: str, config: Config, epsilon: float | None, data_root: Pa
     plan = finetune_plan(generator=recipe.generator, settings=config.finetune, num_examples=num_examples)
     sample_rate, steps = plan.sample_rate, plan.steps
     world_size = distributed.launched_world_size() if world_size is None else int(world_size)
+    query = resolve_query_settings(config, data_root=data_root, private=recipe.private) if recipe.uses_query else None
     result: dict[str, Any] = {
         "method": recipe.name, "generator": recipe.generator, "sensitive": config.data.sensitive,
         "num_examples": num_examples,
@@ -598,26 +603,50 @@ def dry_run(*, method: str, config: Config, epsilon: float | None, data_root: Pa
         "distributed": per_rank_batches(config=config, world_size=world_size, num_examples=num_examples),
     }
     # The query's z, k and N (k = N unless the config sets k; paper Appendix A), for the methods that select.
-    query = None
-    if recipe.uses_query:
-        from privimage.semantics.stage import resolve_query_settings
-
-        query = resolve_query_settings(config, data_root=data_root, private=recipe.private)
     result.update({"query_noise_multiplier": query.query_noise_multiplier if query and recipe.private else None,
                    "k": query.k if query else None,
                    "semantics_per_class": query.semantics_per_class if query else None})
     if not recipe.private:
         return {**result, "private": False, "epsilon": None}
-    ledger = PrivacyLedger(delta=config.finetune.delta, dataset_hash="0" * 64, num_examples=num_examples)
-    if query:
-        ledger.record_semantic_query(query_noise_multiplier=query.query_noise_multiplier, k=query.k,
-                                     generator="secure" if config.finetune.secure_mode else "os-entropy")
-    sigma = calibrate_to_ledger(ledger=ledger, target_epsilon=epsilon, sample_rate=sample_rate, steps=steps)
-    ledger.record_dpsgd_steps(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps)
+    sigma, ledger = planned_calibration(recipe=recipe, config=config, num_examples=num_examples, epsilon=epsilon,
+                                        data_root=data_root)
     return {
         **result, "private": True, "target_epsilon": epsilon, "delta": config.finetune.delta,
         "noise_multiplier": sigma, "epsilon": ledger.epsilon(), "epsilon_prv": ledger.prv_cross_check()[0],
     }
+
+
+def planned_calibration(*, recipe: Method, config: Config, num_examples: int, epsilon: float,
+                        data_root: Path | None = None) -> tuple[float, Any]:
+    """The DP-SGD sigma a private run will calibrate, and its planned ledger, from the dataset's size alone.
+
+    Appendix E: sigma is chosen so that the query (if the method makes one) plus
+    the planned steps meet the target; the same plan and calibration the run
+    makes, without reading any image.
+
+    Args:
+        recipe: a private method.
+        config: the resolved config.
+        num_examples: N, the size of the sensitive training set.
+        epsilon: the run's total budget.
+        data_root: folder of real datasets (for the query's N, from metadata).
+
+    Returns:
+        ``(sigma, ledger)``: the noise multiplier, and a ledger charged with the query and all planned steps.
+    """
+    from privimage.privacy import PrivacyLedger
+    from privimage.training.dpsgd import calibrate_to_ledger, noise_generator_name
+    from privimage.training.plan import finetune_plan
+
+    plan = finetune_plan(generator=recipe.generator, settings=config.finetune, num_examples=num_examples)
+    ledger = PrivacyLedger(delta=config.finetune.delta, dataset_hash="0" * 64, num_examples=num_examples)
+    if recipe.uses_query:
+        query = resolve_query_settings(config, data_root=data_root, private=True)
+        ledger.record_semantic_query(query_noise_multiplier=query.query_noise_multiplier, k=query.k,
+                                     generator=noise_generator_name(secure_mode=config.finetune.secure_mode))
+    sigma = calibrate_to_ledger(ledger=ledger, target_epsilon=epsilon, sample_rate=plan.sample_rate, steps=plan.steps)
+    ledger.record_dpsgd_steps(noise_multiplier=sigma, sample_rate=plan.sample_rate, steps=plan.steps)
+    return sigma, ledger
 
 
 def per_rank_batches(*, config: Config, world_size: int, num_examples: int) -> dict[str, Any]:

@@ -155,7 +155,8 @@ def test_images_of_mixed_sizes_are_refused(capsys, tmp_path, tripwire):
 
 def test_rgb_sensitive_against_grayscale_public_is_refused_by_select(capsys, tmp_path, tripwire):
     root = tmp_path / "data"
-    save_npz(root / "rgb.npz", **digits(40, channels=3))
+    # Enough images for the profile's batch, so the shape is the only thing wrong.
+    save_npz(root / "rgb.npz", **digits(80, channels=3))
     out = tmp_path / "select"
     refused(capsys, ["select", "--profile", "smoke", "--sensitive", "npz:rgb.npz", "--data-root", str(root),
                      "--out", str(out)], mentions="grayscale vs RGB")
@@ -164,7 +165,8 @@ def test_rgb_sensitive_against_grayscale_public_is_refused_by_select(capsys, tmp
 
 def test_rgb_sensitive_against_grayscale_public_is_refused_before_pretraining_on_all(capsys, tmp_path, tripwire):
     root = tmp_path / "data"
-    save_npz(root / "rgb.npz", **digits(40, channels=3))
+    # Enough images for the profile's batch, so the shape is the only thing wrong.
+    save_npz(root / "rgb.npz", **digits(80, channels=3))
     out = tmp_path / "run"
     refused(capsys, run_argv(out, "--sensitive", "npz:rgb.npz", "--data-root", str(root), method="pdp-diffusion"),
             mentions="grayscale vs RGB")

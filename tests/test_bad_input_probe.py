@@ -122,6 +122,13 @@ def test_1_a_dry_run_at_an_absurd_epsilon_is_refused_in_seconds(capsys, tmp_path
     assert seconds < SECONDS
 
 
+def test_1_a_real_run_at_an_unmeetable_budget_is_refused_before_any_work(capsys, tmp_path, tripwire):
+    # The dry run's calibration runs first, so neither the query nor pre-training spends anything.
+    out = tmp_path / "run"
+    refused(capsys, run_argv(out, method="privimage-d", epsilon="1e12"), mentions="noise multiplier")
+    assert_nothing_looks_complete(out)
+
+
 def test_2_prv_epsilon_with_a_tiny_sigma_is_refused_in_seconds_and_rdp_still_answers(capsys):
     argv = ["privacy", "epsilon", "--noise-multiplier", "0.01", "--sample-rate", "0.016", "--steps", "13",
             "--delta", "1e-5"]
