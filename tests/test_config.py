@@ -107,3 +107,15 @@ def test_out_of_range_value_in_a_profile_file_names_the_file(tmp_path):
 def test_edge_values_inside_the_ranges_load():
     config = load_config("smoke", {"semantics.selection_ratio": 1.0, "pretrain.steps": 0, "pretrain.label_dropout": 0.0})
     assert config.semantics.selection_ratio == 1.0 and config.pretrain.steps == 0
+
+
+def test_multiplicity_chunk_is_a_memory_bound_outside_run_identities():
+    from privimage.pipeline import run_identity
+
+    one_pass = load_config("smoke", overrides={"finetune.multiplicity_chunk": 0})
+    assert load_config("smoke").finetune.multiplicity_chunk == 1
+    # Same per-sample gradients, so the same run folder and cache entry.
+    assert run_identity(one_pass) == run_identity(load_config("smoke"))
+    assert run_identity(load_config("smoke", overrides={"finetune.noise_multiplicity": 3})) != run_identity(one_pass)
+    with pytest.raises(ConfigError, match="multiplicity_chunk"):
+        load_config("smoke", overrides={"finetune.multiplicity_chunk": -1})
