@@ -161,6 +161,10 @@ class FinetuneConfig:
     max_grad_norm: float = 1.0
     # K: diffusion noise draws averaged per image before clipping.
     noise_multiplicity: int = 4
+    # Draws of each image run at once in a DP step, their per-image gradients summed before
+    # clipping (same gradient, activation memory of B*chunk rows instead of B*K); 0: all K.
+    # 1 measured best: benchmarks/README.md, "Noise multiplicity in chunks".
+    multiplicity_chunk: int = 1
     ema_decay: float = 0.999
     # Probability of dropping the label, for classifier-free guidance (as in pre-training).
     label_dropout: float = 0.1
@@ -412,6 +416,7 @@ VALUE_RULES: tuple[tuple[str, Any, str], ...] = (
     ("finetune.gan_epochs", *_POSITIVE),
     ("finetune.max_grad_norm", *_POSITIVE),
     ("finetune.noise_multiplicity", *_POSITIVE),
+    ("finetune.multiplicity_chunk", *_NON_NEGATIVE),
     ("finetune.label_dropout", *_PROBABILITY),
     ("finetune.checkpoint_every", *_POSITIVE),
     ("sampling.ddim_steps", *_POSITIVE),
@@ -510,6 +515,16 @@ def load_config(profile: str = "quick", overrides: Mapping[str, Any] | None = No
 def config_from_dict(mapping: Mapping[str, Any], source: str = "config.json") -> Config:
     """Rebuild a `Config` from its ``to_dict`` form (a saved ``config.json``)."""
     return check_values(_build(Config, mapping, source), source)
+
+
+# Fine-tuning settings that bound memory and give the same result (to float rounding):
+# a run, its cache folder and its checkpoints are the same whatever their values.
+COST_ONLY_FINETUNE_KEYS = ("multiplicity_chunk",)
+
+
+def without_cost_only_settings(finetune: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``finetune`` section as a dict, without `COST_ONLY_FINETUNE_KEYS` (for run and checkpoint identities)."""
+    return {key: value for key, value in finetune.items() if key not in COST_ONLY_FINETUNE_KEYS}
 
 
 def config_hash(section: Any) -> str:

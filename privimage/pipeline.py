@@ -42,7 +42,7 @@ import torch
 
 from privimage import distributed
 from privimage.cache import atomic_save_npz, atomic_torch_save, atomic_write_json, cache_root, stage_dir
-from privimage.config import Config, config_from_dict, config_hash
+from privimage.config import Config, config_from_dict, config_hash, without_cost_only_settings
 from privimage.data import dataset_info, load_dataset, load_sensitive_train
 from privimage.data.base import ImageDataset
 from privimage.errors import PrivImageError
@@ -77,6 +77,8 @@ def run_identity(config: Config) -> dict[str, Any]:
     """The config a run depends on (the experiment grid section does not change one run)."""
     identity = config.to_dict()
     identity.pop("experiment", None)
+    # Memory bounds that give the same per-sample gradients (to float rounding): runs stay cached across them.
+    identity["finetune"] = without_cost_only_settings(identity["finetune"])
     return identity
 
 

@@ -138,3 +138,15 @@ def test_a_null_query_noise_multiplier_for_a_dataset_the_paper_never_queried_is_
     config = load_config("paper", {"data.sensitive": "mnist5k", "finetune.batch_size": 1000})
     with pytest.raises(ConfigError, match="gives none for 'mnist5k'.*set a number"):
         query_noise_multiplier(config)
+
+
+def test_multiplicity_chunk_is_a_memory_bound_outside_run_identities():
+    from privimage.pipeline import run_identity
+
+    one_pass = load_config("smoke", overrides={"finetune.multiplicity_chunk": 0})
+    assert load_config("smoke").finetune.multiplicity_chunk == 1
+    # Same per-sample gradients, so the same run folder and cache entry.
+    assert run_identity(one_pass) == run_identity(load_config("smoke"))
+    assert run_identity(load_config("smoke", overrides={"finetune.noise_multiplicity": 3})) != run_identity(one_pass)
+    with pytest.raises(ConfigError, match="multiplicity_chunk"):
+        load_config("smoke", overrides={"finetune.multiplicity_chunk": -1})

@@ -294,3 +294,39 @@ def test_grouped_path_refuses_rows_that_do_not_split_into_examples():
         compute_per_sample_gradients(model, loss_dropping_a_row, images, noise, times, conditioning,
                                      strategy="grouped")
     assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("strategy", ["grouped", "vmap"])
+@pytest.mark.parametrize("multiplicity, multiplicity_chunk", [(1, 1), (4, 1), (4, 3), (8, 1), (8, 2), (8, 8)])
+def test_draws_in_chunks_give_the_one_pass_per_sample_gradients(multiplicity, multiplicity_chunk, strategy):
+    # K = 8 in chunks of 3 leaves a short last chunk (3, 3, 2): each must weigh its share of K.
+    inputs = diffusion_batch(batch=3, multiplicity=multiplicity)
+    one_pass = small_unet()
+    one_pass_losses = compute_per_sample_gradients(one_pass, diffusion_loss_from_noise, *inputs, strategy=strategy)
+    chunked = small_unet()
+    chunked_losses = compute_per_sample_gradients(chunked, diffusion_loss_from_noise, *inputs, strategy=strategy,
+                                                  multiplicity_chunk=multiplicity_chunk)
+    assert torch.allclose(chunked_losses, one_pass_losses, rtol=1e-10)
+    assert_grad_samples_equal(chunked, [p.grad_sample for p in one_pass.parameters()])
+    # And both equal the one-example-at-a-time reference, so neither can be wrong in the same way.
+    assert_grad_samples_equal(chunked, reference_gradients(chunked, diffusion_loss_from_noise, *inputs))
+
+
+def test_draw_chunks_combine_with_example_chunks():
+    inputs = diffusion_batch(batch=5, multiplicity=8)
+    one_pass = small_unet()
+    compute_per_sample_gradients(one_pass, diffusion_loss_from_noise, *inputs)
+    chunked = small_unet()
+    compute_per_sample_gradients(chunked, diffusion_loss_from_noise, *inputs, chunk_size=2, multiplicity_chunk=3)
+    assert_grad_samples_equal(chunked, [p.grad_sample for p in one_pass.parameters()])
+
+
+def test_a_multiplicity_chunk_needs_draws_along_dimension_one():
+    model = small_unet()
+    images, noise, times, conditioning = diffusion_batch(batch=2, multiplicity=4)
+    with pytest.raises(PrivacyError, match="dimension 1"):
+        compute_per_sample_gradients(model, diffusion_loss_from_noise, images, noise, times[:, :3], conditioning,
+                                     multiplicity_chunk=2)
+    with pytest.raises(PrivacyError, match="positive"):
+        compute_per_sample_gradients(model, diffusion_loss_from_noise, images, noise, times, conditioning,
+                                     multiplicity_chunk=0)

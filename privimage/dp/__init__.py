@@ -12,7 +12,8 @@ multiplicity K) reads::
         noise, times, conditioning = draw_diffusion_noise(
             images, labels, noise_multiplicity=K, label_dropout=p, num_classes=n)
         compute_per_sample_gradients(model, diffusion_loss_from_noise, images, noise, times, conditioning,
-                                     chunk_size=physical_batch_size)  # grouped fast path by default
+                                     chunk_size=physical_batch_size,  # grouped fast path by default
+                                     multiplicity_chunk=1)            # draws one at a time: memory of B rows
         optimizer.step()                            # clip each image's gradient, sum, add noise, average
         optimizer.zero_grad()
 """

@@ -59,6 +59,8 @@ def grouped_per_example_gradients(
     model: nn.Module,
     per_example_loss_fn: PerExampleLoss,
     *inputs: torch.Tensor,
+    into: dict[nn.Parameter, torch.Tensor] | None = None,
+    scale: float = 1.0,
 ) -> tuple[torch.Tensor, dict[nn.Parameter, torch.Tensor]]:
     """Per-example gradients of ``per_example_loss_fn`` from one forward and one backward pass.
 
@@ -70,11 +72,17 @@ def grouped_per_example_gradients(
             inside, each layer of ``model`` must see the rows of example b as one
             contiguous block of equal size.
         *inputs: tensors whose leading dimension B indexes examples.
+        into: per-example gradients of earlier passes (as this function returns them),
+            to which ``scale`` times this pass's are added in place, layer by layer
+            during the backward pass, so that no second B x P copy is ever alive.
+        scale: weight of this pass's gradients (and losses): a noise-multiplicity
+            chunk of c of the K draws weighs c / K.
 
     Returns:
-        ``(losses, gradients)``: the detached per-example losses (shape B), and for
-        each trainable parameter a tensor ``[B, *p.shape]`` holding the gradient of
-        each example's own loss.
+        ``(losses, gradients)``: the detached per-example losses times ``scale``
+        (shape B), and for each trainable parameter a tensor ``[B, *p.shape]``
+        holding ``scale`` times the gradient of each example's own loss, plus
+        ``into``'s (``into`` itself, updated, when given).
 
     Raises:
         PrivacyError: a layer without a grouped rule, or a layer whose rows do not
@@ -82,11 +90,15 @@ def grouped_per_example_gradients(
     """
     examples = inputs[0].shape[0]
     trainable = [p for p in model.parameters() if p.requires_grad]
-    gradients: dict[nn.Parameter, torch.Tensor] = {}
+    gradients: dict[nn.Parameter, torch.Tensor] = {} if into is None else into
 
     def accumulate(parameter: nn.Parameter, value: torch.Tensor) -> None:
-        # A layer called twice in one forward contributes twice, as in ordinary autograd.
-        gradients[parameter] = gradients[parameter] + value if parameter in gradients else value
+        # A layer called twice in one forward contributes twice, as in ordinary autograd;
+        # an earlier pass's sum is added to in place.
+        if parameter in gradients:
+            gradients[parameter].add_(value, alpha=scale)
+        else:
+            gradients[parameter] = value if scale == 1.0 else value.mul_(scale)
 
     def keep_input(module: nn.Module, args: tuple, output: torch.Tensor):
         layer_input = args[0].detach()
@@ -137,7 +149,7 @@ def grouped_per_example_gradients(
     for parameter in trainable:
         if parameter not in gradients:
             gradients[parameter] = parameter.new_zeros((examples, *parameter.shape))
-    return losses.detach(), gradients
+    return losses.detach() * scale, gradients
 
 
 def _supported(module: nn.Module) -> bool:

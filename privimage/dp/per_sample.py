@@ -45,6 +45,7 @@ def compute_per_sample_gradients(
     *inputs: torch.Tensor,
     chunk_size: int | None = None,
     strategy: str = "auto",
+    multiplicity_chunk: int | None = None,
 ) -> torch.Tensor:
     """Per-example gradients of ``per_example_loss_fn`` into ``p.grad_sample``, one per example.
 
@@ -74,6 +75,14 @@ def compute_per_sample_gradients(
         strategy: ``grouped`` (one backward pass over all rows, per-layer sums per
             example; `privimage.dp.grouped`), ``vmap`` (``torch.func`` over examples,
             any layer), or ``auto``: grouped when the model's layers allow it.
+        multiplicity_chunk: run an example's K noise draws this many at a time and
+            add up their gradients (bounds activation memory by B * chunk rows
+            instead of B * K); None or >= K runs all K at once. The loss must then be
+            the mean over draws laid along dimension 1 of every input but the first
+            (`privimage.diffusion.diffusion_loss_from_noise`'s images, noise, times,
+            labels): a gradient is linear in the loss, so the draws' chunks, each
+            weighted by its share of K, give the one-pass gradient (DPDM's noise
+            multiplicity, clipped once afterwards).
 
     Returns:
         The per-example losses, shape B (detached).
@@ -93,14 +102,30 @@ def compute_per_sample_gradients(
         raise PrivacyError(f"unknown per-sample gradient strategy {strategy!r} (choose from {', '.join(STRATEGIES)})")
     if strategy == "auto":
         strategy = "grouped" if supports_grouped_gradients(model) else "vmap"
+    draw_chunks = _draw_chunks(inputs, multiplicity_chunk)
     if strategy == "vmap":
-        return _vmap_per_sample_gradients(model, per_example_loss_fn, inputs, chunk_size=chunk_size)
-    # Chunks bound the activation memory; their per-example gradients are concatenated.
+        losses, gradients = 0.0, {}
+        for weight, part in draw_chunks:
+            part_losses, part_gradients = _vmap_per_sample_gradients(model, per_example_loss_fn, part,
+                                                                     chunk_size=chunk_size)
+            losses = losses + weight * part_losses
+            for name, value in part_gradients.items():
+                gradients[name] = gradients[name] + weight * value if name in gradients else (
+                    value if weight == 1.0 else weight * value)
+        for name, parameter in model.named_parameters():
+            if parameter.requires_grad:
+                _store_grad_sample(parameter, gradients[name])
+        return losses
+    # Example chunks bound the activation memory; their per-example gradients are concatenated.
+    # Within one, the draw chunks run one after another, adding into the same B accumulators.
     step = chunk_size or batch
     chunk_losses, chunk_gradients = [], []
     for start in range(0, batch, step):
-        losses, gradients = grouped_per_example_gradients(
-            model, per_example_loss_fn, *(x[start:start + step] for x in inputs))
+        losses, gradients = 0.0, None
+        for weight, part in draw_chunks:
+            part_losses, gradients = grouped_per_example_gradients(
+                model, per_example_loss_fn, *(x[start:start + step] for x in part), into=gradients, scale=weight)
+            losses = losses + part_losses
         chunk_losses.append(losses)
         chunk_gradients.append(gradients)
     for parameter in model.parameters():
@@ -110,9 +135,30 @@ def compute_per_sample_gradients(
     return torch.cat(chunk_losses)
 
 
+def _draw_chunks(inputs: tuple[torch.Tensor, ...],
+                 multiplicity_chunk: int | None) -> list[tuple[float, tuple[torch.Tensor, ...]]]:
+    """The inputs split along the draws (dimension 1 of all but the first), each part with its share of K."""
+    if multiplicity_chunk is None:
+        return [(1.0, inputs)]
+    if multiplicity_chunk < 1:
+        raise PrivacyError(f"multiplicity_chunk must be a positive number of draws, got {multiplicity_chunk}")
+    draws = inputs[1:]
+    multiplicities = {x.shape[1] if x.dim() > 1 else None for x in draws}
+    if len(multiplicities) != 1 or None in multiplicities:
+        raise PrivacyError("a multiplicity chunk needs the K draws along dimension 1 of every input but the "
+                           f"first, got shapes {[tuple(x.shape) for x in inputs]}")
+    (multiplicity,) = multiplicities
+    if multiplicity_chunk >= multiplicity:
+        return [(1.0, inputs)]
+    return [(min(multiplicity_chunk, multiplicity - start) / multiplicity,
+             (inputs[0], *(x[:, start:start + multiplicity_chunk] for x in draws)))
+            for start in range(0, multiplicity, multiplicity_chunk)]
+
+
 def _vmap_per_sample_gradients(model: nn.Module, per_example_loss_fn: PerExampleLoss,
-                               inputs: tuple[torch.Tensor, ...], *, chunk_size: int | None) -> torch.Tensor:
-    """The ``vmap`` strategy of `compute_per_sample_gradients` (inputs already checked)."""
+                               inputs: tuple[torch.Tensor, ...], *,
+                               chunk_size: int | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The ``vmap`` strategy of `compute_per_sample_gradients`: losses and per-example gradients by name."""
     trainable = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
     frozen = {name: p.detach() for name, p in model.named_parameters() if not p.requires_grad}
     buffers = dict(model.named_buffers())
@@ -132,10 +178,7 @@ def _vmap_per_sample_gradients(model: nn.Module, per_example_loss_fn: PerExample
         chunk_size=chunk_size,
     )
     grads, losses = per_example(trainable, *inputs)
-    for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
-            _store_grad_sample(parameter, grads[name])
-    return losses.detach()
+    return losses.detach(), grads
 
 
 def compute_per_sample_gradients_opacus(

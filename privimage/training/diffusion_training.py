@@ -184,6 +184,8 @@ def dp_finetune_diffusion(
         sensitive=sensitive, ledger=ledger, settings=settings, lr=plan.lr, epochs=plan.epochs, betas=plan.betas,
         target_epsilon=target_epsilon, run_dir=run_dir, seed=config.seed,
         identity={"finetune": dataclasses.asdict(settings), "model": dataclasses.asdict(config.diffusion)},
+        # 0: all K draws in one pass; otherwise activation memory follows the chunk, not K.
+        multiplicity_chunk=settings.multiplicity_chunk or None,
         progress=progress,
     )
 

@@ -62,7 +62,7 @@ from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch.utils.data import Sampler
 
 from privimage import distributed
-from privimage.config import FinetuneConfig, config_hash
+from privimage.config import FinetuneConfig, config_hash, without_cost_only_settings
 from privimage.data.base import ImageDataset
 from privimage.dp import check_dp_compatible
 from privimage.errors import ConfigError, PrivacyError
@@ -244,6 +244,7 @@ def dp_sgd_step(
     batch_indices: Sequence[int],
     load_inputs: LoadInputs,
     physical_batch_size: int,
+    multiplicity_chunk: int | None = None,
     before_release: Callable[[list[torch.Tensor]], None] | None = None,
 ) -> None:
     """One logical DP-SGD step (Algorithm 1): clip per sample, sum over chunks, one noise draw, update.
@@ -257,6 +258,8 @@ def dp_sgd_step(
             plus whatever rows the caller's ``load_inputs`` understands); may be empty.
         load_inputs: maps rows to the loss's input tensors.
         physical_batch_size: largest chunk that is run at once.
+        multiplicity_chunk: noise draws of each image run at once (diffusion losses
+            only; `privimage.dp.compute_per_sample_gradients`); None: all K.
         before_release: called once with the released update (the noisy gradient
             divided by the expected batch size, all ranks' sums included, one
             tensor per parameter in the optimizer's order) after the noise is
@@ -271,7 +274,8 @@ def dp_sgd_step(
     for position, chunk in enumerate(chunks):
         is_last = position == len(chunks) - 1
         if len(chunk):
-            compute_per_sample_gradients(model, per_example_loss, *load_inputs(chunk))
+            compute_per_sample_gradients(model, per_example_loss, *load_inputs(chunk),
+                                         multiplicity_chunk=multiplicity_chunk)
         else:
             for parameter in optimizer.params:
                 parameter.grad_sample = torch.zeros((0, *parameter.shape), device=parameter.device,
@@ -348,6 +352,7 @@ def run_dp_sgd(
     after_step: Callable[[int], None] | None = None,
     batch_rows: Callable[[list[int]], np.ndarray] | None = None,
     betas: tuple[float, float] = DIFFUSION_BETAS,
+    multiplicity_chunk: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """The DP-SGD fine-tuning loop with journal, ledger, checkpoints and resume.
@@ -390,6 +395,7 @@ def run_dp_sgd(
         batch_rows: maps the Poisson-sampled rows to the rows ``load_inputs`` receives
             (the GAN adds a fixed number of generated rows); identity if None.
         betas: AdamW betas.
+        multiplicity_chunk: noise draws of each image run at once (`dp_sgd_step`); None: all K.
         progress: show a tqdm bar.
 
     Returns:
@@ -419,6 +425,9 @@ def run_dp_sgd(
     )
     ledger_before = ledger.to_dict()
     generator = noise_generator_name(secure_mode=settings.secure_mode)
+    # A checkpoint resumes across memory-only settings (`without_cost_only_settings`).
+    identity = {**identity, **({"finetune": without_cost_only_settings(identity["finetune"])}
+                               if "finetune" in identity else {})}
     run_hash = config_hash({"stage": stage, "seed": seed, "target_epsilon": target_epsilon, **identity})
     expect = {"stage": stage, "run_hash": run_hash, "dataset_hash": dataset_hash}
 
@@ -546,7 +555,7 @@ def run_dp_sgd(
                     dp_sgd_step(
                         model=model, optimizer=optimizer, per_example_loss=per_example_loss,
                         batch_indices=batch_rows(next(sampler)), load_inputs=load_inputs,
-                        physical_batch_size=settings.physical_batch_size,
+                        physical_batch_size=settings.physical_batch_size, multiplicity_chunk=multiplicity_chunk,
                         before_release=lambda update, step=step: release_step(step, update),
                     )
                     finish_step(step)
