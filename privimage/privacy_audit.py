@@ -307,7 +307,7 @@ def audit_run(*, run_dir: Path, data_root: Path | None = None) -> RunAudit:
     checks.run("delta_matches_run", lambda: _check_delta(run, config, ledger))
     checks.run("dataset_hash", lambda: _check_dataset(config, ledger, *_data_root_of(run, data_root)))
     checks.run("config_hash", lambda: _check_config_hash(config, ledger))
-    checks.run("semantic_query_recorded", lambda: _check_query(method, config, ledger, data_root))
+    checks.run("semantic_query_recorded", lambda: _check_query(method, config, ledger, _data_root_of(run, data_root)[0]))
     checks.run("pretraining_data_recorded", lambda: _check_pretraining_record(run_dir, method))
     journal = _Journal.read(run_dir / FINETUNE_DIR)
     checks.run("dpsgd_steps_match_journal", lambda: _check_journal(journal, ledger))

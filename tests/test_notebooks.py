@@ -150,7 +150,7 @@ def test_01_main_results(smoke_run):
     assert "epsilon_spent_max" in main
     assert_metric_ranges(main)
     header = (results / "tables" / "tab_rq1_main.md").read_text().split("|")[0]
-    assert "FID backbone: offline-smallcnn-glyphs1k, features standardised on public glyphs1k/val" in header
+    assert "FID backbone: offline-smallcnn-glyphs1k, features divided by one common std of public glyphs1k/val" in header
     assert "replaces the paper's" in header
     assert_png(results / "figures" / "fig_rq1_samples.png")
     for method in config.experiment.methods:
