@@ -182,14 +182,33 @@ async def _execute(lab: Lab, kernel_id: str, code: str) -> str:
 
     socket_url = lab.url(f"api/kernels/{kernel_id}/channels").replace("http://", "ws://")
     connection = await websocket_connect(socket_url)
-    msg_id, session = uuid.uuid4().hex, uuid.uuid4().hex
-    await connection.write_message(json.dumps({
-        "header": {"msg_id": msg_id, "session": session, "username": "test", "msg_type": "execute_request",
-                   "version": "5.3"},
-        "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
-        "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
-                    "allow_stdin": False, "stop_on_error": True},
-    }))
+    session = uuid.uuid4().hex
+
+    async def send(msg_type: str, content: dict) -> str:
+        msg_id = uuid.uuid4().hex
+        await connection.write_message(json.dumps({
+            "header": {"msg_id": msg_id, "session": session, "username": "test", "msg_type": msg_type,
+                       "version": "5.3"},
+            "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [], "content": content,
+        }))
+        return msg_id
+
+    # IOPub is publish/subscribe: what a kernel prints before the server's subscription is up is lost
+    # (ZeroMQ's slow joiner). Nudge with kernel_info requests, as jupyter_client does, until one's IOPub
+    # status arrives; only then is the output of the code below sure to reach us.
+    nudges = {await send("kernel_info_request", {})}
+    while True:
+        try:
+            message = await asyncio.wait_for(connection.read_message(), 1.0)
+        except asyncio.TimeoutError:
+            nudges.add(await send("kernel_info_request", {}))
+            continue
+        assert message is not None, "the kernel's websocket closed before it answered"
+        message = json.loads(message)
+        if message.get("channel") == "iopub" and message.get("parent_header", {}).get("msg_id") in nudges:
+            break
+    msg_id = await send("execute_request", {"code": code, "silent": False, "store_history": False,
+                                            "user_expressions": {}, "allow_stdin": False, "stop_on_error": True})
     printed, reply = [], None
     while True:
         message = await connection.read_message()
