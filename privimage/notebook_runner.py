@@ -11,6 +11,9 @@ name and replaces the previous executed copy only once it has finished, so an
 interrupted run never leaves a truncated notebook under that name; a failed
 run keeps its partial copy, with the traceback, as ``NN_*.failed.ipynb``.
 
+Once every notebook has run, ``tables/tab_claims.csv`` and ``.md`` check the
+paper's claims against the tables (`privimage.claims`).
+
 Beside them, ``run_info.json`` says what produced them (`RunInfo`): the commit
 and whether the tree was clean, start and end time, each notebook's wall time,
 the peak resident memory, torch's threads, the CPUs and the load average. It
@@ -260,6 +263,12 @@ def main(argv: list[str] | None = None) -> int:
         info.notebook_done(notebook.name, seconds)
         print(f"[run_all] {notebook.name} done in {seconds / 60:.1f} min", flush=True)
 
+    # The last step: the paper's claims, computed from the tables the notebooks just wrote.
+    from privimage.claims import write_claims
+
+    claims = write_claims(results_dir / "tables")
+    print("[run_all] tab_claims: " + ", ".join(f"{v} {n}" for v, n in claims["verdict"].value_counts().items()),
+          flush=True)
     info.write(status="finished")
     total = sum(s for _, s in timings)
     print(f"[run_all] all {len(timings)} notebooks done in {total / 60:.1f} min; outputs in {results_dir}/ "

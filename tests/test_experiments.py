@@ -485,3 +485,18 @@ def test_the_selection_ratio_sweep_queries_k_equal_to_n_unless_the_profile_sets_
     assert [point.labels["semantics_per_class"] for point in captured] == [1, 5, 100]
     assert [point.labels["k"] for point in captured] == expected_k
     assert all(experiments.run_config(config=config, point=point).semantics.k == k for point in captured)
+
+
+def test_pretrained_only_grid_covers_table_2_seeds(monkeypatch):
+    # The FID before fine-tuning gets a seed spread from the models Table 2 already pre-trained.
+    config = load_config("smoke", {"experiment.seeds": [0, 1], "experiment.sweep_seeds": [7]})
+    seen = []
+    monkeypatch.setattr(experiments, "pretrained_only",
+                        lambda *, config, method, data_root=None, progress=True: seen.append(config.seed) or
+                        {"method": method, "seed": config.seed, "status": "ok"})
+    monkeypatch.setattr(experiments, "matched_glyph_pretraining",
+                        lambda *, config, data_root=None, progress=True: {"method": "matched-glyphs",
+                                                                           "seed": config.seed, "status": "ok"})
+    grid = experiments.pretrained_only_grid(config=config, progress=False)
+    assert sorted(set(seen)) == [0, 1]
+    assert sorted(set(grid["seed"])) == [0, 1]

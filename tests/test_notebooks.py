@@ -174,6 +174,12 @@ def test_02_semantic_query(smoke_run):
     # More selected semantics, more public images; each selection is a DP release with a positive epsilon.
     assert selected.sort_values("selection_ratio")["num_images"].is_monotonic_increasing
     assert (selected["query_epsilon"] > 0).all()
+    # What each query selected: every Table 2 seed and sensitive class, own-glyph counts and the query's epsilon.
+    report = read_table(results, "tab_rq2_selection")
+    assert len(report) == len(smoke_run["config"].experiment.seeds) * 10
+    assert report["num_own_glyph"].isin([0, 1]).all() and (report["query_epsilon"] > 0).all()
+    assert (report["k"] == report["semantics_per_class"]).all()
+    assert "Own glyphs selected per seed" in (results / "tables" / "tab_rq2_selection.md").read_text()
     assert_png(results / "figures" / "fig_rq2_pretrained_fid_sds.png")
     assert_png(results / "figures" / "fig_rq2_selected_samples.png")
     for method in ("privimage-d", "matched-glyphs"):
@@ -409,6 +415,9 @@ def test_the_runner_records_commit_times_memory_and_machine_in_run_info(tmp_path
     assert info["notebooks"][1]["peak_rss_mb_so_far"] > info["notebooks"][0]["peak_rss_mb_so_far"]
     assert info["torch_threads"] == torch.get_num_threads() and info["cpu_count"] == os.cpu_count()
     assert len(info["load_average_start"]) == len(info["load_average_end"]) == 3
+    # The last step checks the paper's claims against whatever tables the notebooks wrote (none here).
+    claims = pd.read_csv(tmp_path / "results" / "smoke" / "tables" / "tab_claims.csv")
+    assert set(claims["verdict"]) == {"not exercised"}
 
     # An interrupted run leaves its record too, naming where it stopped.
     def interrupted(source, output, **kwargs):
