@@ -64,10 +64,10 @@ def missing_requirements(profile: str) -> list[str]:
     from privimage.config import load_config
     from privimage.data import dataset_info
     from privimage.evaluation.fid import find_inception_weights
-    from privimage.experiments import resolve_data_root
+    from privimage.data.registry import default_data_root
 
     config = load_config(profile)
-    data_root = resolve_data_root()
+    data_root = default_data_root()
     missing = []
     if not torch.cuda.is_available():
         missing.append("a CUDA GPU (torch.cuda.is_available() is False)")
@@ -213,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
 
     only = {part.strip().zfill(2) for part in args.only.split(",") if part.strip()} or None
     notebooks = discover_notebooks(only)
+    # The kernels run in notebooks/: without $PRIVIMAGE_DATA they would look for notebooks/data.
+    os.environ.setdefault("PRIVIMAGE_DATA", str(REPO_ROOT / "data"))
     absolute_path_variables()
     # Refuse at once, not hours into a run, when the profile cannot run here.
     missing = missing_requirements(args.profile)
