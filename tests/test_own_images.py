@@ -24,7 +24,7 @@ from PIL import Image
 
 from privimage.cli import main
 from privimage.data import load_dataset
-from privimage.privacy_audit import audit_run
+from privimage.run_audit import audit_run
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 README_SETUP = "scripts/bootstrap.sh && source .venv/bin/activate"

@@ -52,7 +52,7 @@ def _select(args: argparse.Namespace) -> int:
     from privimage.config import load_config
     from privimage.data import load_sensitive_train
     from privimage.privacy import PrivacyLedger
-    from privimage.privacy_audit import check_release_location
+    from privimage.run_folder import check_release_location
     from privimage.semantics.stage import check_public_name, run_selection
 
     overrides = {

@@ -231,7 +231,7 @@ def time_stage_step(*, stage: str, preset: str, work: StageWork, config: Config,
                     num_classes: int, num_public_classes: int, max_rows: int, warmup: int, timed: int) -> dict:
     """Time ``timed`` steps of a stage after ``warmup``, and one step's peak tensor memory, on random inputs.
 
-    Diffusion steps are the fast-DP-SGD benchmark's (`privimage.dp.benchmark`):
+    Diffusion steps are measured as the DP-step benchmark measures them (`privimage.evaluation.step_cost`):
     ``non_private`` is a pre-training step, ``dp_sgd`` the fine-tuning stage's own
     DP-SGD step; sampling is one DDIM step (`privimage.diffusion.ddim_sample`);
     the SQF step is one SGD step of the profile's query function.
@@ -253,7 +253,7 @@ def time_stage_step(*, stage: str, preset: str, work: StageWork, config: Config,
     """
     import torch
 
-    from privimage.dp.benchmark import benchmark_configuration, peak_step_memory, time_interleaved
+    from privimage.evaluation.step_cost import benchmark_configuration, peak_step_memory, time_interleaved
     from privimage.models import count_parameters
 
     images = timing_images(work, max_rows=max_rows)

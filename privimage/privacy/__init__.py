@@ -12,7 +12,7 @@ DESIGN.md, Privacy, and paper Sections 3.3 and Appendices D-E:
   histogram and its Gaussian mechanism (Theorem 3.1);
 - `dp_noise_generator` / `torch_noise_generator` (noise.py): DP noise sources no
   experiment seed controls;
-- audit.py: empirical lower bounds on the privacy loss the mechanisms give.
+- mechanism_audit.py: empirical lower bounds on the privacy loss the mechanisms give.
 """
 
 from privimage.privacy.accounting import ACCOUNTANTS, RDP_ORDERS, composition_epsilon, compute_epsilon, query_rdp
