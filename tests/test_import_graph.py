@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "privimage"
 # Lowest first. A module may import its own layer and the layers below it.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("privimage.errors", "privimage.threads"),
-    ("privimage.config", "privimage.cache", "privimage.methods"),
+    ("privimage.config", "privimage.cache", "privimage.methods", "privimage.run_folder"),
     ("privimage.privacy", "privimage.data"),
     ("privimage.models", "privimage.diffusion", "privimage.distributed"),
     ("privimage.dp",),
@@ -24,7 +24,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("privimage.training",),
     ("privimage.evaluation",),
     ("privimage.pipeline", "privimage.stages", "privimage.generators"),
-    ("privimage.run_audit", "privimage.privacy_audit"),
+    # Audits check what the stages wrote (runs) and how they release (mechanisms).
+    ("privimage.run_audit", "privimage.mechanism_audit"),
     ("privimage.experiments", "privimage.tables", "privimage.reporting", "privimage.plots", "privimage.claims"),
     ("privimage.notebook_runner", "privimage.cli", "privimage.__main__"),
 )
