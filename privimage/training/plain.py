@@ -137,56 +137,36 @@ def run_plain_training(
     batches = EpochBatches(num_examples=len(dataset), batch_size=batch_size, seed=stage_seed(seed, stage))
 
     records: list[dict] = []
-    losses: dict[str, float] = {}
-    earlier_wall_time = 0.0
     session_start = time.perf_counter()
-    main = distributed.is_main_process()
-    progress = progress and main
+    progress = progress and distributed.is_main_process()
     with measure_stage(resource_stage, log=records):
-        # Rank 0 reads the folder and hands the checkpoint to every rank (nodes need not share a disk).
-        checkpoint = distributed.main_only(lambda: load_latest_checkpoint(run_dir=run_dir, expect=expect))
-        if checkpoint is None:
-            start_step = 0
-            seed_training_randomness(distributed.rank_seed(stage_seed(seed, stage)))
-            # Every rank starts from rank 0's weights.
-            for obj in state.values():
-                module = obj if isinstance(obj, torch.nn.Module) else getattr(obj, "model", None)
-                if isinstance(module, torch.nn.Module):
-                    distributed.broadcast_module(module)
-        else:
-            start_step = int(checkpoint["step"])
-            for name, obj in state.items():
-                obj.load_state_dict(checkpoint["state"][name])
-            distributed.restore_rank_rng(saved=checkpoint.get("rng_by_rank") or [checkpoint["rng"]],
-                                         seed=stage_seed(seed, stage), step=start_step)
-            losses = dict(checkpoint["losses"])
-            earlier_wall_time = float(checkpoint["wall_time_s"])
-
+        # Restore the newest checkpoint, or start every rank from rank 0's weights.
+        start_step, losses, earlier_wall_time = _start_or_resume(run_dir=run_dir, expect=expect, state=state,
+                                                                 seed=seed, stage=stage)
+        # The remaining steps, with a checkpoint every checkpoint_every steps and after the last.
         bar = progress_bar(total=steps, initial=start_step, desc=stage, enabled=progress)
         for step in range(start_step + 1, steps + 1):
             rows = distributed.rows_of_this_rank(batches.batch(step))
             losses = {key: float(value) for key, value in train_step(step, rows).items()}
             if step % checkpoint_every == 0 or step == steps:
-                # A collective (every rank's RNG stream), then rank 0 writes while the others wait.
-                rng_states = distributed.rng_states_of_all_ranks()
-                payload = {
-                    **expect,
-                    "total_steps": steps,
-                    "state": {name: obj.state_dict() for name, obj in state.items()},
-                    "rng": rng_states[0],
-                    "rng_by_rank": rng_states,
-                    "world_size": distributed.world_size(),
-                    "losses": losses,
-                    "wall_time_s": earlier_wall_time + time.perf_counter() - session_start,
-                }
-                distributed.main_only(lambda step=step, payload=payload: _save(run_dir, step, payload))
+                _write_checkpoint(run_dir=run_dir, step=step, expect=expect, total_steps=steps, state=state,
+                                  losses=losses, earlier_wall_time=earlier_wall_time,
+                                  session_start=session_start)
             bar.set_postfix({key: f"{value:.4f}" for key, value in losses.items()}, refresh=False)
             bar.update(1)
         bar.close()
-    usage = records[-1]
+    return _finish_stage(stage=stage, dataset=dataset, steps=steps, batch_size=batch_size, start_step=start_step,
+                         losses=losses, run_dir=run_dir, usage=records[-1], earlier_wall_time=earlier_wall_time,
+                         bar=bar, progress=progress)
+
+
+def _finish_stage(*, stage: str, dataset: ImageDataset, steps: int, batch_size: int, start_step: int,
+                  losses: Mapping[str, float], run_dir: Path, usage: Mapping[str, Any], earlier_wall_time: float,
+                  bar, progress: bool) -> dict[str, Any]:
+    """The stage's statistics; rank 0 writes its resources record, and the bar says where the outputs went."""
     # Table 4 counts the whole stage: earlier sessions up to their last checkpoint, plus this one.
     all_sessions = earlier_wall_time + usage["wall_time_s"]
-    if main:
+    if distributed.is_main_process():
         write_resources(run_dir, stage, {**usage, "wall_time_s_all_sessions": all_sessions})
     if progress:
         bar.write(f"{stage}: {steps} steps on {dataset.name}/{dataset.split} ({len(dataset)} images); "
@@ -204,6 +184,50 @@ def run_plain_training(
         "resources": usage,
         "wall_time_s_all_sessions": all_sessions,
     }
+
+
+def _start_or_resume(*, run_dir: Path, expect: Mapping[str, Any], state: Mapping[str, Any], seed: int,
+                     stage: str) -> tuple[int, dict[str, float], float]:
+    """Restore the newest checkpoint into ``state`` and every rank's RNG, or seed a fresh start.
+
+    Returns:
+        ``(steps done, the losses of the last of them, wall time of the earlier sessions)``.
+    """
+    # Rank 0 reads the folder and hands the checkpoint to every rank (nodes need not share a disk).
+    checkpoint = distributed.main_only(lambda: load_latest_checkpoint(run_dir=run_dir, expect=expect))
+    if checkpoint is None:
+        seed_training_randomness(distributed.rank_seed(stage_seed(seed, stage)))
+        # Every rank starts from rank 0's weights.
+        for obj in state.values():
+            module = obj if isinstance(obj, torch.nn.Module) else getattr(obj, "model", None)
+            if isinstance(module, torch.nn.Module):
+                distributed.broadcast_module(module)
+        return 0, {}, 0.0
+    start_step = int(checkpoint["step"])
+    for name, obj in state.items():
+        obj.load_state_dict(checkpoint["state"][name])
+    distributed.restore_rank_rng(saved=checkpoint.get("rng_by_rank") or [checkpoint["rng"]],
+                                 seed=stage_seed(seed, stage), step=start_step)
+    return start_step, dict(checkpoint["losses"]), float(checkpoint["wall_time_s"])
+
+
+def _write_checkpoint(*, run_dir: Path, step: int, expect: Mapping[str, Any], total_steps: int,
+                      state: Mapping[str, Any], losses: Mapping[str, float], earlier_wall_time: float,
+                      session_start: float) -> None:
+    """Checkpoint ``state``, every rank's RNG stream, the step's losses and the stage's wall time so far."""
+    # A collective (every rank's RNG stream), then rank 0 writes while the others wait.
+    rng_states = distributed.rng_states_of_all_ranks()
+    payload = {
+        **expect,
+        "total_steps": total_steps,
+        "state": {name: obj.state_dict() for name, obj in state.items()},
+        "rng": rng_states[0],
+        "rng_by_rank": rng_states,
+        "world_size": distributed.world_size(),
+        "losses": losses,
+        "wall_time_s": earlier_wall_time + time.perf_counter() - session_start,
+    }
+    distributed.main_only(lambda: _save(run_dir, step, payload))
 
 
 def _save(run_dir: Path, step: int, payload: Mapping[str, Any]) -> None:
