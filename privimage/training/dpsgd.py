@@ -74,7 +74,9 @@ from privimage.training.common import (
     stage_seed,
     write_resources,
 )
-from privimage.training.journal import JOURNAL_NAME, DPStepJournal, JournalEntry
+from privimage.training.journal import (
+    JOURNAL_NAME, DPStepJournal, JournalEntry, checkpoint_account_problem, checkpoint_position,
+)
 from privimage.training.plan import DIFFUSION_BETAS, finetune_schedule
 
 # Per-example loss: (model call, *inputs) -> one loss per example (shape B), as
@@ -561,7 +563,7 @@ def resume_dp_run(run: DPRunState, *, lr: float, betas: tuple[float, float]) -> 
     if journal_steps:
         account.charge(run.ledger, steps=journal_steps)
     run.released_steps = journal_steps
-    run.position = _journal_position(checkpoint)
+    run.position = checkpoint_position(checkpoint)
     run.resumed_from_step = run.start_step
 
 
@@ -584,7 +586,7 @@ def _open_journal(run: DPRunState) -> tuple[int, dict[str, Any] | None, list[dic
     if found is not None:
         _check_checkpoint_account(found, journal=run.journal, account=account)
     plan = run.journal.replay_plan(checkpoint_step=int(found["step"]) if found else 0,
-                                   position=_journal_position(found))
+                                   position=checkpoint_position(found))
     return run.journal.steps, found, [entry.to_dict() for entry in plan]
 
 
@@ -784,16 +786,11 @@ def _check_checkpoint_account(checkpoint: Mapping[str, Any], *, journal: DPStepJ
     from privimage.privacy.ledger import PrivacyLedger
 
     steps_then = int(checkpoint["journal_steps"])
-    if not 0 <= _journal_position(checkpoint) <= steps_then:
-        raise PrivacyError(
-            f"checkpoint step {checkpoint['step']}: it ends with journal line {_journal_position(checkpoint)} "
-            f"but was taken when the journal listed {steps_then}; use a fresh run folder"
-        )
-    if journal.steps < steps_then:
-        raise PrivacyError(
-            f"the DP-SGD journal lists {journal.steps} steps but the checkpoint was taken after {steps_then}; "
-            "the journal was replaced or truncated, so the budget spent cannot be established"
-        )
+    # The journal's rule, shared with `privimage audit`; the ledger comparison below then checks the charges.
+    problem = checkpoint_account_problem(checkpoint, charged_steps=steps_then, journal_steps=journal.steps)
+    if problem is not None:
+        raise PrivacyError(f"checkpoint step {checkpoint['step']}: {problem}; the journal was replaced or "
+                           "truncated, or the folder mixes two runs, so use a fresh run folder")
     expected = PrivacyLedger.from_dict(account.ledger_before)
     account.charge(expected, steps=steps_then)
     stored = PrivacyLedger.from_dict(checkpoint["ledger"])
@@ -802,17 +799,6 @@ def _check_checkpoint_account(checkpoint: Mapping[str, Any], *, journal: DPStepJ
             f"checkpoint step {checkpoint['step']}: its privacy ledger disagrees with this run's "
             "(another query, delta or dataset); use a fresh run folder"
         )
-
-
-def _journal_position(checkpoint: Mapping[str, Any] | None) -> int:
-    """The journal line whose update a checkpoint's model ends with (0 without a checkpoint).
-
-    Checkpoints written before updates were journalled lack the field; theirs is the
-    journal's length then, as the live loop writes it.
-    """
-    if checkpoint is None:
-        return 0
-    return int(checkpoint.get("journal_position", checkpoint["journal_steps"]))
 
 
 def _ledger_without_timestamps(ledger) -> dict[str, Any]:
