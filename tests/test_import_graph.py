@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "privimage"
 
 # Lowest first. A module may import its own layer and the layers below it.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("privimage.errors", "privimage.threads"),
+    ("privimage.errors", "privimage.threads", "privimage.seeding", "privimage.resource_usage"),
     ("privimage.config", "privimage.cache", "privimage.methods", "privimage.run_folder"),
     ("privimage.privacy", "privimage.data"),
     ("privimage.models", "privimage.diffusion", "privimage.distributed"),

@@ -1,6 +1,6 @@
 """Evaluation of synthetic datasets (paper Section 4.3): FID, classification
-accuracy of LR/MLP/CNN, t-SNE of CNN embeddings, sample grids, and per-stage
-resource costs.
+accuracy of LR/MLP/CNN, t-SNE of CNN embeddings, sample grids, and Table 4's
+resource comparison (per-stage measurement: `privimage.resource_usage`).
 
 - `evaluate_synthetic` - FID and CA of one synthetic set (``privimage evaluate``).
 - `frechet_distance`, `load_fid_backbone`, `reference_statistics` - FID with
@@ -9,7 +9,6 @@ resource costs.
 - `classification_accuracy`, `train_classifiers`, `score_on_test` - LR, MLP, CNN.
 - `cnn_embeddings`, `tsne_embedding`, `plot_tsne` - paper Fig. 4.
 - `class_grid`, `save_class_grid` - paper Fig. 5 and Fig. 10.
-- `measure_stage`, `STAGES` - time and peak memory per stage (paper Table 4).
 """
 
 from privimage.evaluation.classifiers import (
@@ -34,14 +33,13 @@ from privimage.evaluation.fid import (
     reference_statistics,
 )
 from privimage.evaluation.grids import class_grid, save_class_grid
-from privimage.evaluation.resources import STAGES, measure_stage
 from privimage.evaluation.synthetic import load_synthetic_npz
 from privimage.evaluation.tsne import cnn_embeddings, plot_tsne, tsne_embedding
 
 __all__ = [
-    "CLASSIFIERS", "STAGES", "FeatureExtractor", "InceptionFeatures", "OfflineFeatures", "TrainedClassifiers",
+    "CLASSIFIERS", "FeatureExtractor", "InceptionFeatures", "OfflineFeatures", "TrainedClassifiers",
     "choose_backbone", "class_grid", "classification_accuracy", "cnn_embeddings", "download_inception_weights",
     "evaluate_synthetic", "find_inception_weights", "frechet_distance", "load_fid_backbone", "load_synthetic_npz",
-    "measure_stage", "plot_tsne", "public_feature_standardisation", "reference_statistics", "save_class_grid", "score_on_test", "split_for_validation",
+    "plot_tsne", "public_feature_standardisation", "reference_statistics", "save_class_grid", "score_on_test", "split_for_validation",
     "train_classifiers", "tsne_embedding",
 ]

@@ -9,7 +9,7 @@ profiles use a width/depth-scaled CIFAR-style ResNet so that training fits a CPU
 
 It trains on this process's GPU when there is one. Under torchrun every rank
 takes its strided share of each batch and the gradients are all-reduced
-(`privimage.training.plain.sum_gradients_over_ranks`); the shuffling and the
+(`privimage.distributed.sum_gradients_over_ranks`); the shuffling and the
 augmentation come from one seeded generator every rank advances alike, so the
 batches are those of a single process. BatchNorm statistics are each rank's
 own during an epoch (as under DDP without SyncBatchNorm, which needs GPUs) and
@@ -332,7 +332,6 @@ def _fit_query_function(model: nn.Module, *, public_train: ImageDataset, public_
     Returns:
         ``(best public-val accuracy, the weights that reached it, training seconds)``.
     """
-    from privimage.training.plain import sum_gradients_over_ranks
 
     # Cross-entropy on public labels, SGD with momentum and a cosine schedule (paper Table 7).
     torch.manual_seed(seed)
@@ -368,7 +367,7 @@ def _fit_query_function(model: nn.Module, *, public_train: ImageDataset, public_
                 loss = F.cross_entropy(model(batch), labels[local].to(device)) * (len(local) / len(index))
                 loss.backward()
                 loss_share = loss.item()
-            loss_value = sum_gradients_over_ranks(model.parameters(), loss_share)
+            loss_value = distributed.sum_gradients_over_ranks(model.parameters(), loss_share)
             optimizer.step()
             scheduler.step()
             bar.set_postfix(loss=f"{loss_value:.3f}")

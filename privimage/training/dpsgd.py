@@ -68,12 +68,9 @@ from privimage.data.base import ImageDataset
 from privimage.dp import check_dp_compatible
 from privimage.errors import ConfigError, PrivacyError
 from privimage.training.checkpoint import checkpoint_steps, load_latest_checkpoint, save_checkpoint
-from privimage.training.common import (
-    progress_bar,
-    seed_training_randomness,
-    stage_seed,
-    write_resources,
-)
+from privimage.resource_usage import measure_stage
+from privimage.seeding import seed_training_randomness, stage_seed
+from privimage.training.common import progress_bar, write_resources
 from privimage.training.journal import (
     JOURNAL_NAME, DPStepJournal, JournalEntry, checkpoint_account_problem, checkpoint_position,
 )
@@ -450,8 +447,6 @@ def run_dp_sgd(
         Statistics of the run (steps, sigma, q, epsilon, released, replayed and
         lost steps, time, memory, ...).
     """
-    from privimage.evaluation.resources import measure_stage
-
     # Check the ledger, the model and the settings; calibrate sigma to the target (Appendix E).
     _check_run_inputs(model=model, sensitive=sensitive, ledger=ledger, settings=settings)
     account = open_dp_account(stage=stage, seed=seed, sensitive=sensitive, ledger=ledger, settings=settings,
@@ -717,7 +712,7 @@ def finish_dp_run(run: DPRunState, *, usage: Mapping[str, Any], target_epsilon: 
 
     Args:
         run: the session after its last step.
-        usage: this session's time and memory (`privimage.evaluation.resources.measure_stage`).
+        usage: this session's time and memory (`privimage.resource_usage.measure_stage`).
         target_epsilon: epsilon of the whole run.
 
     Returns:

@@ -12,7 +12,7 @@ baselines, which say that they have no privacy guarantee.
 Under torchrun (`privimage.distributed`) the global batch of a step is the same
 as with one process; rank r trains on its strided share ``rows[r::W]``, back-
 propagates its rows' losses divided by the *global* batch size and the ranks
-all-reduce the gradients (`sum_gradients_over_ranks`), so the update is the
+all-reduce the gradients (`privimage.distributed.sum_gradients_over_ranks`), so the update is the
 single-process one whatever W is, and a run may resume with another W.
 
 Why not DDP and ``DistributedSampler``: DDP's reducer fires on every backward
@@ -39,12 +39,9 @@ from privimage.config import config_hash
 from privimage.data.base import ImageDataset
 from privimage.errors import ConfigError, DataError
 from privimage.training.checkpoint import load_latest_checkpoint, save_checkpoint
-from privimage.training.common import (
-    progress_bar,
-    seed_training_randomness,
-    stage_seed,
-    write_resources,
-)
+from privimage.resource_usage import measure_stage
+from privimage.seeding import seed_training_randomness, stage_seed
+from privimage.training.common import progress_bar, write_resources
 
 # One training step on this rank's share of the step's rows: (step number, row indices) -> losses to report.
 TrainStep = Callable[[int, np.ndarray], Mapping[str, float]]
@@ -125,8 +122,6 @@ def run_plain_training(
     Returns:
         Statistics: steps, last losses, time and memory.
     """
-    from privimage.evaluation.resources import measure_stage
-
     if steps < 0:
         raise ConfigError(f"{stage}: steps must be >= 0, got {steps}")
     if checkpoint_every < 1:
@@ -271,17 +266,3 @@ def accumulate_mean_loss(
         chunk_loss.backward()
         total += float(chunk_loss.detach())
     return total
-
-
-def sum_gradients_over_ranks(parameters, loss_share: float) -> float:
-    """All-reduce the gradients and the loss shares of one step; a no-op with one process.
-
-    Args:
-        parameters: the parameters the optimizer is about to update.
-        loss_share: this rank's share of the batch-mean loss (`accumulate_mean_loss`).
-
-    Returns:
-        The batch-mean loss over all ranks (the same number on every rank).
-    """
-    distributed.all_reduce_gradients(parameters)
-    return distributed.all_reduce_sum(loss_share)
