@@ -501,7 +501,7 @@ def _check_calibration(audit: RunAudit, method, config, ledger, journal: _Journa
 
 def _check_generators(config, ledger) -> tuple[bool, str]:
     """Every mechanism drew its noise from the generator secure_mode asks for."""
-    from privimage.training.dpsgd import noise_generator_name
+    from privimage.privacy.noise import noise_generator_name
 
     wanted = noise_generator_name(secure_mode=config.finetune.secure_mode)
     used = sorted({e["generator"] for e in ledger.entries})

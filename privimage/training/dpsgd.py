@@ -67,9 +67,10 @@ from privimage.config import FinetuneConfig, config_hash, without_cost_only_sett
 from privimage.data.base import ImageDataset
 from privimage.dp import check_dp_compatible
 from privimage.errors import ConfigError, PrivacyError
-from privimage.training.checkpoint import checkpoint_steps, load_latest_checkpoint, save_checkpoint
+from privimage.privacy.noise import noise_generator_name
 from privimage.resource_usage import measure_stage
 from privimage.seeding import seed_training_randomness, stage_seed
+from privimage.training.checkpoint import checkpoint_steps, load_latest_checkpoint, save_checkpoint
 from privimage.training.common import progress_bar, write_resources
 from privimage.training.journal import (
     JOURNAL_NAME, DPStepJournal, JournalEntry, checkpoint_account_problem, checkpoint_position,
@@ -117,11 +118,6 @@ def calibrate_to_ledger(*, ledger, target_epsilon: float, sample_rate: float, st
         query_noise_multiplier=query["query_noise_multiplier"] if query else None,
         k=query["k"] if query else 1,
     )
-
-
-def noise_generator_name(*, secure_mode: bool) -> str:
-    """What the ledger records as the source of the DP-SGD noise."""
-    return "secure" if secure_mode else "os-entropy"
 
 
 def make_dp_optimizer(

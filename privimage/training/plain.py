@@ -38,9 +38,9 @@ from privimage import distributed
 from privimage.config import config_hash
 from privimage.data.base import ImageDataset
 from privimage.errors import ConfigError, DataError
-from privimage.training.checkpoint import load_latest_checkpoint, save_checkpoint
 from privimage.resource_usage import measure_stage
 from privimage.seeding import seed_training_randomness, stage_seed
+from privimage.training.checkpoint import load_latest_checkpoint, save_checkpoint
 from privimage.training.common import progress_bar, write_resources
 
 # One training step on this rank's share of the step's rows: (step number, row indices) -> losses to report.
