@@ -49,9 +49,6 @@ from privimage.errors import PrivImageError
 from privimage.methods import Method, get_method
 from privimage.semantics.stage import resolve_query_settings
 
-RUN_FILES = ("config.json", "run.json", "synthetic.npz", "samples.png", "metrics.json", "resources.json")
-
-
 @dataclass
 class RunResult:
     """Where a run's outputs are and its headline numbers."""
@@ -347,12 +344,12 @@ def run_method(
     Returns:
         The `RunResult`.
     """
-    from privimage.evaluation import measure_stage
+    from privimage.resource_usage import measure_stage
     from privimage.privacy import PrivacyLedger
 
     # Under torchrun, join the launcher's process group (nothing to do for one process).
     distributed.setup()
-    from privimage.privacy_audit import check_release_location
+    from privimage.run_folder import check_release_location
 
     recipe = get_method(method)
     epsilon = check_epsilon(recipe, epsilon)
@@ -498,7 +495,7 @@ def finetune_stage(
 
 def _check_same_run(run_dir: Path, *, method: str, epsilon: float | None, config: Config) -> None:
     """Refuse to resume a folder that holds another run (different method, budget or config)."""
-    from privimage.privacy_audit import read_json_mapping
+    from privimage.run_folder import read_json_mapping
 
     run_json, config_json = run_dir / "run.json", run_dir / "config.json"
     if run_json.is_file():
@@ -538,7 +535,7 @@ def _check_same_pretraining_data(run_dir: Path, data_key: str) -> None:
     query function (`selection_stage`): a run fine-tuned from a model pre-trained
     on an earlier selection must not be resumed, or reused, as this one.
     """
-    from privimage.privacy_audit import read_json_mapping
+    from privimage.run_folder import read_json_mapping
 
     path = run_dir / "pretraining_data.json"
     if path.is_file():
@@ -637,7 +634,8 @@ def planned_calibration(*, recipe: Method, config: Config, num_examples: int, ep
         ``(sigma, ledger)``: the noise multiplier, and a ledger charged with the query and all planned steps.
     """
     from privimage.privacy import PrivacyLedger
-    from privimage.training.dpsgd import calibrate_to_ledger, noise_generator_name
+    from privimage.privacy.noise import noise_generator_name
+    from privimage.training.dpsgd import calibrate_to_ledger
     from privimage.training.plan import finetune_plan
 
     plan = finetune_plan(generator=recipe.generator, settings=config.finetune, num_examples=num_examples)
