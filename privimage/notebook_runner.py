@@ -139,6 +139,7 @@ class RunInfo:
             "start": _now(), "end": None, "wall_seconds": None, "status": "running", "notebooks": [],
             # The kernels inherit this environment, so they run with the same thread count.
             "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "cpu_count": os.cpu_count(), "cpus_usable": len(cpus) if cpus is not None else None,
             "load_average_start": list(os.getloadavg()), "load_average_end": None, "peak_rss_mb": None,
         }
