@@ -235,17 +235,13 @@ def count_generator_parameters(*, method: str, config: Config, data_root: Path |
     known datasets need no files).
     """
     from privimage.data import dataset_info
+    from privimage.generators import generator_family
     from privimage.methods import get_method
-    from privimage.models import build_gan, build_unet, count_parameters
 
     info = dataset_info(config.data.sensitive, "train", data_root=data_root, config=config.data)
     channels, _, size = (int(v) for v in info["image_shape"])
-    if get_method(method).generator == "diffusion":
-        # The meta device counts without allocating (the paper-size presets are large).
-        return int(count_parameters(build_unet(config.diffusion, image_channels=channels, image_size=size,
-                                               num_classes=int(info["num_classes"]), device="meta")))
-    generator, _ = build_gan(config.gan, image_channels=channels, image_size=size, num_classes=int(info["num_classes"]))
-    return int(count_parameters(generator))
+    return generator_family(get_method(method).generator).sampler_parameters(
+        config, image_channels=channels, image_size=size, num_classes=int(info["num_classes"]))
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:
@@ -561,21 +557,6 @@ def _sqf_frechet_distances(*, config: Config, public, data_root: Path, progress:
     return frechet_to_sensitive
 
 
-def _null_label_model(model, num_classes: int):
-    """Wrap an unconditional model so that every requested class becomes the null class it was trained on."""
-    import torch
-
-    class NullLabel(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, x, times, labels):
-            return self.model(x, times, torch.full_like(labels, num_classes))
-
-    return NullLabel()
-
-
 def pretrained_only(*, config: Config, method: str, data_root: Path | None = None, progress: bool = True) -> dict:
     """Samples and FID of a method's generator after pre-training, before any fine-tuning (Fig. 6 left).
 
@@ -591,6 +572,7 @@ def pretrained_only(*, config: Config, method: str, data_root: Path | None = Non
     import torch
 
     from privimage.data import load_sensitive_train
+    from privimage.generators import generator_family
     from privimage.methods import get_method
     from privimage.pipeline import pretrain_stage, pretraining_data, sample_stage
     from privimage.privacy import PrivacyLedger
@@ -616,10 +598,10 @@ def pretrained_only(*, config: Config, method: str, data_root: Path | None = Non
         networks, _ = pretrain_stage(method=recipe, config=config, public=public, data_key=data_key,
                                      image_channels=channels, image_size=size, num_classes=sensitive.num_classes,
                                      progress=progress)
-        if recipe.generator == "diffusion" and data_key.startswith("all:"):
-            networks["model"] = _null_label_model(networks["model"], sensitive.num_classes)
+        networks = generator_family(recipe.generator).pretrained_for_sampling(
+            networks, unconditional=data_key.startswith("all:"), num_classes=sensitive.num_classes)
         with torch.no_grad():
-            sample_stage(networks=networks, config=config, class_names=sensitive.class_names,
+            sample_stage(method=recipe, networks=networks, config=config, class_names=sensitive.class_names,
                          image_shape=sensitive.image_shape, run_dir=folder, progress=progress)
         # The samples derive from the noisy query: the ledger and config go beside them.
         atomic_write_json(folder / "ledger.json", ledger.to_dict())
@@ -708,8 +690,8 @@ def matched_glyph_pretraining(*, config: Config, data_root: Path | None = None, 
         networks, _ = pretrain_stage(method=recipe, config=config, public=matched, data_key=data_key,
                                      image_channels=image_shape[0], image_size=image_shape[-1],
                                      num_classes=len(DIGIT_CLASS_NAMES), progress=progress)
-        sample_stage(networks=networks, config=config, class_names=DIGIT_CLASS_NAMES, image_shape=image_shape,
-                     run_dir=folder, progress=progress)
+        sample_stage(method=recipe, networks=networks, config=config, class_names=DIGIT_CLASS_NAMES,
+                     image_shape=image_shape, run_dir=folder, progress=progress)
         atomic_write_json(folder / "config.json", config.to_dict())
     return {**_samples_fid(folder=folder, config=config, data_root=data_root, progress=progress, row=row),
             "query_epsilon": 0.0}

@@ -282,6 +282,8 @@ def test_noisy_histogram_plot_refuses_a_selection_naming_unknown_semantics(tmp_p
 def test_null_label_model_always_asks_for_the_null_class():
     import torch
 
+    from privimage.models import NullLabelModel
+
     seen = []
 
     class Recorder(torch.nn.Module):
@@ -289,7 +291,7 @@ def test_null_label_model_always_asks_for_the_null_class():
             seen.append(labels.clone())
             return x
 
-    wrapped = experiments._null_label_model(Recorder(), num_classes=10)
+    wrapped = NullLabelModel(Recorder(), num_classes=10)
     wrapped(torch.zeros(3, 1, 2, 2), torch.zeros(3), torch.tensor([0, 4, 9]))
     assert seen[0].tolist() == [10, 10, 10]
 
