@@ -280,7 +280,11 @@ def run_method(
     evaluate: bool = True,
     progress: bool = True,
 ) -> RunResult:
-    """Run (or resume) one method: paper Algorithm 2 (walked through at the end of Section 3.4), step by step.
+    """Run (or resume) one method: paper Algorithm 2, step by step.
+
+    The steps as the paper walks through them (end of Section 3.4): 1 train the semantic query function,
+    2 query the sensitive semantic distribution, 3 add Gaussian noise, 4 select public data and pre-train
+    on it, 5 fine-tune with DP-SGD, 6 generate the synthetic dataset.
 
     Args:
         method: a name from `privimage.methods.METHODS`.
@@ -307,9 +311,9 @@ def run_method(
                                   data_root=data_root, evaluate=evaluate)
     progress = progress and distributed.is_main_process()
     resources: list[dict] = []
-    # Steps 1-3 (Sections 3.2-3.3): train the semantic query function on public data (Eq. 4), query the
-    # sensitive semantic distribution with Gaussian noise (Theorem 3.1), select public data from it.
-    # Methods without a query pre-train on all public data or on none (Section 4.2).
+    # Steps 1-3 and the selection of step 4 (Sections 3.2-3.3): the SQF trained on public data (Eq. 4), the
+    # noisy semantic distribution (Theorem 3.1), the public data it selects. Methods without a query
+    # pre-train on all public data or on none (Section 4.2).
     with measure_stage("selection", log=resources):
         public, data_key, selection = pretraining_data(
             method=recipe, config=config, sensitive=sensitive, ledger=ledger, data_root=data_root, progress=progress
