@@ -267,3 +267,24 @@ def generator_family(name: str) -> GeneratorFamily:
     if name not in FAMILIES:
         raise ConfigError(f"unknown generator family {name!r} (choose from {', '.join(FAMILIES)})")
     return FAMILIES[name]
+
+
+def count_generator_parameters(*, method: str, config: Config, data_root: Path | None = None) -> int:
+    """Parameters of a method's generator (the UNet, or the GAN's generator) for the config's sensitive data.
+
+    Args:
+        method: a name from `privimage.methods.METHODS`.
+        config: the resolved config (model sections and sensitive dataset).
+        data_root: where the user's own sensitive dataset lies (the embedded and
+            known datasets need no files).
+
+    Returns:
+        The number of trainable parameters of the network that draws the images.
+    """
+    from privimage.data import dataset_info
+    from privimage.methods import get_method
+
+    info = dataset_info(config.data.sensitive, "train", data_root=data_root, config=config.data)
+    channels, _, size = (int(v) for v in info["image_shape"])
+    return generator_family(get_method(method).generator).sampler_parameters(
+        config, image_channels=channels, image_size=size, num_classes=int(info["num_classes"]))

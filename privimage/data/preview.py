@@ -1,15 +1,17 @@
-"""A labelled grid of a dataset's images, to look at what a dataset holds (``privimage data show``)."""
+"""Looking at what a dataset holds: a labelled grid (``privimage data show``), a few public classes (the tour)."""
 
 from __future__ import annotations
 
 import io
 import math
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from privimage.cache import atomic_write_bytes
+from privimage.config import Config
 from privimage.data.base import ImageDataset
 from privimage.errors import DataError
 
@@ -82,3 +84,28 @@ def save_labelled_grid(*, dataset: ImageDataset, path: Path, n: int = 64, seed: 
     figure.savefig(buffer, format="png")
     atomic_write_bytes(Path(path), buffer.getvalue())
     return len(indices)
+
+
+def public_preview(*, config: Config, class_names: Sequence[str] | None = None, num_classes: int = 10,
+                   data_root: Path | None = None) -> ImageDataset:
+    """A few classes of the public training split, as an `ImageDataset` for a sample grid.
+
+    Args:
+        config: the resolved config.
+        class_names: which public classes (default: ``num_classes`` drawn with ``config.seed``).
+        num_classes: how many classes to draw when none are named.
+        data_root: folder of real datasets (default: `privimage.paths.resolve_data_root`).
+
+    Returns:
+        The images of those classes, labelled 0..len-1 in the given order.
+    """
+    from privimage.data.registry import load_dataset
+    from privimage.paths import resolve_data_root
+    from privimage.semantics.selection import relabel_selected
+
+    public = load_dataset(config.data.public, "train", data_root=resolve_data_root(data_root), config=config.data)
+    if class_names is None:
+        rng = np.random.default_rng(config.seed)
+        drawn = sorted(rng.choice(public.num_classes, num_classes, replace=False))
+        class_names = [public.class_names[i] for i in drawn]
+    return relabel_selected(public=public, selected={name: [name] for name in class_names}, class_names=class_names)
