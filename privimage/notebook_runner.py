@@ -3,7 +3,7 @@
 Each notebook in ``notebooks/`` named ``NN_*.ipynb`` runs in order with the
 ``privimage`` kernel, ``--cwd notebooks`` and the parameter ``profile``; the
 executed copy goes to ``results/<profile>/notebooks/`` (``$PRIVIMAGE_RESULTS/<profile>/``
-when set, the folder `privimage.experiments.results_dir` gives the notebooks too). A failing notebook stops
+when set, the folder `privimage.paths.results_dir` gives the notebooks too). A failing notebook stops
 the run with a non-zero exit and the failing cell's error.
 
 A notebook executes into a hidden ``.NN_*.running.ipynb`` beside its final
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the {args.profile} profile cannot run on this machine; missing: " + "; ".join(missing),
               file=sys.stderr)
         return 2
-    from privimage.experiments import results_dir as profile_results_dir
+    from privimage.paths import results_dir as profile_results_dir
 
     results_dir = profile_results_dir(args.profile)
     if not notebooks:

@@ -16,7 +16,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "privimage"
 # Lowest first. A module may import its own layer and the layers below it.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("privimage.errors", "privimage.threads", "privimage.seeding", "privimage.resource_usage"),
-    ("privimage.config", "privimage.cache", "privimage.methods", "privimage.run_folder"),
+    ("privimage.config", "privimage.cache", "privimage.methods", "privimage.run_folder",
+     "privimage.paths"),
     ("privimage.privacy", "privimage.data"),
     ("privimage.models", "privimage.diffusion", "privimage.distributed"),
     ("privimage.dp",),
@@ -26,7 +27,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("privimage.pipeline", "privimage.stages", "privimage.generators"),
     # Audits check what the stages wrote (runs) and how they release (mechanisms).
     ("privimage.run_audit", "privimage.mechanism_audit"),
-    ("privimage.experiments", "privimage.tables", "privimage.reporting", "privimage.plots", "privimage.claims"),
+    ("privimage.experiments", "privimage.resource_experiment", "privimage.tables", "privimage.reporting",
+     "privimage.plots", "privimage.claims"),
     ("privimage.notebook_runner", "privimage.cli", "privimage.__main__"),
 )
 # (importer, imported) pairs allowed to point upward, each with its reason.
