@@ -10,7 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from privimage import evaluation, experiments, generators, paths, plots, reporting, resource_experiment, stages, tables
+from privimage import (
+    evaluation, experiments, generators, paths, plots, reporting, resource_experiment, resource_usage, stages, tables,
+)
 from privimage.config import load_config
 from privimage.errors import ConfigError, PrivImageError
 
@@ -152,7 +154,7 @@ def test_generator_parameters_follow_the_preset_and_the_family():
 
 def test_stage_costs_report_the_first_measurement_of_each_stage(tmp_path):
     folder = _finished_run(tmp_path / "run")
-    costs = {row["stage"]: row for row in evaluation.stage_costs(folder)}
+    costs = {row["stage"]: row for row in resource_usage.stage_costs(folder)}
     assert list(costs) == ["sqf_training", "pretraining", "finetuning", "sampling"]
     assert costs["sqf_training"]["wall_time_s"] == 7.0
     # Pre-training reports all sessions of the cached stage, not this run's cache read.
