@@ -33,10 +33,11 @@ from typing import Callable
 import torch
 
 from benchmarks.cli import write_report
+from benchmarks.dp_benchmark import environment
 from privimage.config import load_config
 from privimage.diffusion import ddim_sample, draw_diffusion_noise
-from privimage.dp.benchmark import environment, make_steps, synchronize, unet_config
 from privimage.errors import ConfigError
+from privimage.evaluation.step_cost import make_steps, synchronize, unet_config
 from privimage.models import build_unet
 
 BUSY_FILE = "busy_machine"

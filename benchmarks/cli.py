@@ -9,7 +9,7 @@ from typing import Callable
 
 import torch
 
-from privimage.errors import PrivImageError
+from privimage.errors import ConfigError, PrivImageError
 
 
 def run_command(
@@ -32,8 +32,6 @@ def run_command(
     Returns:
         0, or 2 after one ``error:`` line when an option is bad.
     """
-    from benchmarks.dp_step import add_common_arguments, apply_common_arguments
-
     parser = argparse.ArgumentParser(prog=prog, description=description)
     add_common_arguments(parser)
     add_arguments(parser)
@@ -57,3 +55,24 @@ def write_report(out: Path, name: str, document: dict, markdown: str) -> str:
     atomic_write_json(out / f"{name}.json", document)
     atomic_write_bytes(out / f"{name}.md", markdown.encode())
     return f"wrote {name}.json and .md in {out}"
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options every benchmark command shares."""
+    parser.add_argument("--out", type=Path, default=Path("results/benchmarks"), help="output folder")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: the start-up decision of privimage.threads; recorded)")
+    parser.add_argument("--suffix", default="", help="appended to the output file names (e.g. _gpu)")
+
+
+def apply_common_arguments(args: argparse.Namespace) -> torch.device:
+    """Set the thread count and check the device; returns the device."""
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda, but torch sees no CUDA device")
+    return device

@@ -4,7 +4,7 @@
 (one row per model and K with the issue's ratios, the raw medians and peaks, and
 the machine it ran on) and ``dp_step.md`` (the same as a table).
 ``python -m benchmarks`` runs this and `benchmarks.throughput` in one process.
-How each number is measured: `privimage.dp.benchmark`.
+How each number is measured: `privimage.evaluation.step_cost`; targets and ratios: `benchmarks.dp_benchmark`.
 """
 
 from __future__ import annotations
@@ -18,25 +18,19 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from benchmarks.cli import write_report
+from benchmarks.cli import run_command, write_report
+from benchmarks.dp_benchmark import TARGETS, environment, ratio_row, targets_met
 from privimage.config import FinetuneConfig
-from privimage.dp.benchmark import (
-    ENGINES,
-    MEMORY_ONLY_METHODS,
-    STEP_METHODS,
-    TARGETS,
-    benchmark_configuration,
-    environment,
-    ratio_row,
-    targets_met,
-)
 from privimage.errors import ConfigError
+from privimage.evaluation.step_cost import ENGINES, MEMORY_ONLY_METHODS, STEP_METHODS, benchmark_configuration
 
 DP_STEP_FILE = "dp_step.json"
 DP_STEP_TABLE = "dp_step.md"
 # model:image channels:batch size. The quick UNet sees MNIST-shaped images, the paper's
 # presets CIFAR-10-shaped ones; B is what fits in a few minutes on 2 CPU cores.
 DEFAULT_CONFIGURATIONS = ["quick:1:16", "1.8M:3:8", "6.1M:3:8"]
+# The engine comparison: every per-sample gradient engine beside the non-private step.
+ENGINE_METHODS = ("non_private",) + tuple(f"engine:{name}" for name in ENGINES)
 ROW_ENVIRONMENT = ("device", "threads", "torch_version", "opacus_version", "machine", "cpu_count",
                    "load_average_at_start")
 
@@ -101,8 +95,7 @@ def run_dp_step(
         measured = benchmark_configuration(model=model, batch_size=batch, noise_multiplicity=k,
                                            image_channels=channels, methods=STEP_METHODS,
                                            memory_only=MEMORY_ONLY_METHODS, multiplicity_chunk=multiplicity_chunk,
-                                           rounds=steps,
-                                           warmup=warmup, device=device, profile_if=missed)
+                                           rounds=steps, warmup=warmup, device=device, profile_if=missed)
         # Each row carries what its numbers depend on, so a row quoted alone is still interpretable.
         rows.append({**ratio_row(measured), **{key: info[key] for key in ROW_ENVIRONMENT},
                      "load_average_at_row_start": load_at_row_start})
@@ -110,9 +103,8 @@ def run_dp_step(
     engines = []
     for (model, channels, batch), k in engine_jobs:
         bar.set_postfix_str(f"engines {model} K={k}")
-        methods = ("non_private",) + tuple(f"engine:{name}" for name in ENGINES)
         measured = benchmark_configuration(model=model, batch_size=batch, noise_multiplicity=k,
-                                           image_channels=channels, methods=methods, rounds=engine_steps,
+                                           image_channels=channels, methods=ENGINE_METHODS, rounds=engine_steps,
                                            warmup=warmup, device=device)
         engines.append(engine_row(measured))
         bar.update(1)
@@ -222,27 +214,6 @@ def markdown(document: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options every benchmark command shares."""
-    parser.add_argument("--out", type=Path, default=Path("results/benchmarks"), help="output folder")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (default: the start-up decision of privimage.threads; recorded)")
-    parser.add_argument("--suffix", default="", help="appended to the output file names (e.g. _gpu)")
-
-
-def apply_common_arguments(args: argparse.Namespace) -> torch.device:
-    """Set the thread count and check the device; returns the device."""
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda, but torch sees no CUDA device")
-    return device
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the DP-step measurement (shared with ``python -m benchmarks``)."""
     parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGURATIONS,
@@ -270,8 +241,6 @@ def dp_step_from_args(args: argparse.Namespace, *, device: torch.device) -> dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.cli import run_command
-
     def run(args: argparse.Namespace, device: torch.device) -> str:
         dp_step_from_args(args, device=device)
         return f"dp_step: wrote {args.out / (Path(DP_STEP_FILE).stem + args.suffix + '.json')} and .md"

@@ -30,10 +30,11 @@ from typing import Callable
 import numpy as np
 import torch
 
+from benchmarks.dp_benchmark import environment
 from privimage.cache import atomic_write_json
 from privimage.config import load_config
 from privimage.diffusion import ddim_sample
-from privimage.dp.benchmark import environment, synchronize, unet_config
+from privimage.evaluation.step_cost import synchronize, unet_config
 from privimage.models import build_unet, count_parameters
 
 THROUGHPUT_FILE = "throughput.json"

@@ -43,6 +43,24 @@ def stage_dir(stage: str, key: str) -> Path:
     return cache_root() / stage / key
 
 
+def find_stage(stage: str, *, record: str, content: Any) -> Path | None:
+    """The folder of a cached ``stage`` whose JSON file ``record`` holds ``content``, found without its key.
+
+    Args:
+        stage: the stage's folder name under `cache_root` (e.g. ``"selection"``).
+        record: the JSON file every finished folder of the stage holds (e.g. ``"selection.json"``).
+        content: what that file must hold, compared as JSON (tuples and lists alike).
+
+    Returns:
+        The first matching folder in name order, or None.
+    """
+    wanted = json.loads(json.dumps(content))
+    for path in sorted((cache_root() / stage).glob(f"*/{record}")):
+        if json.loads(path.read_text()) == wanted:
+            return path.parent
+    return None
+
+
 class WriteFailed(PrivImageError, OSError):
     """The operating system refused a write (full disk, quota, permissions); the file it would replace is intact.
 

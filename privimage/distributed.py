@@ -34,6 +34,7 @@ import torch.distributed as dist
 
 from privimage import errors
 from privimage.errors import ConfigError, DataError, PrivImageError
+from privimage.seeding import restore_rng_state, rng_state, seed_training_randomness
 
 T = TypeVar("T")
 
@@ -366,8 +367,6 @@ def rank_seed(seed: int) -> int:
 
 def rng_states_of_all_ranks() -> list[dict[str, Any]]:
     """Every rank's non-private RNG state, in rank order (for a checkpoint; a collective)."""
-    from privimage.training.common import rng_state
-
     return all_gather_object(rng_state())
 
 
@@ -385,8 +384,6 @@ def restore_rank_rng(*, saved: list[dict[str, Any]], seed: int, step: int) -> No
         seed: the stage's seed.
         step: the step the checkpoint was taken after.
     """
-    from privimage.training.common import restore_rng_state, seed_training_randomness
-
     if len(saved) == world_size():
         restore_rng_state(saved[rank()])
     elif rank() == 0:
@@ -394,3 +391,17 @@ def restore_rank_rng(*, saved: list[dict[str, Any]], seed: int, step: int) -> No
     else:
         digest = hashlib.sha256(f"{int(seed)}:resume{int(step)}:rank{rank()}".encode()).digest()
         seed_training_randomness(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
+def sum_gradients_over_ranks(parameters, loss_share: float) -> float:
+    """All-reduce the gradients and the loss shares of one step; a no-op with one process.
+
+    Args:
+        parameters: the parameters the optimizer is about to update.
+        loss_share: this rank's share of the batch-mean loss (`accumulate_mean_loss`).
+
+    Returns:
+        The batch-mean loss over all ranks (the same number on every rank).
+    """
+    all_reduce_gradients(parameters)
+    return all_reduce_sum(loss_share)

@@ -3,7 +3,7 @@
 Each notebook in ``notebooks/`` named ``NN_*.ipynb`` runs in order with the
 ``privimage`` kernel, ``--cwd notebooks`` and the parameter ``profile``; the
 executed copy goes to ``results/<profile>/notebooks/`` (``$PRIVIMAGE_RESULTS/<profile>/``
-when set, the folder `privimage.experiments.results_dir` gives the notebooks too). A failing notebook stops
+when set, the folder `privimage.paths.results_dir` gives the notebooks too). A failing notebook stops
 the run with a non-zero exit and the failing cell's error.
 
 A notebook executes into a hidden ``.NN_*.running.ipynb`` beside its final
@@ -64,10 +64,10 @@ def missing_requirements(profile: str) -> list[str]:
     from privimage.config import load_config
     from privimage.data import dataset_info
     from privimage.evaluation.fid import find_inception_weights
-    from privimage.experiments import resolve_data_root
+    from privimage.data.registry import default_data_root
 
     config = load_config(profile)
-    data_root = resolve_data_root()
+    data_root = default_data_root()
     missing = []
     if not torch.cuda.is_available():
         missing.append("a CUDA GPU (torch.cuda.is_available() is False)")
@@ -139,6 +139,7 @@ class RunInfo:
             "start": _now(), "end": None, "wall_seconds": None, "status": "running", "notebooks": [],
             # The kernels inherit this environment, so they run with the same thread count.
             "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "cpu_count": os.cpu_count(), "cpus_usable": len(cpus) if cpus is not None else None,
             "load_average_start": list(os.getloadavg()), "load_average_end": None, "peak_rss_mb": None,
         }
@@ -213,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
 
     only = {part.strip().zfill(2) for part in args.only.split(",") if part.strip()} or None
     notebooks = discover_notebooks(only)
+    # The kernels run in notebooks/: without $PRIVIMAGE_DATA they would look for notebooks/data.
+    os.environ.setdefault("PRIVIMAGE_DATA", str(REPO_ROOT / "data"))
     absolute_path_variables()
     # Refuse at once, not hours into a run, when the profile cannot run here.
     missing = missing_requirements(args.profile)
@@ -220,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the {args.profile} profile cannot run on this machine; missing: " + "; ".join(missing),
               file=sys.stderr)
         return 2
-    from privimage.experiments import results_dir as profile_results_dir
+    from privimage.paths import results_dir as profile_results_dir
 
     results_dir = profile_results_dir(args.profile)
     if not notebooks:

@@ -20,6 +20,9 @@ only) and ``resources.json`` (time and peak memory per stage). Re-running the
 same command resumes: finished stages are read back, fine-tuning continues from
 its last checkpoint with its privacy journal.
 
+What differs between a diffusion model and a GAN (building, pre-training,
+fine-tuning, sampling) is asked of its `privimage.generators` family.
+
 Under ``torchrun`` (`privimage.distributed`) every rank runs ``run_method``:
 all ranks train the SQF, pre-train and fine-tune together; rank 0 alone decides
 what is cached, makes the semantic query (one noisy histogram, handed to the
@@ -29,7 +32,6 @@ fine-tuning is done, with the run's privacy record and no metrics.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
@@ -46,11 +48,9 @@ from privimage.config import Config, config_from_dict, config_hash, without_cost
 from privimage.data import dataset_info, load_dataset, load_sensitive_train
 from privimage.data.base import ImageDataset
 from privimage.errors import PrivImageError
+from privimage.generators import generator_family
 from privimage.methods import Method, get_method
 from privimage.semantics.stage import resolve_query_settings
-
-RUN_FILES = ("config.json", "run.json", "synthetic.npz", "samples.png", "metrics.json", "resources.json")
-
 
 @dataclass
 class RunResult:
@@ -184,29 +184,6 @@ def pretraining_data(
     return selected, f"selected:{selected.content_hash()}", summary
 
 
-def _build_diffusion(config: Config, *, image_channels: int, image_size: int, num_classes: int):
-    from privimage.diffusion import ExponentialMovingAverage
-    from privimage.models import build_unet
-
-    model = build_unet(config.diffusion, image_channels=image_channels, image_size=image_size, num_classes=num_classes)
-    # Initialised on the CPU (the same weights everywhere), trained on this process's device.
-    model.to(distributed.device())
-    return model, ExponentialMovingAverage(model, config.pretrain.ema_decay)
-
-
-def _public_for_gan(public: ImageDataset, *, num_classes: int, seed: int) -> ImageDataset:
-    """All public data relabelled for a GAN conditioned on the sensitive classes.
-
-    The GAN has no null class, so each public class is mapped to one sensitive
-    label by a seeded permutation: the labels carry no sensitive meaning, only
-    the class structure of the public data (DPGAN-p pre-trains on all of it).
-    """
-    rng = np.random.default_rng(seed)
-    mapping = rng.permutation(public.num_classes) % num_classes
-    return ImageDataset(f"{public.name}-all", public.split, public.images, mapping[public.labels].astype(np.int64),
-                        tuple(f"class {i}" for i in range(num_classes)))
-
-
 def pretrain_stage(
     *, method: Method, config: Config, public: ImageDataset | None, data_key: str, image_channels: int,
     image_size: int, num_classes: int, progress: bool,
@@ -215,28 +192,14 @@ def pretrain_stage(
 
     A method that pre-trains on nothing gets freshly initialised networks.
     """
-    from privimage.models import build_gan
-    from privimage.training.diffusion_training import pretrain_diffusion
-    from privimage.training.gan_training import pretrain_gan
-
+    family = generator_family(method.generator)
     torch.manual_seed(config.seed)
-    if method.generator == "diffusion":
-        model, ema = _build_diffusion(config, image_channels=image_channels, image_size=image_size,
-                                      num_classes=num_classes)
-        networks = {"model": model}
-        model_section = dataclasses.asdict(config.diffusion)
-    else:
-        generator, discriminator = build_gan(config.gan, image_channels=image_channels, image_size=image_size,
-                                             num_classes=num_classes)
-        generator.to(distributed.device())
-        discriminator.to(distributed.device())
-        networks = {"generator": generator, "discriminator": discriminator}
-        model_section = dataclasses.asdict(config.gan)
+    networks = family.build(config, image_channels=image_channels, image_size=image_size, num_classes=num_classes)
     if public is None:
         return networks, {"stage": "pretraining", "skipped": True}
     public_is_all = data_key.startswith("all:")
     key = config_hash({
-        "generator": method.generator, "model": model_section,
+        "generator": family.name, "model": family.settings(config),
         "pretrain": dataclasses.asdict(config.pretrain), "data": data_key, "seed": config.seed,
         "num_classes": num_classes, "unconditional": public_is_all, "file_format": 3,  # 3: EMA with warm-up
     })
@@ -250,18 +213,9 @@ def pretrain_stage(
         for name, network in networks.items():
             network.load_state_dict(state[name])
         return networks, state["stats"]
-    if method.generator == "diffusion":
-        # All public data has public labels, not the sensitive classes: pre-train on the
-        # null class (unconditional) as PDP-Diffusion does; the selected subset is relabelled.
-        stats = pretrain_diffusion(
-            model=model, ema=ema, public=public, config=config, run_dir=directory,
-            unconditional=public_is_all, progress=progress,
-        )
-        ema.copy_to(model)
-    else:
-        gan_public = _public_for_gan(public, num_classes=num_classes, seed=config.seed) if public_is_all else public
-        stats = pretrain_gan(generator=generator, discriminator=discriminator, public=gan_public, config=config,
-                             run_dir=directory, progress=progress)
+    # All public data has public labels, not the sensitive classes: the family trains it unconditionally.
+    stats = family.pretrain(networks, public=public, config=config, run_dir=directory, unconditional=public_is_all,
+                            num_classes=num_classes, progress=progress)
     final = {**{name: _cpu_state(net) for name, net in networks.items()}, "stats": _plain(stats)}
     distributed.main_only(lambda: atomic_torch_save(final_path, final))
     return networks, stats
@@ -278,13 +232,12 @@ def _plain(value: Any) -> Any:
 
 
 def sample_stage(
-    *, networks: dict[str, torch.nn.Module], config: Config, class_names: tuple[str, ...],
+    *, method: Method, networks: dict[str, torch.nn.Module], config: Config, class_names: tuple[str, ...],
     image_shape: tuple[int, int, int], run_dir: Path, progress: bool,
 ) -> ImageDataset:
     """A class-balanced synthetic set (``synthetic.npz``) and a grid per class (``samples.png``)."""
     from tqdm.auto import tqdm
 
-    from privimage.diffusion import ddim_sample
     from privimage.evaluation import save_class_grid
 
     path = run_dir / "synthetic.npz"
@@ -292,6 +245,7 @@ def sample_stage(
     if path.is_file():
         with np.load(path) as archive:
             return ImageDataset("synthetic", "all", archive["x"], archive["y"], class_names)
+    family = generator_family(method.generator)
     sampling = config.sampling
     per_class = max(1, sampling.num_samples // num_classes)
     labels = np.repeat(np.arange(num_classes), per_class)
@@ -301,17 +255,8 @@ def sample_stage(
     chunks = []
     for start in tqdm(range(0, len(labels), sampling.batch_size), desc="sampling", disable=not progress, leave=False):
         batch_labels = torch.from_numpy(labels[start : start + sampling.batch_size]).to(device)
-        if "model" in networks:
-            images = ddim_sample(
-                networks["model"], labels=batch_labels, image_shape=image_shape, num_classes=num_classes,
-                steps=sampling.ddim_steps, guidance_scale=sampling.guidance_scale, generator=generator,
-                sigma_data=config.diffusion.sigma_data,
-            )
-        else:
-            gan_generator = networks["generator"].eval()
-            with torch.no_grad():
-                latent = torch.randn(len(batch_labels), gan_generator.latent_dim, generator=generator, device=device)
-                images = gan_generator(latent, batch_labels)
+        images = family.sample(networks, labels=batch_labels, image_shape=image_shape, num_classes=num_classes,
+                               config=config, generator=generator)
         chunks.append(((images + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy())
     synthetic = ImageDataset("synthetic", "all", np.concatenate(chunks), labels.astype(np.int64), class_names)
     save_class_grid(dataset=synthetic, path=run_dir / "samples.png", samples_per_class=10, seed=config.seed)
@@ -332,7 +277,11 @@ def run_method(
     evaluate: bool = True,
     progress: bool = True,
 ) -> RunResult:
-    """Run (or resume) one method on the config's sensitive and public data.
+    """Run (or resume) one method: paper Algorithm 2, step by step.
+
+    The steps as the paper walks through them (end of Section 3.4): 1 train the semantic query function,
+    2 query the sensitive semantic distribution, 3 add Gaussian noise, 4 select public data and pre-train
+    on it, 5 fine-tune with DP-SGD, 6 generate the synthetic dataset.
 
     Args:
         method: a name from `privimage.methods.METHODS`.
@@ -347,19 +296,71 @@ def run_method(
     Returns:
         The `RunResult`.
     """
-    from privimage.evaluation import measure_stage
-    from privimage.privacy import PrivacyLedger
+    from privimage.resource_usage import measure_stage
 
     # Under torchrun, join the launcher's process group (nothing to do for one process).
     distributed.setup()
-    from privimage.privacy_audit import check_release_location
-
     recipe = get_method(method)
     epsilon = check_epsilon(recipe, epsilon)
     run_dir = Path(out_dir) if out_dir is not None else default_run_dir(method=recipe, config=config, epsilon=epsilon)
+    # Algorithm 2's inputs: the sensitive set (read only by the query and DP-SGD) and the budget, checked first.
+    sensitive, ledger = _open_run(recipe=recipe, config=config, epsilon=epsilon, run_dir=run_dir,
+                                  data_root=data_root, evaluate=evaluate)
+    progress = progress and distributed.is_main_process()
+    resources: list[dict] = []
+    # Steps 1-3 and the selection of step 4 (Sections 3.2-3.3): the SQF trained on public data (Eq. 4), the
+    # noisy semantic distribution (Theorem 3.1), the public data it selects. Methods without a query
+    # pre-train on all public data or on none (Section 4.2).
+    with measure_stage("selection", log=resources):
+        public, data_key, selection = pretraining_data(
+            method=recipe, config=config, sensitive=sensitive, ledger=ledger, data_root=data_root, progress=progress
+        )
+    distributed.main_only(lambda: _check_same_pretraining_data(run_dir, data_key))
+    # Step 4 (Section 3.4): pre-train the generative model on the selected public data.
+    image_channels, image_size = _image_geometry(sensitive)
+    with measure_stage("pretraining", log=resources):
+        networks, pretrain_stats = pretrain_stage(
+            method=recipe, config=config, public=public, data_key=data_key, image_channels=image_channels,
+            image_size=image_size, num_classes=sensitive.num_classes, progress=progress,
+        )
+    # Step 5 (Section 3.4, Algorithm 1): fine-tune on the sensitive data with DP-SGD.
+    with measure_stage("finetuning", log=resources):
+        finetune_stats = finetune_stage(recipe=recipe, networks=networks, sensitive=sensitive, ledger=ledger,
+                                        config=config, run_dir=run_dir / "finetune", epsilon=epsilon,
+                                        progress=progress)
+    # The privacy record (Appendix E) is complete now: written by rank 0 before any derived artifact.
+    privacy = distributed.main_only(lambda: _write_privacy_record(run_dir=run_dir, recipe=recipe, ledger=ledger,
+                                                                  epsilon=epsilon, config=config))
+    if not distributed.is_main_process():
+        # Sampling and evaluation only post-process the model: rank 0 does them alone.
+        return RunResult(run_dir=run_dir, method=recipe.name, epsilon=epsilon, metrics={}, privacy=privacy)
+    # Step 6: the fine-tuned model generates the synthetic dataset.
+    with measure_stage("sampling", log=resources):
+        synthetic = sample_stage(method=recipe, networks=networks, config=config, class_names=sensitive.class_names,
+                                 image_shape=sensitive.image_shape, run_dir=run_dir, progress=progress)
+    # Section 4.3: FID and CA against the sensitive test split, for reporting only.
+    metrics = evaluate_stage(synthetic=synthetic, config=config, run_dir=run_dir, data_root=data_root,
+                             progress=progress) if evaluate else {}
+    atomic_write_json(run_dir / "resources.json", {
+        "stages": resources, "pretraining": _plain(pretrain_stats), "finetuning": _plain(finetune_stats),
+        "selection": _plain({k: v for k, v in (selection or {}).items() if k in ("sqf", "query_seconds")}),
+    })
+    return RunResult(run_dir=run_dir, method=recipe.name, epsilon=epsilon, metrics=metrics, privacy=privacy)
+
+
+def _open_run(*, recipe: Method, config: Config, epsilon: float | None, run_dir: Path, data_root: Path | None,
+              evaluate: bool) -> tuple[ImageDataset, Any]:
+    """Check where the run writes, load the sensitive set, check the budget, then open the run folder.
+
+    Returns:
+        ``(sensitive, ledger)``: the sensitive training set and the run's empty privacy ledger
+        (None for a non-private method).
+    """
+    from privimage.privacy import PrivacyLedger
+    from privimage.run_folder import check_release_location
+
     # Where the run will write is checked before any work and before the sensitive data is read.
     distributed.main_only(lambda: check_release_location(out_dir=run_dir, command="run"))
-    # The sensitive training set: read only by the query and DP-SGD below.
     # Loaded and checked (delta < 1/N, ...) before the run folder is created.
     with distributed.main_process_first():
         sensitive = load_sensitive_train(config, data_root=data_root)
@@ -397,71 +398,7 @@ def run_method(
 
     # Rank 0 owns the run folder; the others write nothing.
     distributed.main_only(open_run_dir)
-    progress = progress and distributed.is_main_process()
-    resources: list[dict] = []
-
-    with measure_stage("selection", log=resources):
-        public, data_key, selection = pretraining_data(
-            method=recipe, config=config, sensitive=sensitive, ledger=ledger, data_root=data_root, progress=progress
-        )
-    distributed.main_only(lambda: _check_same_pretraining_data(run_dir, data_key))
-    image_channels, image_size = _image_geometry(sensitive)
-    with measure_stage("pretraining", log=resources):
-        networks, pretrain_stats = pretrain_stage(
-            method=recipe, config=config, public=public, data_key=data_key, image_channels=image_channels,
-            image_size=image_size, num_classes=sensitive.num_classes, progress=progress,
-        )
-    with measure_stage("finetuning", log=resources):
-        finetune_stats = finetune_stage(recipe=recipe, networks=networks, sensitive=sensitive, ledger=ledger,
-                                        config=config, run_dir=run_dir / "finetune", epsilon=epsilon,
-                                        progress=progress)
-
-    def write_privacy_record() -> dict[str, Any]:
-        # The privacy record is complete once fine-tuning is: write it before any derived artifact.
-        if recipe.private:
-            ledger.save(run_dir / "ledger.json")
-            epsilon_prv, prv_unavailable = ledger.prv_cross_check()
-            record = {"guarantee": "differential privacy", "epsilon": ledger.epsilon(),
-                      "epsilon_prv": epsilon_prv,
-                      **({"epsilon_prv_unavailable": prv_unavailable} if prv_unavailable else {}),
-                      "delta": ledger.delta,
-                      "target_epsilon": epsilon, "neighbouring": "add/remove one sensitive image",
-                      # Which generators drew the noise (the ledger has it per mechanism).
-                      "noise_generators": sorted({entry["generator"] for entry in ledger.entries
-                                                  if "generator" in entry}),
-                      "secure_mode": config.finetune.secure_mode}
-        else:
-            record = {"guarantee": "none", "reason": f"{recipe.name} is the non-private ablation (paper Section 6.1)"}
-        atomic_write_json(run_dir / "privacy.json", record)
-        return record
-
-    # One ledger per run, written by rank 0 (every rank holds the same one in memory).
-    privacy = distributed.main_only(write_privacy_record)
-    if not distributed.is_main_process():
-        # Sampling and evaluation only post-process the model: rank 0 does them alone.
-        return RunResult(run_dir=run_dir, method=recipe.name, epsilon=epsilon, metrics={}, privacy=privacy)
-
-    with measure_stage("sampling", log=resources):
-        synthetic = sample_stage(networks=networks, config=config, class_names=sensitive.class_names,
-                                 image_shape=sensitive.image_shape, run_dir=run_dir, progress=progress)
-
-    metrics: dict[str, Any] = {}
-    if evaluate:
-        from privimage.evaluation import evaluate_synthetic
-
-        metrics_path = run_dir / "metrics.json"
-        if metrics_path.is_file():
-            metrics = json.loads(metrics_path.read_text())
-        else:
-            metrics = evaluate_synthetic(synthetic=synthetic, config=config, data_root=data_root, progress=progress)
-            metrics["reporting_only"] = "FID and accuracy use the sensitive test split: outside the DP guarantee"
-            atomic_write_json(metrics_path, metrics)
-
-    atomic_write_json(run_dir / "resources.json", {
-        "stages": resources, "pretraining": _plain(pretrain_stats), "finetuning": _plain(finetune_stats),
-        "selection": _plain({k: v for k, v in (selection or {}).items() if k in ("sqf", "query_seconds")}),
-    })
-    return RunResult(run_dir=run_dir, method=recipe.name, epsilon=epsilon, metrics=metrics, privacy=privacy)
+    return sensitive, ledger
 
 
 def finetune_stage(
@@ -472,33 +409,53 @@ def finetune_stage(
 
     For diffusion the sampling network becomes the fine-tuning EMA.
     """
-    from privimage.diffusion import ExponentialMovingAverage
-    from privimage.training.diffusion_training import dp_finetune_diffusion, finetune_nonprivate_diffusion
-    from privimage.training.gan_training import dp_finetune_gan, finetune_nonprivate_gan
-
-    if recipe.generator == "diffusion":
-        model = networks["model"]
-        ema = ExponentialMovingAverage(model, config.finetune.ema_decay)
-        if recipe.private:
-            stats = dp_finetune_diffusion(model=model, ema=ema, sensitive=sensitive, ledger=ledger, config=config,
-                                          run_dir=run_dir, target_epsilon=epsilon, progress=progress)
-        else:
-            stats = finetune_nonprivate_diffusion(model=model, ema=ema, sensitive=sensitive, config=config,
-                                                  run_dir=run_dir, progress=progress)
-        ema_model = copy.deepcopy(model)
-        ema.copy_to(ema_model)
-        networks["model"] = ema_model
-        return stats
-    gan = {"generator": networks["generator"], "discriminator": networks["discriminator"]}
+    family = generator_family(recipe.generator)
     if recipe.private:
-        return dp_finetune_gan(**gan, sensitive=sensitive, ledger=ledger, config=config, run_dir=run_dir,
-                               target_epsilon=epsilon, progress=progress)
-    return finetune_nonprivate_gan(**gan, sensitive=sensitive, config=config, run_dir=run_dir, progress=progress)
+        return family.dp_finetune(networks, sensitive=sensitive, ledger=ledger, config=config, run_dir=run_dir,
+                                  target_epsilon=epsilon, progress=progress)
+    return family.finetune_nonprivate(networks, sensitive=sensitive, config=config, run_dir=run_dir,
+                                      progress=progress)
+
+
+def _write_privacy_record(*, run_dir: Path, recipe: Method, ledger, epsilon: float | None,
+                          config: Config) -> dict[str, Any]:
+    """``ledger.json`` (private methods) and ``privacy.json``: what the run guarantees; returns the record."""
+    # One ledger per run, written by rank 0 (every rank holds the same one in memory).
+    if recipe.private:
+        ledger.save(run_dir / "ledger.json")
+        epsilon_prv, prv_unavailable = ledger.prv_cross_check()
+        record = {"guarantee": "differential privacy", "epsilon": ledger.epsilon(),
+                  "epsilon_prv": epsilon_prv,
+                  **({"epsilon_prv_unavailable": prv_unavailable} if prv_unavailable else {}),
+                  "delta": ledger.delta,
+                  "target_epsilon": epsilon, "neighbouring": "add/remove one sensitive image",
+                  # Which generators drew the noise (the ledger has it per mechanism).
+                  "noise_generators": sorted({entry["generator"] for entry in ledger.entries
+                                              if "generator" in entry}),
+                  "secure_mode": config.finetune.secure_mode}
+    else:
+        record = {"guarantee": "none", "reason": f"{recipe.name} is the non-private ablation (paper Section 6.1)"}
+    atomic_write_json(run_dir / "privacy.json", record)
+    return record
+
+
+def evaluate_stage(*, synthetic: ImageDataset, config: Config, run_dir: Path, data_root: Path | None,
+                   progress: bool) -> dict[str, Any]:
+    """FID and CA of the synthetic set (``metrics.json``, read back when present), labelled reporting only."""
+    from privimage.evaluation import evaluate_synthetic
+
+    metrics_path = run_dir / "metrics.json"
+    if metrics_path.is_file():
+        return json.loads(metrics_path.read_text())
+    metrics = evaluate_synthetic(synthetic=synthetic, config=config, data_root=data_root, progress=progress)
+    metrics["reporting_only"] = "FID and accuracy use the sensitive test split: outside the DP guarantee"
+    atomic_write_json(metrics_path, metrics)
+    return metrics
 
 
 def _check_same_run(run_dir: Path, *, method: str, epsilon: float | None, config: Config) -> None:
     """Refuse to resume a folder that holds another run (different method, budget or config)."""
-    from privimage.privacy_audit import read_json_mapping
+    from privimage.run_folder import read_json_mapping
 
     run_json, config_json = run_dir / "run.json", run_dir / "config.json"
     if run_json.is_file():
@@ -538,7 +495,7 @@ def _check_same_pretraining_data(run_dir: Path, data_key: str) -> None:
     query function (`selection_stage`): a run fine-tuned from a model pre-trained
     on an earlier selection must not be resumed, or reused, as this one.
     """
-    from privimage.privacy_audit import read_json_mapping
+    from privimage.run_folder import read_json_mapping
 
     path = run_dir / "pretraining_data.json"
     if path.is_file():
@@ -573,7 +530,6 @@ def dry_run(*, method: str, config: Config, epsilon: float | None, data_root: Pa
         ``query_noise_multiplier`` (z), ``k`` and ``semantics_per_class`` (N) describe the
         semantic query of the methods that select (None for the others, z None when not private).
     """
-    from privimage.models import build_gan, build_unet, count_parameters
     from privimage.training.plan import finetune_plan
 
     recipe = get_method(method)
@@ -583,14 +539,7 @@ def dry_run(*, method: str, config: Config, epsilon: float | None, data_root: Pa
     image_channels, image_size = _image_geometry(info)
     geometry = {"image_channels": image_channels, "image_size": image_size, "num_classes": int(info["num_classes"])}
     # The networks the method trains: a UNet, or a GAN's generator and (DP-trained) discriminator.
-    if recipe.generator == "gan":
-        generator, discriminator = build_gan(config.gan, **geometry)
-        model_size = {"num_parameters": count_parameters(generator) + count_parameters(discriminator),
-                      "generator_parameters": count_parameters(generator),
-                      "discriminator_parameters": count_parameters(discriminator)}
-    else:
-        model_size = {"num_parameters": count_parameters(build_unet(config.diffusion, **geometry, device="meta")),
-                      "diffusion_preset": config.diffusion.preset}
+    model_size = generator_family(recipe.generator).parameter_counts(config, **geometry)
     plan = finetune_plan(generator=recipe.generator, settings=config.finetune, num_examples=num_examples)
     sample_rate, steps = plan.sample_rate, plan.steps
     world_size = distributed.launched_world_size() if world_size is None else int(world_size)
@@ -637,7 +586,8 @@ def planned_calibration(*, recipe: Method, config: Config, num_examples: int, ep
         ``(sigma, ledger)``: the noise multiplier, and a ledger charged with the query and all planned steps.
     """
     from privimage.privacy import PrivacyLedger
-    from privimage.training.dpsgd import calibrate_to_ledger, noise_generator_name
+    from privimage.privacy.noise import noise_generator_name
+    from privimage.training.dpsgd import calibrate_to_ledger
     from privimage.training.plan import finetune_plan
 
     plan = finetune_plan(generator=recipe.generator, settings=config.finetune, num_examples=num_examples)

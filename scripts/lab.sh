@@ -27,6 +27,8 @@ if [[ -n "$PORT" && ! "$PORT" =~ ^[0-9]+$ ]]; then
 fi
 
 source scripts/bootstrap.sh
+# The notebooks run in notebooks/: point them at the repository's data folder, as run_all.sh does.
+export PRIVIMAGE_DATA="${PRIVIMAGE_DATA:-$PWD/data}"
 
 # A free loopback port unless one was asked for; the server must not drift to
 # another one, or the URL printed below would be wrong.

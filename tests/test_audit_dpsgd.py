@@ -43,7 +43,7 @@ from opacus.optimizers import DPOptimizer
 from opacus.optimizers.optimizer import _generate_noise
 
 from privimage.dp import grouped
-from privimage.privacy.audit import audit_dpsgd_release
+from privimage.mechanism_audit import audit_dpsgd_release
 from privimage.training import dpsgd
 
 TRIALS = 1_500

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from privimage.privacy.audit import audit_noisy_histogram
+from privimage.mechanism_audit import audit_noisy_histogram
 
 TRIALS = 400_000
 CONFIDENCE = 0.99

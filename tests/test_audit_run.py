@@ -23,7 +23,7 @@ from privimage.config import config_hash, load_config
 from privimage.data import load_sensitive_train
 from privimage.pipeline import run_identity
 from privimage.privacy import PrivacyLedger
-from privimage.privacy_audit import audit_run
+from privimage.run_audit import audit_run
 from privimage.semantics.stage import resolve_query_settings
 from privimage.training.checkpoint import save_checkpoint
 from privimage.training.dpsgd import calibrate_to_ledger
@@ -271,6 +271,28 @@ def test_a_noise_multiplier_other_than_the_calibrated_one_fails(capsys, copy_run
     assert code == 1 and checks["noise_multiplier_calibrated"] is False
     # The doubled sigma spends less than recorded: the recorded epsilon no longer matches either.
     assert checks["epsilon_recorded"] is False and checks["epsilon_within_target"] is True
+
+
+@pytest.mark.parametrize("factor", [0.98, 1.02])
+def test_a_consistently_recorded_sigma_off_the_calibration_fails(capsys, copy_run, factor):
+    run_dir = copy_run("dpdm")
+
+    def scale_sigma(ledger):
+        for entry in ledger["entries"]:
+            entry["noise_multiplier"] *= factor
+
+    edit_json(run_dir / "ledger.json", scale_sigma)
+    journal = run_dir / "finetune" / JOURNAL_NAME
+    header, *lines = journal.read_text().splitlines(keepends=True)
+    record = json.loads(header)
+    record["header"]["noise_multiplier"] *= factor
+    journal.write_text(json.dumps(record) + "\n" + "".join(lines))
+    code, result = audit_cli(capsys, run_dir)
+    checks = verdicts(result)
+    # Every record agrees; the sigma either overspends the target or wastes what calibration would spend.
+    assert code == 1 and checks["noise_multiplier_calibrated"] is False
+    assert checks["dpsgd_steps_match_journal"] is True
+    assert checks["epsilon_within_target"] is (factor > 1)
 
 
 def test_a_ledger_without_the_query_of_a_querying_method_fails(capsys, copy_run):

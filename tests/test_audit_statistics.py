@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from privimage.errors import PrivacyError
-from privimage.privacy.audit import clopper_pearson, gaussian_dp_lower_bound, gaussian_dp_mu, threshold_audit
+from privimage.mechanism_audit import clopper_pearson, gaussian_dp_lower_bound, gaussian_dp_mu, threshold_audit
 
 
 def test_clopper_pearson_known_values():

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from privimage.cli import main
-from privimage.privacy_audit import DERIVED_FILES, audit_run
+from privimage.run_audit import DERIVED_FILES, audit_run
 
 
 class TrainingStarted(AssertionError):

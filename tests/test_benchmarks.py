@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from privimage.dp.benchmark import peak_step_memory, ratio_row, targets_met, time_interleaved
 from privimage.errors import ConfigError
+from privimage.evaluation.step_cost import peak_step_memory, time_interleaved
 
 # The benchmarks package lives at the repository root, beside privimage/.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import __main__ as benchmarks_main  # noqa: E402
+from benchmarks.dp_benchmark import ratio_row, targets_met  # noqa: E402
 from benchmarks.dp_step import markdown, parse_configuration  # noqa: E402
 
 ROW_FIELDS = ("model", "num_parameters", "k", "batch_size", "time_ratio_dp_vs_nonprivate",

@@ -14,8 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import finetune_proxy  # noqa: E402
 
 
-def test_stand_in_has_mnist5k_shape_and_loads_as_npz_dataset(tmp_path, monkeypatch):
-    monkeypatch.setenv("PRIVIMAGE_CACHE", str(tmp_path / "cache"))
+def test_stand_in_has_mnist5k_shape_and_loads_as_npz_dataset(tmp_path, isolated_cache):
     folder = finetune_proxy.write_proxy(tmp_path, train_per_class=3, test_per_class=2)
     train = load_dataset(f"npz:{finetune_proxy.PROXY_NAME}", "train", data_root=tmp_path)
     test = load_dataset(f"npz:{finetune_proxy.PROXY_NAME}", "test", data_root=tmp_path)
@@ -44,8 +43,7 @@ def test_stand_in_repeats_no_corpus_image(tmp_path, monkeypatch):
     assert not any(np.array_equal(a, b) for a in corpus for b in sevens)
 
 
-def test_command_writes_rows_for_every_method_and_rate(tmp_path, monkeypatch):
-    monkeypatch.setenv("PRIVIMAGE_CACHE", str(tmp_path / "cache"))
+def test_command_writes_rows_for_every_method_and_rate(tmp_path, isolated_cache):
     code = finetune_proxy.main(["--out", str(tmp_path / "out"), "--profile", "smoke", "--data-root", str(tmp_path),
                                 "--methods", "pdp-diffusion", "nonpriv-d", "--lrs", "1e-3", "1e-4"])
     assert code == 0

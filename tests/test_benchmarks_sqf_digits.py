@@ -113,8 +113,7 @@ def test_query_noise_costs_trade_the_query_against_dp_sgd():
     (["--query-noise-multipliers", "50", "0"], "--query-noise-multipliers"),
     (["--profile", "no-such-profile"], "no-such-profile"),
 ])
-def test_bad_options_are_one_line_errors(tmp_path, monkeypatch, capsys, options, message):
-    monkeypatch.setenv("PRIVIMAGE_CACHE", str(tmp_path / "cache"))
+def test_bad_options_are_one_line_errors(tmp_path, capsys, options, message, isolated_cache):
     code = sqf_digits.main(["--out", str(tmp_path / "out"), *options])
     assert code == 2
     error = capsys.readouterr().err.strip().splitlines()

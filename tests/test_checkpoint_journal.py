@@ -11,6 +11,8 @@ from privimage.training.journal import (
     UPDATES_DIR,
     DPStepJournal,
     JournalEntry,
+    checkpoint_account_problem,
+    checkpoint_position,
     read_journal,
     read_journal_entries,
     update_file_name,
@@ -187,3 +189,27 @@ def test_an_audit_reads_the_journal_while_the_run_holds_the_lock(tmp_path):
         _, entries = read_journal_entries(path)
     assert header == HEADER and steps == 2
     assert [(e.step, e.release, e.replayable) for e in entries] == [(1, 1, True), (2, 2, True)]
+
+
+def test_a_checkpoint_ends_with_its_position_or_else_with_the_journal_it_was_taken_after():
+    assert checkpoint_position(None) == 0
+    assert checkpoint_position({"journal_steps": 4, "journal_position": 3}) == 3
+    # Checkpoints written before updates were journalled: the journal's length then.
+    assert checkpoint_position({"journal_steps": 4}) == 4
+    for position in (2.5, "3", None, True):
+        with pytest.raises(PrivacyError, match="not a journal line number"):
+            checkpoint_position({"journal_steps": 4, "journal_position": position})
+
+
+def test_a_checkpoint_account_must_charge_what_the_journal_listed_then():
+    taken = {"journal_steps": 4, "journal_position": 3}
+    assert checkpoint_account_problem(taken, charged_steps=4, journal_steps=6) is None
+    # Its ledger charges another count than the journal listed when it was taken.
+    assert "charges 5 steps" in checkpoint_account_problem(taken, charged_steps=5, journal_steps=6)
+    # The append-only journal lists fewer lines now than then: replaced or truncated.
+    assert "listed 4 then and 3 now" in checkpoint_account_problem(taken, charged_steps=4, journal_steps=3)
+    # The model ends with a line the checkpoint does not charge, or with no line at all.
+    for position in (5, -1, "x"):
+        problem = checkpoint_account_problem({"journal_steps": 4, "journal_position": position}, charged_steps=4,
+                                             journal_steps=6)
+        assert problem is not None and "journal" in problem

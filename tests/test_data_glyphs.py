@@ -15,14 +15,10 @@ TINY = DataConfig(glyphs_train_per_class=2, glyphs_val_per_class=1, dataset_seed
 
 
 @pytest.fixture(scope="module")
-def tiny_cache(tmp_path_factory):
-    """A private cache holding one tiny rendering (3,000 images), shared by this module."""
-    root = tmp_path_factory.mktemp("cache")
-    patch = pytest.MonkeyPatch()
-    patch.setenv("PRIVIMAGE_CACHE", str(root))
+def tiny_cache(module_cache):
+    """The module's cache, holding one tiny rendering (3,000 images)."""
     generate(TINY, workers=2, progress=False)
-    yield root
-    patch.undo()
+    return module_cache
 
 
 def test_thousand_named_classes_include_the_digits():
@@ -71,10 +67,9 @@ def test_missing_confusables_data_is_a_clear_error(monkeypatch):
         confusables._prototypes.cache_clear()
 
 
-def test_class_table_is_cached_on_disk(tmp_path, monkeypatch):
-    monkeypatch.setenv("PRIVIMAGE_CACHE", str(tmp_path))
+def test_class_table_is_cached_on_disk(isolated_cache):
     path = glyphs._table_cache_path()
-    assert path.parent == tmp_path / "glyphs1k"
+    assert path.parent == isolated_cache / "glyphs1k"
     glyphs.glyph_table.cache_clear()
     try:
         table = glyphs.glyph_table()

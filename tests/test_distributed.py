@@ -180,7 +180,8 @@ def _plain_steps() -> dict:
     """Three non-private AdamW steps through `run_plain_training` on batches of 7 rows (shares of 4 and 3)."""
     from test_training_standins import TinyNet, load_rows, tiny_dataset, tiny_loss
 
-    from privimage.training.plain import accumulate_mean_loss, run_plain_training, sum_gradients_over_ranks
+    from privimage.distributed import sum_gradients_over_ranks
+    from privimage.training.plain import accumulate_mean_loss, run_plain_training
 
     dataset = tiny_dataset(num_examples=20)
     model = TinyNet(seed=0)

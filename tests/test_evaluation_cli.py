@@ -27,8 +27,7 @@ def stand_in_public(split):
 
 
 @pytest.fixture(autouse=True)
-def offline_setup(tmp_path, monkeypatch):
-    monkeypatch.setenv("PRIVIMAGE_CACHE", str(tmp_path / "cache"))
+def offline_setup(isolated_cache, monkeypatch):
     original = datasets.load_split
     # The public corpus of the smoke profile is replaced by a small stand-in.
     monkeypatch.setattr(datasets, "load_split", lambda *, name, split, data_root=None, config=None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from privimage.errors import PrivImageError
-from privimage.evaluation.resources import STAGES, measure_stage
+from privimage.resource_usage import STAGES, measure_stage
 
 MIB = 1 << 20
 

@@ -21,9 +21,7 @@ def test_split():
     return load_mnist5k("test")
 
 
-@pytest.fixture(autouse=True)
-def isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("PRIVIMAGE_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 def write(tmp_path, name="synthetic.npz", **arrays):

@@ -10,7 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from privimage import experiments, plots, tables
+from privimage import (
+    evaluation, experiments, generators, paths, plots, reporting, resource_experiment, resource_usage, stages, tables,
+)
 from privimage.config import load_config
 from privimage.errors import ConfigError, PrivImageError
 
@@ -21,20 +23,20 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def test_results_dir_honours_the_environment_and_creates_the_layout(tmp_path, monkeypatch):
-    monkeypatch.setenv(experiments.RESULTS_ENV, str(tmp_path / "res"))
-    folder = experiments.results_dir("smoke")
+    monkeypatch.setenv(paths.RESULTS_ENV, str(tmp_path / "res"))
+    folder = paths.results_dir("smoke")
     assert folder == tmp_path / "res" / "smoke"
     assert (folder / "tables").is_dir() and (folder / "figures").is_dir()
     # A profile given as a YAML path is named by its stem.
-    assert experiments.results_dir(str(tmp_path / "mine.yaml")) == tmp_path / "res" / "mine"
+    assert paths.results_dir(str(tmp_path / "mine.yaml")) == tmp_path / "res" / "mine"
 
 
 def test_results_dir_defaults_to_the_repository(monkeypatch, tmp_path):
-    monkeypatch.delenv(experiments.RESULTS_ENV, raising=False)
-    assert experiments._REPO_ROOT == Path(experiments.__file__).resolve().parent.parent
+    monkeypatch.delenv(paths.RESULTS_ENV, raising=False)
+    assert paths._REPO_ROOT == Path(paths.__file__).resolve().parent.parent
     # A stand-in repository root, so the test writes nothing into the checkout.
-    monkeypatch.setattr(experiments, "_REPO_ROOT", tmp_path)
-    assert experiments.results_dir("smoke") == tmp_path / "results" / "smoke"
+    monkeypatch.setattr(paths, "_REPO_ROOT", tmp_path)
+    assert paths.results_dir("smoke") == tmp_path / "results" / "smoke"
 
 
 def test_experiment_config_is_strict_and_sets_the_seed():
@@ -71,9 +73,9 @@ def test_run_config_rejects_unknown_override_keys(key):
 
 
 def test_benchmark_note_names_the_embedded_replacement():
-    assert "replaces" in experiments.benchmark_note(load_config("quick"))
+    assert "replaces" in reporting.benchmark_note(load_config("quick"))
     paper = load_config("paper")
-    assert "cifar10" in experiments.benchmark_note(paper) and "replaces" not in experiments.benchmark_note(paper)
+    assert "cifar10" in reporting.benchmark_note(paper) and "replaces" not in reporting.benchmark_note(paper)
 
 
 # --------------------------------------------------------------------------- runs
@@ -143,16 +145,16 @@ def test_any_other_error_of_a_gan_run_is_a_failure(tmp_path, monkeypatch):
 
 def test_generator_parameters_follow_the_preset_and_the_family():
     config = load_config("smoke")
-    sizes = {preset: experiments.count_generator_parameters(
+    sizes = {preset: generators.count_generator_parameters(
         method="privimage-d", config=load_config("smoke", {"diffusion.preset": preset})) for preset in ("tiny", "1.8M")}
     assert sizes["tiny"] < 100_000 < 1_000_000 < sizes["1.8M"] < 2_500_000
-    gan = experiments.count_generator_parameters(method="dpgan", config=config)
+    gan = generators.count_generator_parameters(method="dpgan", config=config)
     assert gan > 0 and gan != sizes["tiny"]
 
 
 def test_stage_costs_report_the_first_measurement_of_each_stage(tmp_path):
     folder = _finished_run(tmp_path / "run")
-    costs = {row["stage"]: row for row in experiments.stage_costs(folder)}
+    costs = {row["stage"]: row for row in resource_usage.stage_costs(folder)}
     assert list(costs) == ["sqf_training", "pretraining", "finetuning", "sampling"]
     assert costs["sqf_training"]["wall_time_s"] == 7.0
     # Pre-training reports all sessions of the cached stage, not this run's cache read.
@@ -196,14 +198,14 @@ def test_summarize_averages_seeds_and_keeps_skipped_methods():
 
 def test_fid_note_names_backbone_scale_and_sample_counts():
     runs = _runs().assign(fid_scale="standardised on public glyphs1k/val")
-    note = experiments.describe_fid(runs)
+    note = reporting.describe_fid(runs)
     assert note.startswith("FID backbone: offline-smallcnn-glyphs1k, features standardised on public glyphs1k/val;")
     assert "200 synthetic vs 1000 real" in note
     # Runs on two scales are both named (their FIDs do not compare); runs from before the scale was recorded say so.
     mixed = runs.copy()
     mixed.loc[1, "fid_scale"] = "unscaled (raw offline features)"
-    assert "glyphs1k/val; unscaled (raw offline features)" in experiments.describe_fid(mixed)
-    assert "scale not recorded (raw)" in experiments.describe_fid(_runs())
+    assert "glyphs1k/val; unscaled (raw offline features)" in reporting.describe_fid(mixed)
+    assert "scale not recorded (raw)" in reporting.describe_fid(_runs())
 
 
 def test_summarize_has_no_std_column_with_one_seed():
@@ -214,7 +216,7 @@ def test_summarize_has_no_std_column_with_one_seed():
 
 def test_main_table_long_form_and_paper_shape():
     config = load_config("quick")
-    long, shaped, notes = experiments.main_table(runs=_runs(), config=config)
+    long, shaped, notes = reporting.main_table(runs=_runs(), config=config)
     for column in ("dataset", "method", "epsilon", "fid", "ca_lr", "ca_mlp", "ca_cnn", "fid_std", "ca_cnn_std"):
         assert column in long
     assert long.set_index("method").loc["privimage-d", "epsilon_spent_max"] == 9.95
@@ -282,6 +284,8 @@ def test_noisy_histogram_plot_refuses_a_selection_naming_unknown_semantics(tmp_p
 def test_null_label_model_always_asks_for_the_null_class():
     import torch
 
+    from privimage.models import NullLabelModel
+
     seen = []
 
     class Recorder(torch.nn.Module):
@@ -289,7 +293,7 @@ def test_null_label_model_always_asks_for_the_null_class():
             seen.append(labels.clone())
             return x
 
-    wrapped = experiments._null_label_model(Recorder(), num_classes=10)
+    wrapped = NullLabelModel(Recorder(), num_classes=10)
     wrapped(torch.zeros(3, 1, 2, 2), torch.zeros(3), torch.tensor([0, 4, 9]))
     assert seen[0].tolist() == [10, 10, 10]
 
@@ -314,7 +318,7 @@ def test_matched_glyph_reference_pretrains_on_each_digits_own_glyph_class(tmp_pa
     monkeypatch.setattr(pipeline, "pretrain_stage", record_and_stop)
     config = load_config("smoke")
     with pytest.raises(_StopBeforeTraining):
-        experiments.matched_glyph_pretraining(config=config, progress=False)
+        stages.matched_glyph_pretraining(config=config, progress=False)
     matched, glyphs = seen["public"], load_dataset("glyphs1k", "train", config=config.data)
     assert matched.class_names == CLASS_NAMES and seen["num_classes"] == 10 and not matched.sensitive
     assert seen["data_key"] == f"matched:{matched.content_hash()}"
@@ -333,22 +337,22 @@ def test_a_samples_folder_left_without_its_config_by_a_crash_is_redone(tmp_path,
     folder = tmp_path / "pretrained_samples"
     folder.mkdir()
     np.savez(folder / "synthetic.npz", x=np.zeros((1, 1, 32, 32), np.uint8), y=np.zeros(1, np.int64))
-    monkeypatch.setattr(experiments, "stage_dir", lambda *_: folder)
+    monkeypatch.setattr(stages, "stage_dir", lambda *_: folder)
 
     def stop(**_):
         raise _StopBeforeTraining
 
     monkeypatch.setattr(pipeline, "pretrain_stage", stop)
     with pytest.raises(_StopBeforeTraining):
-        experiments.matched_glyph_pretraining(config=load_config("smoke"), progress=False)
+        stages.matched_glyph_pretraining(config=load_config("smoke"), progress=False)
 
 
 def test_matched_glyph_reference_is_skipped_off_the_embedded_benchmark(monkeypatch):
     from privimage import pipeline
 
     monkeypatch.setattr(pipeline, "pretrain_stage", lambda **_: pytest.fail("nothing should be trained"))
-    row = experiments.matched_glyph_pretraining(config=load_config("smoke", {"data.sensitive": "cifar10"}),
-                                                progress=False)
+    row = stages.matched_glyph_pretraining(config=load_config("smoke", {"data.sensitive": "cifar10"}),
+                                           progress=False)
     assert row["status"] == "skipped" and "digit" in row["note"] and math.isnan(row["fid"])
 
 
@@ -362,20 +366,38 @@ def test_ledger_table_composes_to_the_ledger_epsilon(tmp_path):
     ledger.record_semantic_query(query_noise_multiplier=50.0, k=1, generator="os-entropy")
     ledger.record_dpsgd_steps(noise_multiplier=1.0, sample_rate=0.016, steps=100)
     ledger.save(tmp_path / "ledger.json")
-    table = experiments.ledger_table(tmp_path)
+    table = reporting.ledger_table(tmp_path)
     assert list(table["mechanism"]) == ["semantic_query", "dp_sgd"]
     assert table["epsilon_cumulative"].iloc[-1] == pytest.approx(ledger.epsilon())
     # The query's noise is large: it costs far less than DP-SGD, and composition is not free.
     assert table["epsilon_alone"].iloc[0] < table["epsilon_alone"].iloc[1] < table["epsilon_cumulative"].iloc[1]
 
 
-def test_data_root_is_absolute_whatever_the_working_directory(monkeypatch, tmp_path):
+def test_selection_histogram_is_the_release_whose_summary_matches(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRIVIMAGE_CACHE", str(tmp_path))
+    summary = {"selected": {"a": ["S1"]}, "k": 1}
+    for key, content, value in (("aaa", {**summary, "k": 2}, 1.0), ("bbb", summary, 2.0)):
+        folder = tmp_path / "selection" / key
+        folder.mkdir(parents=True)
+        (folder / "selection.json").write_text(json.dumps(content))
+        np.savez(folder / "noisy_histogram.npz", noisy_histogram=np.full((1, 2), value), row_names=np.array(["a"]),
+                 semantic_names=np.array(["S0", "S1"]))
+    # Compared as JSON: a tuple in the summary matches the list the file holds.
+    found = stages.selection_histogram({"selected": {"a": ("S1",)}, "k": 1})
+    assert found["folder"] == tmp_path / "selection" / "bbb" and found["histogram"].tolist() == [[2.0, 2.0]]
+    assert found["row_names"] == ["a"] and found["semantic_names"] == ["S0", "S1"]
+    with pytest.raises(PrivImageError, match="no cached selection"):
+        stages.selection_histogram({**summary, "k": 3})
+
+
+def test_one_data_root_default_for_the_cli_and_the_notebooks(monkeypatch, tmp_path):
+    from privimage.data.registry import default_data_root, resolve_data_root
+
     monkeypatch.delenv("PRIVIMAGE_DATA", raising=False)
-    monkeypatch.chdir(tmp_path)
-    assert experiments.resolve_data_root() == Path(experiments.__file__).resolve().parent.parent / "data"
+    assert default_data_root() == Path("data") and resolve_data_root() == Path("data")
     monkeypatch.setenv("PRIVIMAGE_DATA", str(tmp_path / "d"))
-    assert experiments.resolve_data_root() == tmp_path / "d"
-    assert experiments.resolve_data_root(tmp_path / "x") == tmp_path / "x"
+    assert resolve_data_root() == tmp_path / "d"
+    assert resolve_data_root(tmp_path / "x") == tmp_path / "x"
 
 
 def test_main_grid_averages_seeds_and_one_setting_sweeps_average_sweep_seeds(monkeypatch):
@@ -421,7 +443,7 @@ def test_table4_measured_mode_runs_each_method_at_its_size_and_schedule(tmp_path
         return pd.DataFrame(rows)
 
     monkeypatch.setattr(experiments, "run_grid", finished_runs)
-    table, stages, runs, notes = experiments.resource_table(config=config, schedule=schedule, progress=False)
+    table, stages, runs, notes = resource_experiment.resource_table(config=config, schedule=schedule, progress=False)
     overrides = {point.method: point.overrides for point in captured}
     assert overrides["pdp-diffusion"]["diffusion.preset"] == config.experiment.resource_pdp_preset
     assert overrides["privimage-d"]["diffusion.preset"] == config.experiment.resource_privimage_preset
@@ -456,7 +478,7 @@ def test_table4_projected_mode_times_every_stage_and_labels_it(monkeypatch):
 
     monkeypatch.setattr(rc, "time_stage_step", fake_timing)
     monkeypatch.setattr(experiments, "run_grid", lambda **kwargs: pytest.fail("projected mode must not train"))
-    table, stages, runs, _ = experiments.resource_table(config=config, progress=False)
+    table, stages, runs, _ = resource_experiment.resource_table(config=config, progress=False)
     assert runs is None
     # PDP-Diffusion has no SQF to time: seven stages timed, not eight.
     assert len(timed) == 7 and ("sqf_training", config.experiment.resource_pdp_preset) not in timed
@@ -467,7 +489,7 @@ def test_table4_projected_mode_times_every_stage_and_labels_it(monkeypatch):
     # The profile's custom UNet has no preset name to build from.
     custom = load_config("smoke", {"experiment.resource_pdp_preset": "", "diffusion.preset": "custom"})
     with pytest.raises(ConfigError, match="resource_pdp_preset"):
-        experiments.resource_table(config=custom, progress=False)
+        resource_experiment.resource_table(config=custom, progress=False)
 
 
 @pytest.mark.parametrize("k, expected_k", [(None, [1, 5, 100]), (3, [3, 3, 3])])
@@ -491,10 +513,10 @@ def test_pretrained_only_grid_covers_table_2_seeds(monkeypatch):
     # The FID before fine-tuning gets a seed spread from the models Table 2 already pre-trained.
     config = load_config("smoke", {"experiment.seeds": [0, 1], "experiment.sweep_seeds": [7]})
     seen = []
-    monkeypatch.setattr(experiments, "pretrained_only",
+    monkeypatch.setattr(stages, "pretrained_only",
                         lambda *, config, method, data_root=None, progress=True: seen.append(config.seed) or
                         {"method": method, "seed": config.seed, "status": "ok"})
-    monkeypatch.setattr(experiments, "matched_glyph_pretraining",
+    monkeypatch.setattr(stages, "matched_glyph_pretraining",
                         lambda *, config, data_root=None, progress=True: {"method": "matched-glyphs",
                                                                            "seed": config.seed, "status": "ok"})
     grid = experiments.pretrained_only_grid(config=config, progress=False)

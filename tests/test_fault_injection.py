@@ -44,7 +44,7 @@ from privimage.errors import PrivacyError
 from privimage.pipeline import run_method
 from privimage.privacy import PrivacyLedger
 from privimage.privacy.noise import SecureNoiseGenerator
-from privimage.privacy_audit import audit_run
+from privimage.run_audit import audit_run
 from privimage.training import dpsgd
 from privimage.training.checkpoint import list_checkpoints, load_checkpoint
 from privimage.training.journal import JOURNAL_NAME, read_journal

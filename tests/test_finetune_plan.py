@@ -17,7 +17,7 @@ import yaml
 from privimage.cli import main
 from privimage.config import load_config, profile_path
 from privimage.methods import METHODS
-from privimage.privacy_audit import audit_run
+from privimage.run_audit import audit_run
 from privimage.training.plan import DIFFUSION_BETAS, GAN_BETAS, finetune_plan
 
 EPSILON = 10.0

@@ -392,6 +392,7 @@ def test_the_runner_records_commit_times_memory_and_machine_in_run_info(tmp_path
         (stubs / name).write_text("{}")
     monkeypatch.setattr(notebook_runner, "NOTEBOOK_DIR", stubs)
     monkeypatch.setenv("PRIVIMAGE_RESULTS", str(tmp_path / "results"))
+    monkeypatch.delenv("PRIVIMAGE_DATA", raising=False)
     # A kernel-like child that holds 200 MB more than this process ever did: the peak must come from it.
     child_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 + 200_000_000
     touch_every_page = f"x = bytearray({child_bytes}); x[::4096] = b'1' * len(x[::4096])"
@@ -408,6 +409,8 @@ def test_the_runner_records_commit_times_memory_and_machine_in_run_info(tmp_path
     head = subprocess.run(["git", "-C", str(notebook_runner.REPO_ROOT), "rev-parse", "HEAD"], capture_output=True,
                           text=True).stdout.strip()
     assert info["commit"] == head and isinstance(info["tree_clean"], bool) and info["status"] == "finished"
+    # The kernels run in notebooks/: the runner points them at the repository's data folder.
+    assert os.environ["PRIVIMAGE_DATA"] == str(notebook_runner.REPO_ROOT / "data")
     assert [entry["name"] for entry in info["notebooks"]] == ["01_first.ipynb", "02_second.ipynb"]
     assert all(entry["wall_seconds"] >= 0.2 for entry in info["notebooks"])
     assert info["start"] <= info["end"] and info["wall_seconds"] >= 0.4

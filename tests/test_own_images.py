@@ -24,7 +24,7 @@ from PIL import Image
 
 from privimage.cli import main
 from privimage.data import load_dataset
-from privimage.privacy_audit import audit_run
+from privimage.run_audit import audit_run
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 README_SETUP = "scripts/bootstrap.sh && source .venv/bin/activate"
@@ -129,13 +129,9 @@ def test_import_refuses_with_one_error_line_and_writes_nothing(capsys, tmp_path,
 
 
 @pytest.fixture(scope="module")
-def shared_cache(tmp_path_factory):
-    """One stage cache for the module: Glyphs-1k and the query function are made once."""
-    cache = tmp_path_factory.mktemp("cache")
-    patch = pytest.MonkeyPatch()
-    patch.setenv("PRIVIMAGE_CACHE", str(cache))
-    yield cache
-    patch.undo()
+def shared_cache(module_cache):
+    """The module's cache: Glyphs-1k and the query function are made once."""
+    return module_cache
 
 
 def _readme_example() -> str:

@@ -114,8 +114,7 @@ def test_sqf_augmentation_is_part_of_the_cache_key_and_checked():
         augment(_strokes(), torch.Generator(), kind="flip")
 
 
-def test_sqf_trains_with_the_affine_augmentation(tmp_path, monkeypatch):
-    monkeypatch.setenv("PRIVIMAGE_CACHE", str(tmp_path))
+def test_sqf_trains_with_the_affine_augmentation(isolated_cache):
     public = _dataset(n=32, seed=4)
     query_function = train_query_function(
         public_train=public, public_val=public, config=SemanticQueryConfig(sqf_epochs=1, sqf_batch_size=16,

@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from privimage.privacy_audit import audit_run
+    from privimage.run_audit import audit_run
 
     # Without --data-root the audit hashes the data where the run recorded reading it (run.json).
     audit = audit_run(run_dir=args.run, data_root=args.data_root)

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-
-def default_data_root() -> Path:
-    """``$PRIVIMAGE_DATA`` if set, else ``./data``."""
-    return Path(os.environ.get("PRIVIMAGE_DATA", "data"))
+from privimage.data.registry import default_data_root
 
 
 def add_data_root(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +25,8 @@ def add_profile(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default="quick", help="smoke, quick, paper or a YAML path (default: quick)")
 
 
-def resolve_data_root(args: argparse.Namespace) -> Path:
+def data_root_option(args: argparse.Namespace) -> Path:
+    """The ``--data-root`` a command was given, else the default (`privimage.data.registry.default_data_root`)."""
     return args.data_root if getattr(args, "data_root", None) is not None else default_data_root()
 
 

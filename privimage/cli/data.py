@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from privimage.cli.common import add_data_root, add_json, add_profile, emit, resolve_data_root
+from privimage.cli.common import add_data_root, add_json, add_profile, emit, data_root_option
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -80,7 +80,7 @@ def _data_config(args: argparse.Namespace):
 def _list(args: argparse.Namespace) -> int:
     from privimage.data import list_datasets
 
-    data_root = resolve_data_root(args)
+    data_root = data_root_option(args)
     rows = list_datasets(data_root)
     lines = [f"data root: {data_root}"]
     for row in rows:
@@ -96,7 +96,7 @@ def _list(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     from privimage.data import dataset_info, load_dataset
 
-    data_root = resolve_data_root(args)
+    data_root = data_root_option(args)
     config = _data_config(args)
     if args.download:
         load_dataset(args.name, args.split, data_root=data_root, config=config, download=True)
@@ -127,7 +127,7 @@ def _show(args: argparse.Namespace) -> int:
     if args.split == "train" and is_sensitive_name(args.name, config) and not args.allow_sensitive:
         raise ConfigError(f"{args.name}/train is the profile's sensitive training split; show --split test, "
                           "or pass --allow-sensitive to look at it")
-    dataset = load_dataset(args.name, args.split, data_root=resolve_data_root(args), config=config,
+    dataset = load_dataset(args.name, args.split, data_root=data_root_option(args), config=config,
                            download=args.download)
     shown = save_labelled_grid(dataset=dataset, path=args.out, n=args.n, seed=args.seed, match=args.match)
     emit({"name": dataset.name, "split": dataset.split, "out": str(args.out), "num_shown": shown},
@@ -139,7 +139,7 @@ def _import(args: argparse.Namespace) -> int:
     from privimage.data import dataset_info
     from privimage.data.own import import_images
 
-    data_root = resolve_data_root(args)
+    data_root = data_root_option(args)
     channels, size = args.channels, args.size
     if channels is None or size is None:
         # The public data's geometry, from the registry: the sensitive set must match it to be pre-trained for.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from privimage.cli.common import add_data_root, add_json, add_profile, emit, resolve_data_root
+from privimage.cli.common import add_data_root, add_json, add_profile, emit, data_root_option
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,7 +46,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.seed is not None:
         overrides["seed"] = args.seed
     config = load_config(args.profile, overrides)
-    data_root = resolve_data_root(args)
+    data_root = data_root_option(args)
 
     if args.download_inception:
         download_inception_weights()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from privimage.cli.common import add_data_root, add_json, add_profile, emit, resolve_data_root
+from privimage.cli.common import add_data_root, add_json, add_profile, emit, data_root_option
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -64,7 +64,7 @@ def _run(args: argparse.Namespace) -> int:
     overrides = {"data.sensitive": args.sensitive, "data.public": args.public, "finetune.delta": args.delta,
                  "seed": args.seed}
     config = load_config(args.profile, {key: value for key, value in overrides.items() if value is not None})
-    data_root = resolve_data_root(args)
+    data_root = data_root_option(args)
     if args.dry_run:
         emit(dry_run(method=args.method, config=config, epsilon=args.epsilon, data_root=data_root,
                      world_size=args.world_size), True)

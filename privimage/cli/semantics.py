@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from privimage.cli.common import add_data_root, add_json, add_profile, emit, resolve_data_root
+from privimage.cli.common import add_data_root, add_json, add_profile, emit, data_root_option
 from privimage.errors import PrivImageError
 
 
@@ -52,7 +52,7 @@ def _select(args: argparse.Namespace) -> int:
     from privimage.config import load_config
     from privimage.data import load_sensitive_train
     from privimage.privacy import PrivacyLedger
-    from privimage.privacy_audit import check_release_location
+    from privimage.run_folder import check_release_location
     from privimage.semantics.stage import check_public_name, run_selection
 
     overrides = {
@@ -69,7 +69,7 @@ def _select(args: argparse.Namespace) -> int:
     # Where the release goes, and what it selects from, are checked before any work and the sensitive read.
     check_release_location(out_dir=args.out, command="select")
     check_public_name(config)
-    data_root = resolve_data_root(args)
+    data_root = data_root_option(args)
     sensitive = load_sensitive_train(config, data_root=data_root)
     ledger = PrivacyLedger(delta=config.finetune.delta, dataset_hash=sensitive.content_hash(), num_examples=len(sensitive))
     result = run_selection(config, ledger=ledger, out_dir=args.out, data_root=data_root, sensitive=sensitive)
@@ -126,9 +126,9 @@ def _frequencies(spec: str, args: argparse.Namespace, config) -> dict[str, float
         # them here would be a query no ledger accounts for.
         from privimage.data import dataset_info
 
-        info = dataset_info(name, args.split, data_root=resolve_data_root(args), config=config.data)
+        info = dataset_info(name, args.split, data_root=data_root_option(args), config=config.data)
         return {class_name: 1.0 for class_name in info["class_names"]}
-    dataset = load_dataset(name, args.split, data_root=resolve_data_root(args), config=config.data)
+    dataset = load_dataset(name, args.split, data_root=data_root_option(args), config=config.data)
     return dataset_frequencies(dataset)
 
 

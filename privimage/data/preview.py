@@ -1,4 +1,4 @@
-"""A labelled grid of a dataset's images, to look at what a dataset holds (``privimage data show``)."""
+"""Looking at what a dataset holds: a labelled grid (``privimage data show``), a few public classes (the tour)."""
 
 from __future__ import annotations
 

@@ -24,6 +24,7 @@ data. Files are downloaded only when the caller asks (``download=True``).
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -35,10 +36,13 @@ from privimage.errors import DataError
 
 
 def default_data_root() -> Path:
-    """``$PRIVIMAGE_DATA`` if set, else ``./data`` (the CLI's ``--data-root`` default)."""
-    from privimage.cli.common import default_data_root as cli_default
+    """``$PRIVIMAGE_DATA`` if set, else ``./data`` in the working directory (the one definition of the default).
 
-    return cli_default()
+    ``./run_all.sh`` and ``scripts/lab.sh`` set ``$PRIVIMAGE_DATA`` to ``<repo>/data``
+    when it is unset, so the notebooks, which run in ``notebooks/``, read the same
+    folder as a command run from the repository root.
+    """
+    return Path(os.environ.get("PRIVIMAGE_DATA") or "data")
 
 
 @dataclass(frozen=True)
@@ -237,7 +241,8 @@ def _check_split(name: str, split: str, splits: tuple[str, ...]) -> None:
         raise DataError(f"{name} has no split '{split}' (splits: {', '.join(splits) or 'none found'})")
 
 
-def _root(data_root: Path | None) -> Path:
+def resolve_data_root(data_root: Path | None = None) -> Path:
+    """``data_root`` if given, else `default_data_root`."""
     return Path(data_root) if data_root is not None else default_data_root()
 
 
@@ -288,7 +293,7 @@ def load_dataset(
         DataError: unknown name or split, missing or corrupt files.
     """
     config = config or DataConfig()
-    root = _root(data_root)
+    root = resolve_data_root(data_root)
     if own.is_own(name):
         _check_split(name, split, own.splits(name, root) or (split,))
         return _flag_sensitive(own.load_own(name, root, split), config)
@@ -351,7 +356,7 @@ def dataset_info(
         files here, ``"registry"`` when the published sizes are reported).
     """
     config = config or DataConfig()
-    root = _root(data_root)
+    root = resolve_data_root(data_root)
     if own.is_own(name):
         _check_split(name, split, own.splits(name, root) or (split,))
         path = own.expected_path(name, root, split)
@@ -409,7 +414,7 @@ def list_datasets(data_root: Path | None = None) -> list[dict]:
         ``image_shape``, ``available`` (every split present), ``available_splits``,
         ``expected_path``, ``downloadable``.
     """
-    root = _root(data_root)
+    root = resolve_data_root(data_root)
     config = DataConfig()
     rows = []
     for entry in REGISTRY.values():

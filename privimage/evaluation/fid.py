@@ -21,44 +21,8 @@ Reference statistics of the real split (the sensitive test split, for reporting
 only) are computed once per backbone and cached under
 ``cache_root()/fid_reference/<hash>/``.
 
-The scale of the offline features (``evaluation.fid_offline_scale``)
---------------------------------------------------------------------
-The offline backbone's 128-d features are unnormalised, so its raw FIDs run into
-the thousands. By default (``public-common``) every feature is divided by one
-common public standard deviation, which keeps every ordering exactly (below);
-``public-standardised`` standardises each feature, x -> (x - m) / s, with
-the per-feature mean m and standard deviation s of the backbone's features on
-the *public* validation split (Glyphs-1k by default; never the sensitive data,
-either split), computed once and cached under
-``cache_root()/fid_feature_scale/<hash>/`` (hash of the backbone's identity and
-of the public split's content). Every run measured with one backbone uses the
-same m and s, so its FIDs compare across runs; the scale is named in every
-result (``fid_scale``) and table. Inception features are never rescaled.
-
-What the rescaling guarantees, and what it does not. With D = diag(1/s), the
-statistics become (D (mu - m), D Sigma D); the Fréchet distance is the squared
-2-Wasserstein distance W2^2 between the two Gaussians, and for the invertible D
-every coupling maps to a coupling of the images, so
-
-    FID_raw / max(s)^2  <=  FID_standardised  <=  FID_raw / min(s)^2.
-
-- The shift m cancels exactly; a set against itself is still 0.
-- One common factor for all features would multiply every FID by the same
-  constant and keep every order. A per-feature scale does not: the bound above
-  only guarantees that two pairs keep their order when their raw FIDs differ by
-  more than the factor (max(s) / min(s))^2; closer pairs can swap, because the
-  rescaling re-weights which feature directions count.
-- So the ordering of methods is not a theorem. On fixed features
-  (tests/test_evaluation_fid.py) a ladder of one kind of damage keeps its
-  order, and pairs whose raw FIDs differ by more than half keep theirs; two
-  sets damaged in different ways with raw FIDs within about 30% of each other
-  were seen to swap. Every result on this scale also carries ``fid_unscaled``,
-  the same pair on the raw features, so a table's order can be checked, and
-  ``fid_offline_scale: raw`` keeps the old scale.
-- ``fid_offline_scale: public-common`` divides every feature by one common
-  public std (the root mean public variance) instead: every FID is the raw one
-  divided by the same constant, so every order is kept exactly, at the price
-  of letting the features with the largest spread dominate, as raw FID does.
+The offline features are rescaled with public statistics (`FeatureStandardisation`,
+``evaluation.fid_offline_scale``); what that keeps and what it does not is derived there.
 """
 
 from __future__ import annotations
@@ -279,7 +243,45 @@ class InceptionFeatures(FeatureExtractor):
 
 @dataclass(frozen=True)
 class FeatureStandardisation:
-    """Per-feature mean and standard deviation of the offline features on public data."""
+    """Per-feature mean and standard deviation of the offline features on public data.
+
+    The offline backbone's 128-d features are unnormalised, so its raw FIDs run into
+    the thousands. By default (``public-common``) every feature is divided by one
+    common public standard deviation, which keeps every ordering exactly (below);
+    ``public-standardised`` standardises each feature, x -> (x - m) / s, with
+    the per-feature mean m and standard deviation s of the backbone's features on
+    the *public* validation split (Glyphs-1k by default; never the sensitive data,
+    either split), computed once and cached under
+    ``cache_root()/fid_feature_scale/<hash>/`` (hash of the backbone's identity and
+    of the public split's content). Every run measured with one backbone uses the
+    same m and s, so its FIDs compare across runs; the scale is named in every
+    result (``fid_scale``) and table. Inception features are never rescaled.
+
+    What the rescaling guarantees, and what it does not. With D = diag(1/s), the
+    statistics become (D (mu - m), D Sigma D); the Fréchet distance is the squared
+    2-Wasserstein distance W2^2 between the two Gaussians, and for the invertible D
+    every coupling maps to a coupling of the images, so
+
+        FID_raw / max(s)^2  <=  FID_standardised  <=  FID_raw / min(s)^2.
+
+    - The shift m cancels exactly; a set against itself is still 0.
+    - One common factor for all features would multiply every FID by the same
+      constant and keep every order. A per-feature scale does not: the bound above
+      only guarantees that two pairs keep their order when their raw FIDs differ by
+      more than the factor (max(s) / min(s))^2; closer pairs can swap, because the
+      rescaling re-weights which feature directions count.
+    - So the ordering of methods is not a theorem. On fixed features
+      (tests/test_evaluation_fid.py) a ladder of one kind of damage keeps its
+      order, and pairs whose raw FIDs differ by more than half keep theirs; two
+      sets damaged in different ways with raw FIDs within about 30% of each other
+      were seen to swap. Every result on this scale also carries ``fid_unscaled``,
+      the same pair on the raw features, so a table's order can be checked, and
+      ``fid_offline_scale: raw`` keeps the old scale.
+    - ``fid_offline_scale: public-common`` divides every feature by one common
+      public std (the root mean public variance) instead: every FID is the raw one
+      divided by the same constant, so every order is kept exactly, at the price
+      of letting the features with the largest spread dominate, as raw FID does.
+    """
 
     mean: np.ndarray
     std: np.ndarray

@@ -14,12 +14,13 @@ This module rebuilds that comparison at any scale:
   its own pre-training set, so a 1% selection costs 1% of the steps);
 - `time_stage_step`: a fixed number of steps of each stage, after warm-up,
   timed on random inputs (no sensitive data is read) with peak tensor memory;
-- `project_stage`: those timings scaled to the stage's full schedule;
+- `project_stage`: those timings scaled to the stage's full schedule (`project_stages`:
+  every stage of both methods);
 - `compare_methods`: per stage and in total (time summed, memory the peak over
   stages, as the paper's totals are), Privimage / PDP-Diffusion beside the paper.
 
 Where a machine can run the stages in full (the paper profile on GPUs),
-`privimage.experiments.resource_table` runs them for real instead and labels
+`privimage.resource_experiment.resource_table` runs them for real instead and labels
 the rows "measured"; projected rows say so and say from what.
 """
 
@@ -28,7 +29,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import pandas as pd
 
@@ -231,7 +232,7 @@ def time_stage_step(*, stage: str, preset: str, work: StageWork, config: Config,
                     num_classes: int, num_public_classes: int, max_rows: int, warmup: int, timed: int) -> dict:
     """Time ``timed`` steps of a stage after ``warmup``, and one step's peak tensor memory, on random inputs.
 
-    Diffusion steps are the fast-DP-SGD benchmark's (`privimage.dp.benchmark`):
+    Diffusion steps are measured as the DP-step benchmark measures them (`privimage.evaluation.step_cost`):
     ``non_private`` is a pre-training step, ``dp_sgd`` the fine-tuning stage's own
     DP-SGD step; sampling is one DDIM step (`privimage.diffusion.ddim_sample`);
     the SQF step is one SGD step of the profile's query function.
@@ -253,7 +254,7 @@ def time_stage_step(*, stage: str, preset: str, work: StageWork, config: Config,
     """
     import torch
 
-    from privimage.dp.benchmark import benchmark_configuration, peak_step_memory, time_interleaved
+    from privimage.evaluation.step_cost import benchmark_configuration, peak_step_memory, time_interleaved
     from privimage.models import count_parameters
 
     images = timing_images(work, max_rows=max_rows)
@@ -319,6 +320,42 @@ def _inference_or_sqf_step(*, stage: str, preset: str, config: Config, images: i
         optimizer.zero_grad(set_to_none=True)
 
     return step, network
+
+
+def project_stages(*, config: Config, presets: Mapping[str, str], plans: Mapping[str, Sequence[StageWork]],
+                   sensitive_info: Mapping, public_info: Mapping, progress: bool) -> pd.DataFrame:
+    """Every stage of both methods, timed on random inputs and projected to its plan (Table 4's projected mode).
+
+    Args:
+        config: the notebook's config (``experiment.resource_timing_rows``, ``_warmup_steps``, ``_timed_steps``).
+        presets: each method's UNet preset.
+        plans: each method's `stage_plan`.
+        sensitive_info, public_info: the datasets' registry entries (image shape, classes); no image is read.
+        progress: show a progress bar.
+
+    Returns:
+        One row per method and stage: ``method``, ``preset``, ``stage``, ``work``, ``num_parameters``,
+        ``wall_time_s``, ``peak_memory_mb`` and ``how``; a stage a method lacks costs nothing.
+    """
+    from tqdm.auto import tqdm
+
+    grid = config.experiment
+    rows = []
+    jobs = [(method, work) for method in METHODS for work in plans[method]]
+    for method, work in tqdm(jobs, desc="timing stages", disable=not progress):
+        row = {"method": method, "preset": presets[method], "stage": work.stage, "work": work.description}
+        if work.steps == 0:
+            rows.append({**row, "num_parameters": math.nan, "wall_time_s": 0.0, "peak_memory_mb": 0.0,
+                         "how": "no such stage"})
+            continue
+        timed = time_stage_step(
+            stage=work.stage, preset=presets[method], work=work, config=config,
+            image_shape=tuple(sensitive_info["image_shape"]), num_classes=sensitive_info["num_classes"],
+            num_public_classes=public_info["num_classes"], max_rows=grid.resource_timing_rows,
+            warmup=grid.resource_warmup_steps, timed=grid.resource_timed_steps)
+        rows.append({**row, "num_parameters": timed["num_parameters"], "wall_time_s": timed["wall_time_s"],
+                     "peak_memory_mb": timed["peak_memory_mb"], "how": timed["how"]})
+    return pd.DataFrame(rows)
 
 
 def compare_methods(stages: pd.DataFrame) -> pd.DataFrame:

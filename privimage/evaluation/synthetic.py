@@ -7,6 +7,7 @@ shape and classes. Every problem is reported as one line before any work starts.
 
 from __future__ import annotations
 
+import json
 import zipfile
 from pathlib import Path
 
@@ -112,3 +113,26 @@ def load_synthetic_npz(*, path: Path, reference: ImageDataset) -> ImageDataset:
                              class_names=reference.class_names)
     check_synthetic(synthetic=synthetic, reference=reference)
     return synthetic
+
+
+def load_run_synthetic(run_dir: Path, *, data_root: Path | None = None) -> ImageDataset:
+    """The synthetic set of a run folder (``synthetic.npz``) as an `ImageDataset` named by the sensitive classes.
+
+    The class names come from the folder's ``config.json`` (its sensitive dataset,
+    looked up under ``data_root`` when it is the user's own).
+
+    Args:
+        run_dir: a run folder, or a folder of samples with the same two files.
+        data_root: folder of real datasets.
+
+    Returns:
+        The images and labels, as sampled.
+    """
+    from privimage.config import config_from_dict
+    from privimage.data import dataset_info
+
+    resolved = config_from_dict(json.loads((Path(run_dir) / "config.json").read_text()))
+    names = tuple(dataset_info(resolved.data.sensitive, "test", data_root=data_root,
+                               config=resolved.data)["class_names"])
+    with np.load(Path(run_dir) / "synthetic.npz") as archive:
+        return ImageDataset("synthetic", "all", archive["x"], archive["y"], names)

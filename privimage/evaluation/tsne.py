@@ -4,7 +4,8 @@ The CNN classifier trained on a synthetic set maps each real test image to its
 penultimate-layer embedding; t-SNE projects those to 2-D, coloured by the true
 class. Well-separated clusters mean the classifier learnt class features from
 the synthetic data. Computing (`tsne_embedding`) and drawing (`plot_tsne`) are
-separate, so a figure can be redrawn without recomputing.
+separate, so a figure can be redrawn without recomputing; `tsne_points` caches a
+run folder's points beside it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 from sklearn.manifold import TSNE
 
 from privimage.cache import atomic_write_bytes
+from privimage.config import Config
 from privimage.data.base import ImageDataset
 from privimage.errors import DataError
 from privimage.evaluation.networks import SmallCNN, predict_batches
@@ -75,3 +77,39 @@ def plot_tsne(*, points: np.ndarray, labels: np.ndarray, class_names: tuple[str,
     plt.close(figure)
     atomic_write_bytes(Path(path), buffer.getvalue())
     return Path(path)
+
+
+def tsne_points(*, run_dir: Path, config: Config, data_root: Path | None = None, progress: bool = False) -> dict:
+    """t-SNE of the sensitive test images embedded by a CNN trained on a run's synthetic set (paper Fig. 4).
+
+    The CNN is selected on held-out synthetic images only; the test split is
+    embedded for the figure (reporting only). Cached beside the run as ``tsne.npz``.
+
+    Args:
+        run_dir: a finished run folder.
+        config: the resolved config.
+        data_root: folder of real datasets (default: `privimage.data.registry.resolve_data_root`).
+        progress: show progress bars.
+
+    Returns:
+        ``{"points": N x 2, "labels": N, "class_names": tuple}``.
+    """
+    from privimage.cache import atomic_save_npz
+    from privimage.evaluation.classifiers import train_classifiers
+    from privimage.evaluation.datasets import load_test_split
+    from privimage.evaluation.synthetic import load_run_synthetic
+    from privimage.data.registry import resolve_data_root
+
+    data_root = resolve_data_root(data_root)
+    path = Path(run_dir) / "tsne.npz"
+    test = load_test_split(name=config.data.sensitive, data_root=data_root, config=config.data)
+    if not path.is_file():
+        synthetic = load_run_synthetic(run_dir, data_root=data_root)
+        trained = train_classifiers(train=synthetic, config=config.evaluation, seed=config.seed,
+                                    num_classes=test.num_classes, kinds=("cnn",), progress=progress)
+        embeddings = cnn_embeddings(model=trained.cnn, dataset=test)
+        perplexity = min(config.evaluation.tsne_perplexity, (len(test) - 1) / 3)
+        atomic_save_npz(path, points=tsne_embedding(embeddings=embeddings, seed=config.seed, perplexity=perplexity),
+                        labels=test.labels)
+    with np.load(path) as archive:
+        return {"points": archive["points"], "labels": archive["labels"], "class_names": test.class_names}

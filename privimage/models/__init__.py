@@ -22,11 +22,12 @@ from privimage.models.gan import (
     discriminator_loss_real_per_example,
     generator_loss_per_example,
 )
+from privimage.models.null_label import NullLabelModel
 from privimage.models.presets import UNET_PRESETS, UNetPreset
 from privimage.models.unet import UNet, check_unet_shape
 
 __all__ = [
-    "UNET_PRESETS", "UNetPreset", "UNet", "Generator", "Discriminator",
+    "UNET_PRESETS", "UNetPreset", "UNet", "Generator", "Discriminator", "NullLabelModel",
     "build_unet", "build_gan", "unet_shape", "count_parameters",
     "discriminator_loss_real_per_example", "discriminator_loss_fake_per_example",
     "discriminator_loss_per_row", "generator_loss_per_example",

@@ -1,4 +1,4 @@
-"""Privacy: the ledger, accounting, calibration, the noisy histogram and audits.
+"""Privacy: the ledger, accounting, calibration and the noisy histogram.
 
 DESIGN.md, Privacy, and paper Sections 3.3 and Appendices D-E:
 
@@ -11,8 +11,10 @@ DESIGN.md, Privacy, and paper Sections 3.3 and Appendices D-E:
 - `semantic_histogram` / `noisy_histogram` (mechanisms.py): the query's
   histogram and its Gaussian mechanism (Theorem 3.1);
 - `dp_noise_generator` / `torch_noise_generator` (noise.py): DP noise sources no
-  experiment seed controls;
-- audit.py: empirical lower bounds on the privacy loss the mechanisms give.
+  experiment seed controls.
+
+The statistical audits of these mechanisms, as the training stage runs them,
+are in `privimage.mechanism_audit`.
 """
 
 from privimage.privacy.accounting import ACCOUNTANTS, RDP_ORDERS, composition_epsilon, compute_epsilon, query_rdp

@@ -62,15 +62,8 @@ def calibrate_noise_multiplier(
         raise PrivacyError("steps must be >= 1 to calibrate DP-SGD (with 0 steps sigma spends nothing)")
 
     # The query's cost is a floor no sigma can remove (Theorem E.2).
-    if query_noise_multiplier is not None:
-        query_only = composition_epsilon(
-            dpsgd_runs=[], query_noise_multipliers=[query_noise_multiplier], delta=delta, accountant=accountant
-        )
-        if query_only >= target:
-            raise PrivacyError(
-                f"the semantic query alone spends epsilon {query_only:.4g} >= target {target:g}; "
-                "raise query_noise_multiplier or the target"
-            )
+    _check_query_below_target(query_noise_multiplier=query_noise_multiplier, delta=delta, accountant=accountant,
+                              target=target)
 
     def spent(sigma: float) -> float:
         return compute_epsilon(
@@ -102,3 +95,18 @@ def calibrate_noise_multiplier(
         else:
             high = middle
     raise PrivacyError(f"calibration did not reach epsilon within {tolerance:g} of {target:g}")
+
+
+def _check_query_below_target(*, query_noise_multiplier: float | None, delta: float, accountant: str,
+                              target: float) -> None:
+    """Refuse a target the semantic query alone already spends (paper Theorem E.2); no query passes."""
+    if query_noise_multiplier is None:
+        return
+    query_only = composition_epsilon(
+        dpsgd_runs=[], query_noise_multipliers=[query_noise_multiplier], delta=delta, accountant=accountant
+    )
+    if query_only >= target:
+        raise PrivacyError(
+            f"the semantic query alone spends epsilon {query_only:.4g} >= target {target:g}; "
+            "raise query_noise_multiplier or the target"
+        )

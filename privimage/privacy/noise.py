@@ -58,9 +58,14 @@ def dp_noise_generator(*, secure: bool = False) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence()))
 
 
+def noise_generator_name(*, secure_mode: bool) -> str:
+    """What ledgers record as the source of DP noise: ``"secure"`` in secure mode, else ``"os-entropy"``."""
+    return GENERATOR_NAMES[0] if secure_mode else GENERATOR_NAMES[1]
+
+
 def generator_name(generator: np.random.Generator) -> str:
-    """``"secure"`` for a `SecureNoiseGenerator`, else ``"os-entropy"`` (what ledgers record)."""
-    return "secure" if isinstance(generator, SecureNoiseGenerator) else "os-entropy"
+    """The ledger's name for ``generator`` (`noise_generator_name`)."""
+    return noise_generator_name(secure_mode=isinstance(generator, SecureNoiseGenerator))
 
 
 def gaussian_noise(*, std: float, shape: tuple[int, ...], generator: np.random.Generator) -> np.ndarray:

@@ -18,6 +18,7 @@ import numpy as np
 from privimage.data.base import ImageDataset
 from privimage.errors import PrivacyError
 from privimage.privacy import PrivacyLedger, dp_noise_generator, noisy_histogram, semantic_histogram
+from privimage.privacy.noise import noise_generator_name
 from privimage.semantics.query_function import QueryFunction
 
 
@@ -74,8 +75,8 @@ def query_semantic_distribution(
     counts = semantic_histogram(top_k, labels, num_semantics=num_semantics, num_rows=num_rows)
 
     # Record the mechanism first, then release: the ledger can never miss a release.
-    generator_name = "secure" if secure_mode else "os-entropy"
-    ledger.record_semantic_query(query_noise_multiplier=query_noise_multiplier, k=k, generator=generator_name)
+    ledger.record_semantic_query(query_noise_multiplier=query_noise_multiplier, k=k,
+                                 generator=noise_generator_name(secure_mode=secure_mode))
     noisy = noisy_histogram(
         counts, query_noise_multiplier=query_noise_multiplier, k=k, generator=dp_noise_generator(secure=secure_mode)
     )

@@ -9,7 +9,7 @@ profiles use a width/depth-scaled CIFAR-style ResNet so that training fits a CPU
 
 It trains on this process's GPU when there is one. Under torchrun every rank
 takes its strided share of each batch and the gradients are all-reduced
-(`privimage.training.plain.sum_gradients_over_ranks`); the shuffling and the
+(`privimage.distributed.sum_gradients_over_ranks`); the shuffling and the
 augmentation come from one seeded generator every rank advances alike, so the
 batches are those of a single process. BatchNorm statistics are each rank's
 own during an epoch (as under DDP without SyncBatchNorm, which needs GPUs) and
@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -288,13 +289,7 @@ def train_query_function(
 
     # Load the cached stage when this exact configuration was trained before (rank 0 reads, all get it).
     checkpoint_path, report_path = directory / "sqf.pt", directory / "report.json"
-
-    def read_cache():
-        if not (checkpoint_path.is_file() and report_path.is_file()):
-            return None
-        return torch.load(checkpoint_path, map_location="cpu", weights_only=True), json.loads(report_path.read_text())
-
-    cached = distributed.main_only(read_cache)
+    cached = distributed.main_only(lambda: _read_cache(checkpoint_path, report_path))
     if cached is not None:
         state, report = cached
         model.load_state_dict(state)
@@ -304,6 +299,40 @@ def train_query_function(
             report["train_seconds"], str(directory),
         )
 
+    # Train on the public labels, keeping the best public-val checkpoint; rank 0 writes the cache.
+    best_accuracy, best_state, train_seconds = _fit_query_function(
+        model, public_train=public_train, public_val=public_val, config=config, seed=seed, progress=progress
+    )
+    model.load_state_dict(best_state)
+    model.eval()
+
+    def write_cache() -> None:
+        atomic_torch_save(checkpoint_path, best_state)
+        atomic_write_json(report_path, {
+            "public_val_accuracy": best_accuracy, "train_seconds": train_seconds, "config": training_keys,
+            "public": public_train.name, "num_public_classes": public_train.num_classes,
+        })
+
+    distributed.main_only(write_cache)
+    return QueryFunction(model, public_train.name, public_train.class_names, best_accuracy, train_seconds, str(directory))
+
+
+def _read_cache(checkpoint_path: Path, report_path: Path) -> tuple[dict[str, torch.Tensor], dict] | None:
+    """A cached SQF's weights and report, or None when this configuration was not trained before."""
+    if not (checkpoint_path.is_file() and report_path.is_file()):
+        return None
+    return torch.load(checkpoint_path, map_location="cpu", weights_only=True), json.loads(report_path.read_text())
+
+
+def _fit_query_function(model: nn.Module, *, public_train: ImageDataset, public_val: ImageDataset,
+                        config: SemanticQueryConfig, seed: int,
+                        progress: bool) -> tuple[float, dict[str, torch.Tensor], float]:
+    """Train the SQF with cross-entropy on public labels (paper Eq. 4), scoring each epoch on public val.
+
+    Returns:
+        ``(best public-val accuracy, the weights that reached it, training seconds)``.
+    """
+
     # Cross-entropy on public labels, SGD with momentum and a cosine schedule (paper Table 7).
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -312,8 +341,6 @@ def train_query_function(
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.sqf_lr, total_steps=steps_per_epoch * config.sqf_epochs, pct_start=0.15
     )
-    from privimage.training.plain import sum_gradients_over_ranks
-
     device = _device_of(model)
     # Every rank starts from rank 0's initialisation.
     distributed.broadcast_module(model)
@@ -340,7 +367,7 @@ def train_query_function(
                 loss = F.cross_entropy(model(batch), labels[local].to(device)) * (len(local) / len(index))
                 loss.backward()
                 loss_share = loss.item()
-            loss_value = sum_gradients_over_ranks(model.parameters(), loss_share)
+            loss_value = distributed.sum_gradients_over_ranks(model.parameters(), loss_share)
             optimizer.step()
             scheduler.step()
             bar.set_postfix(loss=f"{loss_value:.3f}")
@@ -351,16 +378,4 @@ def train_query_function(
         if accuracy > best_accuracy:
             best_accuracy, best_state = accuracy, {key: value.detach().cpu().clone()
                                                    for key, value in model.state_dict().items()}
-    train_seconds = time.perf_counter() - start_time
-    model.load_state_dict(best_state)
-    model.eval()
-
-    def write_cache() -> None:
-        atomic_torch_save(checkpoint_path, best_state)
-        atomic_write_json(report_path, {
-            "public_val_accuracy": best_accuracy, "train_seconds": train_seconds, "config": training_keys,
-            "public": public_train.name, "num_public_classes": public_train.num_classes,
-        })
-
-    distributed.main_only(write_cache)
-    return QueryFunction(model, public_train.name, public_train.class_names, best_accuracy, train_seconds, str(directory))
+    return best_accuracy, best_state, time.perf_counter() - start_time

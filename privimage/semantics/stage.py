@@ -26,7 +26,11 @@ from privimage.data import dataset_info, load_dataset, load_sensitive_train
 from privimage.data.base import ImageDataset
 from privimage.errors import PrivImageError
 from privimage.privacy import PrivacyLedger
-from privimage.semantics.query import exact_semantic_distribution, query_semantic_distribution
+from privimage.semantics.query import (
+    NoisySemanticDistribution,
+    exact_semantic_distribution,
+    query_semantic_distribution,
+)
 from privimage.semantics.query_function import QueryFunction, train_query_function
 from privimage.semantics.selection import QuerySettings, Selection, build_selection, query_settings
 
@@ -133,22 +137,46 @@ def run_selection(
     )
 
     start = time.perf_counter()
-    if private:
-        if ledger is None:
-            raise PrivImageError("a private selection needs the run's privacy ledger")
-        distribution = query_semantic_distribution(
-            query_function=query_function,
-            sensitive=sensitive,
-            k=settings.k,
-            query_noise_multiplier=settings.query_noise_multiplier,
-            ledger=ledger,
-            secure_mode=config.finetune.secure_mode,
-        )
-    else:
-        distribution = exact_semantic_distribution(query_function=query_function, sensitive=sensitive, k=settings.k)
+    distribution = _query_distribution(config, query_function=query_function, sensitive=sensitive, settings=settings,
+                                       ledger=ledger, private=private)
     selection = build_selection(distribution=distribution, public=public_train, selection_ratio=semantics.selection_ratio)
     seconds = time.perf_counter() - start
 
+    summary = _selection_summary(config, public_train=public_train, sensitive=sensitive, settings=settings,
+                                 private=private, distribution=distribution, selection=selection,
+                                 query_function=query_function, query_seconds=seconds, ledger=ledger)
+    out_dir = Path(out_dir)
+    atomic_save_npz(out_dir / "noisy_histogram.npz", noisy_histogram=distribution.noisy_histogram,
+                    row_names=np.array(distribution.row_names), semantic_names=np.array(distribution.semantic_names))
+    atomic_write_json(out_dir / "selection.json", summary)
+    return SelectionResult(selection=selection, query_function=query_function, ledger=ledger, summary=summary)
+
+
+def _query_distribution(
+    config: Config, *, query_function: QueryFunction, sensitive: ImageDataset, settings: QuerySettings,
+    ledger: PrivacyLedger | None, private: bool,
+) -> NoisySemanticDistribution:
+    """The noisy semantic histogram, charged to ``ledger`` (paper Section 3.2), or the exact one without privacy."""
+    if not private:
+        return exact_semantic_distribution(query_function=query_function, sensitive=sensitive, k=settings.k)
+    if ledger is None:
+        raise PrivImageError("a private selection needs the run's privacy ledger")
+    return query_semantic_distribution(
+        query_function=query_function,
+        sensitive=sensitive,
+        k=settings.k,
+        query_noise_multiplier=settings.query_noise_multiplier,
+        ledger=ledger,
+        secure_mode=config.finetune.secure_mode,
+    )
+
+
+def _selection_summary(config: Config, *, public_train: ImageDataset, sensitive: ImageDataset,
+                       settings: QuerySettings, private: bool, distribution: NoisySemanticDistribution,
+                       selection: Selection, query_function: QueryFunction, query_seconds: float,
+                       ledger: PrivacyLedger | None) -> dict:
+    """What ``selection.json`` holds: the selection, a summary of the noisy histogram, the SQF and the ledger."""
+    semantics = config.semantics
     # Frequencies of the selected public semantics, for SDS (paper Eq. 5).
     public_counts = np.bincount(public_train.labels, minlength=public_train.num_classes)
     name_to_index = {name: i for i, name in enumerate(public_train.class_names)}
@@ -156,7 +184,7 @@ def run_selection(
         name: int(public_counts[name_to_index[name]]) for names in selection.selected.values() for name in names
     }
     noisy = distribution.noisy_histogram
-    summary = {
+    return {
         "public": public_train.name,
         "sensitive": sensitive.name,
         "k": settings.k,
@@ -186,11 +214,6 @@ def run_selection(
             "public_val_accuracy": query_function.public_val_accuracy,
             "train_seconds": query_function.train_seconds,
         },
-        "query_seconds": seconds,
+        "query_seconds": query_seconds,
         "ledger": ledger.to_dict() if private else None,
     }
-    out_dir = Path(out_dir)
-    atomic_save_npz(out_dir / "noisy_histogram.npz", noisy_histogram=noisy,
-                    row_names=np.array(distribution.row_names), semantic_names=np.array(distribution.semantic_names))
-    atomic_write_json(out_dir / "selection.json", summary)
-    return SelectionResult(selection=selection, query_function=query_function, ledger=ledger, summary=summary)

@@ -22,7 +22,8 @@ from privimage.errors import DataError
 from privimage.training.common import batch_tensors, model_device
 from privimage.training.dpsgd import run_dp_sgd
 from privimage.training.plan import finetune_plan
-from privimage.training.plain import accumulate_mean_loss, run_plain_training, sum_gradients_over_ranks
+from privimage.distributed import sum_gradients_over_ranks
+from privimage.training.plain import accumulate_mean_loss, run_plain_training
 
 PRETRAIN_STAGE = "pretrain_diffusion"
 DP_FINETUNE_STAGE = "dp_finetune_diffusion"

@@ -52,6 +52,7 @@ import hashlib
 import math
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -66,14 +67,14 @@ from privimage.config import FinetuneConfig, config_hash, without_cost_only_sett
 from privimage.data.base import ImageDataset
 from privimage.dp import check_dp_compatible
 from privimage.errors import ConfigError, PrivacyError
+from privimage.privacy.noise import noise_generator_name
+from privimage.resource_usage import measure_stage
+from privimage.seeding import seed_training_randomness, stage_seed
 from privimage.training.checkpoint import checkpoint_steps, load_latest_checkpoint, save_checkpoint
-from privimage.training.common import (
-    progress_bar,
-    seed_training_randomness,
-    stage_seed,
-    write_resources,
+from privimage.training.common import progress_bar, write_resources
+from privimage.training.journal import (
+    JOURNAL_NAME, DPStepJournal, JournalEntry, checkpoint_account_problem, checkpoint_position,
 )
-from privimage.training.journal import JOURNAL_NAME, DPStepJournal, JournalEntry
 from privimage.training.plan import DIFFUSION_BETAS, finetune_schedule
 
 # Per-example loss: (model call, *inputs) -> one loss per example (shape B), as
@@ -117,11 +118,6 @@ def calibrate_to_ledger(*, ledger, target_epsilon: float, sample_rate: float, st
         query_noise_multiplier=query["query_noise_multiplier"] if query else None,
         k=query["k"] if query else 1,
     )
-
-
-def noise_generator_name(*, secure_mode: bool) -> str:
-    """What the ledger records as the source of the DP-SGD noise."""
-    return "secure" if secure_mode else "os-entropy"
 
 
 def make_dp_optimizer(
@@ -332,55 +328,102 @@ def _seed_step(*, seed: int, stage: str, step: int, phase: str) -> None:
     seed_training_randomness(distributed.rank_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)))
 
 
+@dataclass(frozen=True)
+class DPAccount:
+    """The mechanism of one fine-tuning run, fixed before its first step (paper Appendix E).
+
+    Args:
+        stage, seed: the stage's name and the experiment seed of its non-private randomness.
+        num_examples: N, the size of the sensitive training set.
+        sample_rate, total_steps: q and T (`privimage.training.plan.finetune_schedule`).
+        noise_multiplier: sigma, calibrated so that the ledger plus T steps meet the target.
+        noise_generator: the ledger's name for the source of the noise (`noise_generator_name`).
+        ledger_before: the run's ledger as it was before fine-tuning (``PrivacyLedger.to_dict``).
+        expect: what a checkpoint of this run must hold: ``stage``, ``run_hash``, ``dataset_hash``.
+    """
+
+    stage: str
+    seed: int
+    num_examples: int
+    sample_rate: float
+    total_steps: int
+    noise_multiplier: float
+    noise_generator: str
+    ledger_before: Mapping[str, Any]
+    expect: Mapping[str, str]
+
+    def charge(self, ledger, *, steps: int) -> None:
+        """Record ``steps`` released DP-SGD steps of this run in ``ledger``."""
+        ledger.record_dpsgd_steps(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate,
+                                  steps=steps, generator=self.noise_generator)
+
+
+@dataclass
+class DPRunState:
+    """What the steps of one session of a DP-SGD run share, and what its checkpoints save.
+
+    The counters follow the journal: every released step is charged to
+    ``ledger`` once, and ``position`` names the journal line whose update the
+    model's weights end with (the checkpoint's, then each replayed or live step's).
+    """
+
+    account: DPAccount
+    settings: FinetuneConfig
+    run_dir: Path
+    model: torch.nn.Module
+    ema: Any | None
+    extra_state: dict[str, Any]
+    ledger: Any
+    after_step: Callable[[int], None] | None
+    progress: bool
+    # Taken when the session starts: inside `distributed.main_only` rank 0 counts as one process.
+    world_size: int = field(default_factory=lambda: distributed.world_size())
+    session_start: float = field(default_factory=lambda: time.perf_counter())
+    optimizer: DPOptimizer | None = None
+    # Rank 0's journal; None on the other ranks.
+    journal: DPStepJournal | None = None
+    bar: Any = None
+    # Steps the model holds: the checkpoint's, then one more per replayed and per live step.
+    start_step: int = 0
+    resumed_from_step: int = 0
+    # The checkpoint's statistics of earlier sessions (their number and wall time).
+    previous: dict[str, Any] = field(default_factory=dict)
+    # Journal lines written after the checkpoint, to apply again on top of it.
+    replay: list[dict[str, Any]] = field(default_factory=list)
+    released_steps: int = 0
+    position: int = 0
+
+
 def run_dp_sgd(
-    *,
-    stage: str,
-    model: torch.nn.Module,
-    ema: Any | None,
-    per_example_loss: PerExampleLoss,
-    load_inputs: LoadInputs,
-    sensitive: ImageDataset,
-    ledger,
-    settings: FinetuneConfig,
-    lr: float,
-    epochs: float,
-    target_epsilon: float,
-    run_dir: Path,
-    seed: int,
-    identity: Mapping[str, Any],
-    extra_state: Mapping[str, Any] | None = None,
-    after_step: Callable[[int], None] | None = None,
-    batch_rows: Callable[[list[int]], np.ndarray] | None = None,
-    betas: tuple[float, float] = DIFFUSION_BETAS,
-    multiplicity_chunk: int | None = None,
-    progress: bool = True,
+    *, stage: str, model: torch.nn.Module, ema: Any | None, per_example_loss: PerExampleLoss,
+    load_inputs: LoadInputs, sensitive: ImageDataset, ledger, settings: FinetuneConfig, lr: float,
+    epochs: float, target_epsilon: float, run_dir: Path, seed: int, identity: Mapping[str, Any],
+    extra_state: Mapping[str, Any] | None = None, after_step: Callable[[int], None] | None = None,
+    batch_rows: Callable[[list[int]], np.ndarray] | None = None, betas: tuple[float, float] = DIFFUSION_BETAS,
+    multiplicity_chunk: int | None = None, progress: bool = True,
 ) -> dict[str, Any]:
     """The DP-SGD fine-tuning loop with journal, ledger, checkpoints and resume.
 
     Re-running the same call with the same ``run_dir`` resumes from the newest
     readable checkpoint and replays the updates the journal released after it
-    (without the sensitive data and without new noise); the ledger is charged
-    once for every step in the journal, so a resumed run spends what an
-    uninterrupted one does. Only a step whose update cannot be replayed (see
-    `privimage.training.journal`) is taken again, and stays charged twice.
-
-    Under torchrun every rank calls it with the same arguments: each samples and
-    clips its shard, rank 0 adds the noise, keeps the journal and writes the
-    checkpoints, and every rank ends with the same weights and the same ledger
-    (the caller writes it from rank 0). The number of processes may change
-    between a run and its resume.
+    (no sensitive data read, no new noise); the ledger is charged once for every
+    step in the journal, so a resumed run spends what an uninterrupted one does.
+    Only a step whose update cannot be replayed (`privimage.training.journal`) is
+    taken again, and stays charged twice. Under torchrun every rank calls it with
+    the same arguments and ends with the same weights and ledger (the caller
+    writes it from rank 0); the number of processes may change on resume.
 
     Args:
         stage: name of the stage (checkpoints of another stage are refused).
         model: the module trained with DP-SGD (the diffusion model, or a GAN's discriminator).
-        ema: an exponential moving average of ``model`` with ``update(model)``,
-            ``state_dict()`` and ``load_state_dict()``, or None.
+        ema: a moving average of ``model`` with ``update(model)``, ``state_dict()``
+            and ``load_state_dict()``, or None.
         per_example_loss: ``(model call, *inputs) -> (B,)`` losses.
         load_inputs: rows of ``sensitive`` -> the loss's inputs.
         sensitive: the sensitive training set.
         ledger: the run's `PrivacyLedger`, before fine-tuning; it is charged in place.
         settings: fine-tuning settings (batch sizes, clipping, secure mode, ...).
-        lr: learning rate of AdamW.
+        lr, betas: AdamW's learning rate and betas.
         epochs: passes over the sensitive data.
         target_epsilon: epsilon of the whole run (query plus DP-SGD).
         run_dir: where checkpoints, the journal and ``resources.json`` go.
@@ -389,12 +432,10 @@ def run_dp_sgd(
         extra_state: other objects with ``state_dict``/``load_state_dict`` to checkpoint
             (a GAN's generator and its optimizer).
         after_step: called with the number of completed steps after each logical step,
-            replayed ones included (post-processing such as a GAN's generator
-            step); its non-private randomness is seeded from the step, so a
-            replayed step draws what the live one did.
+            replayed ones included (a GAN's generator step), its non-private
+            randomness seeded from the step so that a replay draws what the live step did.
         batch_rows: maps the Poisson-sampled rows to the rows ``load_inputs`` receives
             (the GAN adds a fixed number of generated rows); identity if None.
-        betas: AdamW betas.
         multiplicity_chunk: noise draws of each image run at once (`dp_sgd_step`); None: all K.
         progress: show a tqdm bar.
 
@@ -402,13 +443,40 @@ def run_dp_sgd(
         Statistics of the run (steps, sigma, q, epsilon, released, replayed and
         lost steps, time, memory, ...).
     """
-    from privimage.evaluation.resources import measure_stage
+    # Check the ledger, the model and the settings; calibrate sigma to the target (Appendix E).
+    _check_run_inputs(model=model, sensitive=sensitive, ledger=ledger, settings=settings)
+    account = open_dp_account(stage=stage, seed=seed, sensitive=sensitive, ledger=ledger, settings=settings,
+                              epochs=epochs, target_epsilon=target_epsilon, identity=identity)
+    run = DPRunState(account=account, settings=settings, run_dir=Path(run_dir), model=model, ema=ema,
+                     extra_state=dict(extra_state or {}), ledger=ledger, after_step=after_step,
+                     progress=progress and distributed.is_main_process())
+    records: list[dict] = []
+    with measure_stage("finetuning", log=records):
+        try:
+            # Open the journal, restore the newest checkpoint, charge every step released so far.
+            resume_dp_run(run, lr=lr, betas=betas)
+            # Replay the updates released after the checkpoint, then take the remaining steps.
+            model.train()
+            run.bar = progress_bar(total=account.total_steps, initial=run.start_step, desc=stage,
+                                   enabled=run.progress)
+            replay_released_steps(run)
+            train_dp_steps(run, per_example_loss=per_example_loss, load_inputs=load_inputs,
+                           batch_rows=batch_rows or _sampled_rows, multiplicity_chunk=multiplicity_chunk)
+            run.bar.close()
+        finally:
+            if run.journal is not None:
+                run.journal.close()
+    # Report what the run spent, with the time of every session.
+    return finish_dp_run(run, usage=records[-1], target_epsilon=target_epsilon)
 
-    run_dir = Path(run_dir)
-    extra_state = dict(extra_state or {})
-    batch_rows = batch_rows or (lambda rows: np.asarray(rows, dtype=np.int64))
-    num_examples = len(sensitive)
-    dataset_hash = sensitive.content_hash()
+
+def _sampled_rows(rows: list[int]) -> np.ndarray:
+    """The rows ``load_inputs`` receives when the caller adds none: the Poisson-sampled ones."""
+    return np.asarray(rows, dtype=np.int64)
+
+
+def _check_run_inputs(*, model: torch.nn.Module, sensitive: ImageDataset, ledger, settings: FinetuneConfig) -> None:
+    """Refuse a ledger of another run, a model that mixes samples, or settings that cannot run."""
     _check_ledger_matches(ledger, sensitive=sensitive, delta=settings.delta)
     check_dp_compatible(model)
     if settings.physical_batch_size < 1:
@@ -416,183 +484,266 @@ def run_dp_sgd(
     if settings.checkpoint_every < 1:
         raise ConfigError(f"finetune.checkpoint_every must be >= 1, got {settings.checkpoint_every}")
 
-    # Appendix E: sigma from the target, given the query already in the ledger.
+
+def open_dp_account(
+    *,
+    stage: str,
+    seed: int,
+    sensitive: ImageDataset,
+    ledger,
+    settings: FinetuneConfig,
+    epochs: float,
+    target_epsilon: float,
+    identity: Mapping[str, Any],
+) -> DPAccount:
+    """q, T and sigma of a fine-tuning run, and what its checkpoints must match (paper Appendix E).
+
+    Args:
+        stage, seed, sensitive, ledger, settings, epochs, target_epsilon, identity: as `run_dp_sgd` takes them;
+            the ledger is read, not charged.
+
+    Returns:
+        The run's `DPAccount`.
+    """
+    num_examples = len(sensitive)
     sample_rate, total_steps = finetune_schedule(
         num_examples=num_examples, batch_size=settings.batch_size, epochs=epochs
     )
+    # sigma from the target, given the query already in the ledger.
     noise_multiplier = calibrate_to_ledger(
         ledger=ledger, target_epsilon=target_epsilon, sample_rate=sample_rate, steps=total_steps
     )
-    ledger_before = ledger.to_dict()
-    generator = noise_generator_name(secure_mode=settings.secure_mode)
     # A checkpoint resumes across memory-only settings (`without_cost_only_settings`).
     identity = {**identity, **({"finetune": without_cost_only_settings(identity["finetune"])}
                                if "finetune" in identity else {})}
     run_hash = config_hash({"stage": stage, "seed": seed, "target_epsilon": target_epsilon, **identity})
-    expect = {"stage": stage, "run_hash": run_hash, "dataset_hash": dataset_hash}
+    return DPAccount(
+        stage=stage, seed=seed, num_examples=num_examples, sample_rate=sample_rate, total_steps=total_steps,
+        noise_multiplier=noise_multiplier, noise_generator=noise_generator_name(secure_mode=settings.secure_mode),
+        ledger_before=ledger.to_dict(),
+        expect={"stage": stage, "run_hash": run_hash, "dataset_hash": sensitive.content_hash()},
+    )
 
-    records: list[dict] = []
-    session_start = time.perf_counter()
-    main, world_size = distributed.is_main_process(), distributed.world_size()
-    progress = progress and main
-    journal: DPStepJournal | None = None
-    with measure_stage("finetuning", log=records):
-        def open_run() -> tuple[int, dict[str, Any] | None, list[dict[str, Any]]]:
-            # Rank 0 only: the journal first (the durable count of released steps, and
-            # the folder's lock), then the newest checkpoint checked against it, then
-            # which released updates to replay on top of that checkpoint.
-            nonlocal journal
-            journal = DPStepJournal(run_dir / JOURNAL_NAME, header={
-                **expect, "noise_multiplier": noise_multiplier, "sample_rate": sample_rate, "total_steps": total_steps,
-            })
-            found = load_latest_checkpoint(run_dir=run_dir, expect=expect)
-            if found is not None:
-                _check_checkpoint_account(found, journal=journal, ledger_before=ledger_before,
-                                          noise_multiplier=noise_multiplier, sample_rate=sample_rate,
-                                          generator=generator)
-            plan = journal.replay_plan(checkpoint_step=int(found["step"]) if found else 0,
-                                       position=_journal_position(found))
-            return journal.steps, found, [entry.to_dict() for entry in plan]
 
-        try:
-            journal_steps, checkpoint, replay = distributed.main_only(open_run)
-            device = next(model.parameters()).device
-            optimizer = make_dp_optimizer(
-                parameters=[p for p in model.parameters() if p.requires_grad], lr=lr,
-                weight_decay=settings.weight_decay,
-                noise_multiplier=noise_multiplier, max_grad_norm=settings.max_grad_norm,
-                expected_batch_size=settings.batch_size, secure_mode=settings.secure_mode, device=device, betas=betas,
-            )
+def resume_dp_run(run: DPRunState, *, lr: float, betas: tuple[float, float]) -> None:
+    """Start or resume a session: the journal, the optimizer, the newest checkpoint and the charge so far.
 
-            if checkpoint is None:
-                start_step, previous = 0, {}
-                # Every rank starts from rank 0's weights (what opacus's DPDDP wrapper does).
-                _share_rank0_weights(model, ema, extra_state)
-            else:
-                start_step, previous = int(checkpoint["step"]), dict(checkpoint["stats"])
-                model.load_state_dict(checkpoint["model"])
-                optimizer.load_state_dict(checkpoint["optimizer"])
-                if ema is not None:
-                    ema.load_state_dict(checkpoint["ema"])
-                for name, obj in extra_state.items():
-                    obj.load_state_dict(checkpoint["extra"][name])
-            # Every released step is charged once, those about to be replayed and any that cannot be.
-            if journal_steps:
-                ledger.record_dpsgd_steps(noise_multiplier=noise_multiplier, sample_rate=sample_rate,
-                                          steps=journal_steps, generator=generator)
-            released_steps = journal_steps
-            # The journal line whose update the model's current state ends with.
-            position = _journal_position(checkpoint)
+    Sets ``run``'s journal (rank 0), optimizer, start step, earlier sessions'
+    statistics and the updates to replay, and charges ``run.ledger`` once for
+    every step the journal lists, replayable or not.
 
-            def release_step(step: int, update: list[torch.Tensor]) -> None:
-                # Rank 0 writes the update and its journal line before any rank applies it; its failure reaches all.
-                nonlocal released_steps, position
+    Args:
+        run: the session, with its account and nothing trained yet.
+        lr, betas: AdamW's learning rate and betas.
+    """
+    settings, account = run.settings, run.account
+    journal_steps, checkpoint, run.replay = distributed.main_only(lambda: _open_journal(run))
+    device = next(run.model.parameters()).device
+    run.optimizer = make_dp_optimizer(
+        parameters=[p for p in run.model.parameters() if p.requires_grad], lr=lr,
+        weight_decay=settings.weight_decay,
+        noise_multiplier=account.noise_multiplier, max_grad_norm=settings.max_grad_norm,
+        expected_batch_size=settings.batch_size, secure_mode=settings.secure_mode, device=device, betas=betas,
+    )
+    if checkpoint is None:
+        # Every rank starts from rank 0's weights (what opacus's DPDDP wrapper does).
+        _share_rank0_weights(run.model, run.ema, run.extra_state)
+    else:
+        _restore_checkpoint(run, checkpoint)
+    # Every released step is charged once, those about to be replayed and any that cannot be.
+    if journal_steps:
+        account.charge(run.ledger, steps=journal_steps)
+    run.released_steps = journal_steps
+    run.position = checkpoint_position(checkpoint)
+    run.resumed_from_step = run.start_step
 
-                def record() -> None:
-                    journal.record_step(step=step, update=update)
 
-                distributed.main_only(record)
-                ledger.record_dpsgd_steps(noise_multiplier=noise_multiplier, sample_rate=sample_rate,
-                                          steps=1, generator=generator)
-                released_steps += 1
-                position = released_steps
+def _open_journal(run: DPRunState) -> tuple[int, dict[str, Any] | None, list[dict[str, Any]]]:
+    """Rank 0: the journal, the newest checkpoint checked against it, and the updates to replay on top.
 
-            def write_checkpoint(step: int) -> None:
-                # Rank 0 writes; the others wait for it (and learn if it failed).
-                def save() -> None:
-                    save_checkpoint(run_dir=run_dir, step=step, payload={
-                        **expect,
-                        "total_steps": total_steps,
-                        "noise_multiplier": noise_multiplier,
-                        "sample_rate": sample_rate,
-                        "journal_steps": released_steps,
-                        "journal_position": position,
-                        "ledger": ledger.to_dict(),
-                        "model": model.state_dict(),
-                        "ema": ema.state_dict() if ema is not None else {},
-                        "optimizer": optimizer.state_dict(),
-                        "extra": {name: obj.state_dict() for name, obj in extra_state.items()},
-                        "world_size": world_size,
-                        "stats": {
-                            "sessions": previous.get("sessions", 0) + 1,
-                            "wall_time_s": previous.get("wall_time_s", 0.0) + time.perf_counter() - session_start,
-                        },
-                    })
-                    # Updates the checkpoint a resume may fall back to already holds are redundant.
-                    fallback = checkpoint_steps(run_dir)[1:2]
-                    journal.prune_updates(through_step=fallback[0] if fallback else 0)
+    The journal comes first: it is the durable count of released steps, and the
+    run folder's lock. It is kept in ``run`` as soon as it is open, so that the
+    caller closes it whatever fails after.
 
-                distributed.main_only(save)
+    Returns:
+        ``(steps the journal lists, the checkpoint or None, the replay plan's entries as dicts)``.
+    """
+    account = run.account
+    run.journal = DPStepJournal(run.run_dir / JOURNAL_NAME, header={
+        **account.expect, "noise_multiplier": account.noise_multiplier, "sample_rate": account.sample_rate,
+        "total_steps": account.total_steps,
+    })
+    found = load_latest_checkpoint(run_dir=run.run_dir, expect=account.expect)
+    if found is not None:
+        _check_checkpoint_account(found, journal=run.journal, account=account)
+    plan = run.journal.replay_plan(checkpoint_step=int(found["step"]) if found else 0,
+                                   position=checkpoint_position(found))
+    return run.journal.steps, found, [entry.to_dict() for entry in plan]
 
-            def finish_step(step: int) -> None:
-                # Post-processing of the released update: the same for a live and a replayed step.
-                if ema is not None:
-                    ema.update(model)
-                if after_step is not None:
-                    _seed_step(seed=seed, stage=stage, step=step, phase="after_step")
-                    after_step(step)
-                if step % settings.checkpoint_every == 0 or step == total_steps:
-                    write_checkpoint(step)
-                    if progress:
-                        # Epsilon so far costs an RDP evaluation; only worth it when someone watches.
-                        bar.set_postfix(epsilon=f"{ledger.epsilon():.3f}")
-                bar.update(1)
 
-            model.train()
-            bar = progress_bar(total=total_steps, initial=start_step, desc=stage, enabled=progress)
-            resumed_from_step = start_step
-            # Replay what was released after the checkpoint: no sensitive data read, no noise drawn, nothing charged.
-            for entry in replay:
-                update = distributed.main_only(lambda entry=entry: journal.load_update(JournalEntry(**entry)))
-                apply_released_update(optimizer=optimizer, update=update)
-                start_step, position = start_step + 1, int(entry["release"])
-                finish_step(start_step)
-            remaining = total_steps - start_step
-            if remaining > 0:
-                sampler = iter(poisson_sampler(num_examples=num_examples, sample_rate=sample_rate, steps=remaining))
-                for step in range(start_step + 1, total_steps + 1):
-                    _seed_step(seed=seed, stage=stage, step=step, phase="dp_step")
-                    dp_sgd_step(
-                        model=model, optimizer=optimizer, per_example_loss=per_example_loss,
-                        batch_indices=batch_rows(next(sampler)), load_inputs=load_inputs,
-                        physical_batch_size=settings.physical_batch_size, multiplicity_chunk=multiplicity_chunk,
-                        before_release=lambda update, step=step: release_step(step, update),
-                    )
-                    finish_step(step)
-            bar.close()
-        finally:
-            if journal is not None:
-                journal.close()
-    usage = records[-1]
+def _restore_checkpoint(run: DPRunState, checkpoint: Mapping[str, Any]) -> None:
+    """Load a checkpoint's weights, optimizer state and extra objects into ``run``."""
+    run.start_step, run.previous = int(checkpoint["step"]), dict(checkpoint["stats"])
+    run.model.load_state_dict(checkpoint["model"])
+    run.optimizer.load_state_dict(checkpoint["optimizer"])
+    if run.ema is not None:
+        run.ema.load_state_dict(checkpoint["ema"])
+    for name, obj in run.extra_state.items():
+        obj.load_state_dict(checkpoint["extra"][name])
+
+
+def replay_released_steps(run: DPRunState) -> None:
+    """Apply again the updates released after the checkpoint: no sensitive data read, no noise drawn, nothing charged.
+
+    Args:
+        run: the session as `resume_dp_run` left it; its start step and journal
+            position advance with every replayed update.
+    """
+    for entry in run.replay:
+        update = distributed.main_only(lambda entry=entry: run.journal.load_update(JournalEntry(**entry)))
+        apply_released_update(optimizer=run.optimizer, update=update)
+        run.start_step, run.position = run.start_step + 1, int(entry["release"])
+        finish_dp_step(run, run.start_step)
+
+
+def train_dp_steps(
+    run: DPRunState,
+    *,
+    per_example_loss: PerExampleLoss,
+    load_inputs: LoadInputs,
+    batch_rows: Callable[[list[int]], np.ndarray],
+    multiplicity_chunk: int | None,
+) -> None:
+    """The live DP-SGD steps from ``run.start_step + 1`` to T (Algorithm 1), each released before it is applied.
+
+    Args:
+        run: the session after its replay.
+        per_example_loss, load_inputs, batch_rows, multiplicity_chunk: as `run_dp_sgd` takes them.
+    """
+    account, settings = run.account, run.settings
+    remaining = account.total_steps - run.start_step
+    if remaining <= 0:
+        return
+    sampler = iter(poisson_sampler(num_examples=account.num_examples, sample_rate=account.sample_rate,
+                                   steps=remaining))
+    for step in range(run.start_step + 1, account.total_steps + 1):
+        _seed_step(seed=account.seed, stage=account.stage, step=step, phase="dp_step")
+        dp_sgd_step(
+            model=run.model, optimizer=run.optimizer, per_example_loss=per_example_loss,
+            batch_indices=batch_rows(next(sampler)), load_inputs=load_inputs,
+            physical_batch_size=settings.physical_batch_size, multiplicity_chunk=multiplicity_chunk,
+            before_release=lambda update, step=step: release_dp_step(run, step=step, update=update),
+        )
+        finish_dp_step(run, step)
+
+
+def release_dp_step(run: DPRunState, *, step: int, update: list[torch.Tensor]) -> None:
+    """Journal and charge the noisy update of live step ``step``, before any rank applies it.
+
+    Args:
+        run: the session.
+        step: the logical step (1-based).
+        update: the released update (`dp_sgd_step`'s ``before_release``).
+    """
+    # Rank 0 writes the update and its journal line; its failure reaches all.
+    def record() -> None:
+        run.journal.record_step(step=step, update=update)
+
+    distributed.main_only(record)
+    run.account.charge(run.ledger, steps=1)
+    run.released_steps += 1
+    run.position = run.released_steps
+
+
+def finish_dp_step(run: DPRunState, step: int) -> None:
+    """Post-processing of a released update, the same for a live and a replayed step: EMA, after_step, checkpoint."""
+    if run.ema is not None:
+        run.ema.update(run.model)
+    if run.after_step is not None:
+        _seed_step(seed=run.account.seed, stage=run.account.stage, step=step, phase="after_step")
+        run.after_step(step)
+    if step % run.settings.checkpoint_every == 0 or step == run.account.total_steps:
+        write_dp_checkpoint(run, step)
+        if run.progress:
+            # Epsilon so far costs an RDP evaluation; only worth it when someone watches.
+            run.bar.set_postfix(epsilon=f"{run.ledger.epsilon():.3f}")
+    run.bar.update(1)
+
+
+def write_dp_checkpoint(run: DPRunState, step: int) -> None:
+    """Checkpoint the session after ``step``: weights, optimizer, ledger and journal position.
+
+    Rank 0 writes; the others wait for it (and learn if it failed).
+    """
+    account, previous = run.account, run.previous
+
+    def save() -> None:
+        save_checkpoint(run_dir=run.run_dir, step=step, payload={
+            **account.expect,
+            "total_steps": account.total_steps,
+            "noise_multiplier": account.noise_multiplier,
+            "sample_rate": account.sample_rate,
+            "journal_steps": run.released_steps,
+            "journal_position": run.position,
+            "ledger": run.ledger.to_dict(),
+            "model": run.model.state_dict(),
+            "ema": run.ema.state_dict() if run.ema is not None else {},
+            "optimizer": run.optimizer.state_dict(),
+            "extra": {name: obj.state_dict() for name, obj in run.extra_state.items()},
+            "world_size": run.world_size,
+            "stats": {
+                "sessions": previous.get("sessions", 0) + 1,
+                "wall_time_s": previous.get("wall_time_s", 0.0) + time.perf_counter() - run.session_start,
+            },
+        })
+        # Updates the checkpoint a resume may fall back to already holds are redundant.
+        fallback = checkpoint_steps(run.run_dir)[1:2]
+        run.journal.prune_updates(through_step=fallback[0] if fallback else 0)
+
+    distributed.main_only(save)
+
+
+def finish_dp_run(run: DPRunState, *, usage: Mapping[str, Any], target_epsilon: float) -> dict[str, Any]:
+    """The run's statistics; rank 0 writes its resources record.
+
+    Args:
+        run: the session after its last step.
+        usage: this session's time and memory (`privimage.resource_usage.measure_stage`).
+        target_epsilon: epsilon of the whole run.
+
+    Returns:
+        The statistics `run_dp_sgd` returns.
+    """
+    account, ledger, stage = run.account, run.ledger, run.account.stage
     epsilon = ledger.epsilon()
     stats = {
         "stage": stage,
         "private": True,
-        "steps": total_steps,
-        "resumed_from_step": resumed_from_step,
-        "replayed_steps": len(replay),
-        "released_steps": released_steps,
+        "steps": account.total_steps,
+        "resumed_from_step": run.resumed_from_step,
+        "replayed_steps": len(run.replay),
+        "released_steps": run.released_steps,
         # Charged but not part of the trained model: released, then neither kept nor replayable.
-        "lost_steps_charged": released_steps - total_steps,
-        "sample_rate": sample_rate,
-        "expected_batch_size": settings.batch_size,
-        "world_size": world_size,
-        "noise_multiplier": noise_multiplier,
-        "max_grad_norm": settings.max_grad_norm,
-        "noise_generator": generator,
+        "lost_steps_charged": run.released_steps - account.total_steps,
+        "sample_rate": account.sample_rate,
+        "expected_batch_size": run.settings.batch_size,
+        "world_size": run.world_size,
+        "noise_multiplier": account.noise_multiplier,
+        "max_grad_norm": run.settings.max_grad_norm,
+        "noise_generator": account.noise_generator,
         "target_epsilon": target_epsilon,
         "epsilon": epsilon,
         "delta": ledger.delta,
-        "run_dir": str(run_dir),
+        "run_dir": str(run.run_dir),
         "resources": usage,
         # Table 4 counts the whole stage: earlier sessions up to their last checkpoint, plus this one.
-        "wall_time_s_all_sessions": previous.get("wall_time_s", 0.0) + usage["wall_time_s"],
+        "wall_time_s_all_sessions": run.previous.get("wall_time_s", 0.0) + usage["wall_time_s"],
     }
-    if main:
-        write_resources(run_dir, stage, {**usage, "wall_time_s_all_sessions": stats["wall_time_s_all_sessions"]})
-    if progress:
-        bar.write(f"{stage}: {total_steps} DP-SGD steps, epsilon {epsilon:.3f} (delta {ledger.delta:g}); "
-                  f"checkpoints in {run_dir}", file=sys.stderr)
+    if distributed.is_main_process():
+        write_resources(run.run_dir, stage, {**usage, "wall_time_s_all_sessions": stats["wall_time_s_all_sessions"]})
+    if run.progress:
+        run.bar.write(f"{stage}: {account.total_steps} DP-SGD steps, epsilon {epsilon:.3f} (delta {ledger.delta:g}); "
+                      f"checkpoints in {run.run_dir}", file=sys.stderr)
     return stats
 
 
@@ -621,53 +772,28 @@ def _check_ledger_matches(ledger, *, sensitive: ImageDataset, delta: float) -> N
         raise PrivacyError(f"the ledger's delta {ledger.delta:g} differs from finetune.delta {delta:g}")
 
 
-def _check_checkpoint_account(
-    checkpoint: Mapping[str, Any],
-    *,
-    journal: DPStepJournal,
-    ledger_before: Mapping[str, Any],
-    noise_multiplier: float,
-    sample_rate: float,
-    generator: str,
-) -> None:
+def _check_checkpoint_account(checkpoint: Mapping[str, Any], *, journal: DPStepJournal, account: DPAccount) -> None:
     """A resumed checkpoint's ledger must be this run's ledger plus the steps its journal listed then."""
     from privimage.privacy.ledger import PrivacyLedger
 
     steps_then = int(checkpoint["journal_steps"])
-    if not 0 <= _journal_position(checkpoint) <= steps_then:
-        raise PrivacyError(
-            f"checkpoint step {checkpoint['step']}: it ends with journal line {_journal_position(checkpoint)} "
-            f"but was taken when the journal listed {steps_then}; use a fresh run folder"
-        )
-    if journal.steps < steps_then:
-        raise PrivacyError(
-            f"the DP-SGD journal lists {journal.steps} steps but the checkpoint was taken after {steps_then}; "
-            "the journal was replaced or truncated, so the budget spent cannot be established"
-        )
-    expected = PrivacyLedger.from_dict(ledger_before)
-    expected.record_dpsgd_steps(noise_multiplier=noise_multiplier, sample_rate=sample_rate,
-                                steps=steps_then, generator=generator)
+    # The journal's rule, shared with `privimage audit`; the ledger comparison below then checks the charges.
+    problem = checkpoint_account_problem(checkpoint, charged_steps=steps_then, journal_steps=journal.steps)
+    if problem is not None:
+        raise PrivacyError(f"checkpoint step {checkpoint['step']}: {problem}; the journal was replaced or "
+                           "truncated, or the folder mixes two runs, so use a fresh run folder")
+    expected = PrivacyLedger.from_dict(account.ledger_before)
+    account.charge(expected, steps=steps_then)
     stored = PrivacyLedger.from_dict(checkpoint["ledger"])
-    if _ledger_content(stored) != _ledger_content(expected):
+    if _ledger_without_timestamps(stored) != _ledger_without_timestamps(expected):
         raise PrivacyError(
             f"checkpoint step {checkpoint['step']}: its privacy ledger disagrees with this run's "
             "(another query, delta or dataset); use a fresh run folder"
         )
 
 
-def _journal_position(checkpoint: Mapping[str, Any] | None) -> int:
-    """The journal line whose update a checkpoint's model ends with (0 without a checkpoint).
-
-    Checkpoints written before updates were journalled lack the field; theirs is the
-    journal's length then, as the live loop writes it.
-    """
-    if checkpoint is None:
-        return 0
-    return int(checkpoint.get("journal_position", checkpoint["journal_steps"]))
-
-
-def _ledger_content(ledger) -> dict[str, Any]:
-    """What a ledger says about the run, without timestamps, for comparing two accounts of it."""
+def _ledger_without_timestamps(ledger) -> dict[str, Any]:
+    """A whole ledger's account of the run without its timestamps, for comparing two accounts of it."""
     return {
         "delta": ledger.delta,
         "dataset_hash": ledger.dataset_hash,

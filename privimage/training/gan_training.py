@@ -35,7 +35,8 @@ from privimage.training.common import batch_tensors, model_device
 from privimage.training.diffusion_training import NONPRIVATE_MARK
 from privimage.training.dpsgd import run_dp_sgd
 from privimage.training.plan import GAN_BETAS, finetune_plan
-from privimage.training.plain import chunked, run_plain_training, sum_gradients_over_ranks
+from privimage.distributed import sum_gradients_over_ranks
+from privimage.training.plain import chunked, run_plain_training
 
 PRETRAIN_STAGE = "pretrain_gan"
 DP_FINETUNE_STAGE = "dp_finetune_gan"

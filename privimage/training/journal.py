@@ -403,6 +403,53 @@ def _parse_line(line: str, release: int) -> JournalEntry:
                         unapplied=bool(record.get("unapplied")))
 
 
+def checkpoint_position(checkpoint: Mapping[str, Any] | None) -> int:
+    """The journal line whose update a checkpoint's model ends with (0 without a checkpoint).
+
+    Checkpoints written before updates were journalled lack ``journal_position``;
+    theirs is the journal's length when they were taken (``journal_steps``), as the
+    live loop writes it.
+
+    Raises:
+        PrivacyError: the checkpoint names something other than a line number.
+    """
+    if checkpoint is None:
+        return 0
+    position = checkpoint.get("journal_position", checkpoint.get("journal_steps", 0))
+    if not isinstance(position, int) or isinstance(position, bool):
+        raise PrivacyError(f"its journal_position {position!r} is not a journal line number")
+    return position
+
+
+def checkpoint_account_problem(checkpoint: Mapping[str, Any], *, charged_steps: int,
+                               journal_steps: int) -> str | None:
+    """Why a checkpoint's account of the released DP-SGD steps cannot be right, or None when it can.
+
+    A checkpoint taken when the journal listed ``journal_steps`` lines (its own
+    field of that name) charges exactly those steps in its ledger; the journal,
+    being append-only, lists at least as many now; and the model ends with a line
+    the checkpoint charges (`checkpoint_position`).
+
+    Args:
+        checkpoint: the checkpoint's payload.
+        charged_steps: the DP-SGD steps the checkpoint's ledger charges.
+        journal_steps: the lines the journal lists now.
+
+    Returns:
+        The disagreement in words, or None.
+    """
+    then = checkpoint.get("journal_steps")
+    if charged_steps != then or then > journal_steps:
+        return f"its ledger charges {charged_steps} steps, the journal listed {then} then and {journal_steps} now"
+    try:
+        position = checkpoint_position(checkpoint)
+    except PrivacyError as exc:
+        return str(exc)
+    if not 0 <= position <= then:
+        return f"its model ends with journal line {position}, after the {then} steps its ledger charges"
+    return None
+
+
 def update_files(updates_dir: Path) -> dict[int, tuple[int, Path]]:
     """The complete update files of a ``dpsgd_updates`` folder: release -> (step, path)."""
     if not updates_dir.is_dir():

@@ -12,7 +12,7 @@ baselines, which say that they have no privacy guarantee.
 Under torchrun (`privimage.distributed`) the global batch of a step is the same
 as with one process; rank r trains on its strided share ``rows[r::W]``, back-
 propagates its rows' losses divided by the *global* batch size and the ranks
-all-reduce the gradients (`sum_gradients_over_ranks`), so the update is the
+all-reduce the gradients (`privimage.distributed.sum_gradients_over_ranks`), so the update is the
 single-process one whatever W is, and a run may resume with another W.
 
 Why not DDP and ``DistributedSampler``: DDP's reducer fires on every backward
@@ -38,13 +38,10 @@ from privimage import distributed
 from privimage.config import config_hash
 from privimage.data.base import ImageDataset
 from privimage.errors import ConfigError, DataError
+from privimage.resource_usage import measure_stage
+from privimage.seeding import seed_training_randomness, stage_seed
 from privimage.training.checkpoint import load_latest_checkpoint, save_checkpoint
-from privimage.training.common import (
-    progress_bar,
-    seed_training_randomness,
-    stage_seed,
-    write_resources,
-)
+from privimage.training.common import progress_bar, write_resources
 
 # One training step on this rank's share of the step's rows: (step number, row indices) -> losses to report.
 TrainStep = Callable[[int, np.ndarray], Mapping[str, float]]
@@ -125,8 +122,6 @@ def run_plain_training(
     Returns:
         Statistics: steps, last losses, time and memory.
     """
-    from privimage.evaluation.resources import measure_stage
-
     if steps < 0:
         raise ConfigError(f"{stage}: steps must be >= 0, got {steps}")
     if checkpoint_every < 1:
@@ -137,56 +132,36 @@ def run_plain_training(
     batches = EpochBatches(num_examples=len(dataset), batch_size=batch_size, seed=stage_seed(seed, stage))
 
     records: list[dict] = []
-    losses: dict[str, float] = {}
-    earlier_wall_time = 0.0
     session_start = time.perf_counter()
-    main = distributed.is_main_process()
-    progress = progress and main
+    progress = progress and distributed.is_main_process()
     with measure_stage(resource_stage, log=records):
-        # Rank 0 reads the folder and hands the checkpoint to every rank (nodes need not share a disk).
-        checkpoint = distributed.main_only(lambda: load_latest_checkpoint(run_dir=run_dir, expect=expect))
-        if checkpoint is None:
-            start_step = 0
-            seed_training_randomness(distributed.rank_seed(stage_seed(seed, stage)))
-            # Every rank starts from rank 0's weights.
-            for obj in state.values():
-                module = obj if isinstance(obj, torch.nn.Module) else getattr(obj, "model", None)
-                if isinstance(module, torch.nn.Module):
-                    distributed.broadcast_module(module)
-        else:
-            start_step = int(checkpoint["step"])
-            for name, obj in state.items():
-                obj.load_state_dict(checkpoint["state"][name])
-            distributed.restore_rank_rng(saved=checkpoint.get("rng_by_rank") or [checkpoint["rng"]],
-                                         seed=stage_seed(seed, stage), step=start_step)
-            losses = dict(checkpoint["losses"])
-            earlier_wall_time = float(checkpoint["wall_time_s"])
-
+        # Restore the newest checkpoint, or start every rank from rank 0's weights.
+        start_step, losses, earlier_wall_time = _start_or_resume(run_dir=run_dir, expect=expect, state=state,
+                                                                 seed=seed, stage=stage)
+        # The remaining steps, with a checkpoint every checkpoint_every steps and after the last.
         bar = progress_bar(total=steps, initial=start_step, desc=stage, enabled=progress)
         for step in range(start_step + 1, steps + 1):
             rows = distributed.rows_of_this_rank(batches.batch(step))
             losses = {key: float(value) for key, value in train_step(step, rows).items()}
             if step % checkpoint_every == 0 or step == steps:
-                # A collective (every rank's RNG stream), then rank 0 writes while the others wait.
-                rng_states = distributed.rng_states_of_all_ranks()
-                payload = {
-                    **expect,
-                    "total_steps": steps,
-                    "state": {name: obj.state_dict() for name, obj in state.items()},
-                    "rng": rng_states[0],
-                    "rng_by_rank": rng_states,
-                    "world_size": distributed.world_size(),
-                    "losses": losses,
-                    "wall_time_s": earlier_wall_time + time.perf_counter() - session_start,
-                }
-                distributed.main_only(lambda step=step, payload=payload: _save(run_dir, step, payload))
+                _write_checkpoint(run_dir=run_dir, step=step, expect=expect, total_steps=steps, state=state,
+                                  losses=losses, earlier_wall_time=earlier_wall_time,
+                                  session_start=session_start)
             bar.set_postfix({key: f"{value:.4f}" for key, value in losses.items()}, refresh=False)
             bar.update(1)
         bar.close()
-    usage = records[-1]
+    return _finish_stage(stage=stage, dataset=dataset, steps=steps, batch_size=batch_size, start_step=start_step,
+                         losses=losses, run_dir=run_dir, usage=records[-1], earlier_wall_time=earlier_wall_time,
+                         bar=bar, progress=progress)
+
+
+def _finish_stage(*, stage: str, dataset: ImageDataset, steps: int, batch_size: int, start_step: int,
+                  losses: Mapping[str, float], run_dir: Path, usage: Mapping[str, Any], earlier_wall_time: float,
+                  bar, progress: bool) -> dict[str, Any]:
+    """The stage's statistics; rank 0 writes its resources record, and the bar says where the outputs went."""
     # Table 4 counts the whole stage: earlier sessions up to their last checkpoint, plus this one.
     all_sessions = earlier_wall_time + usage["wall_time_s"]
-    if main:
+    if distributed.is_main_process():
         write_resources(run_dir, stage, {**usage, "wall_time_s_all_sessions": all_sessions})
     if progress:
         bar.write(f"{stage}: {steps} steps on {dataset.name}/{dataset.split} ({len(dataset)} images); "
@@ -204,6 +179,50 @@ def run_plain_training(
         "resources": usage,
         "wall_time_s_all_sessions": all_sessions,
     }
+
+
+def _start_or_resume(*, run_dir: Path, expect: Mapping[str, Any], state: Mapping[str, Any], seed: int,
+                     stage: str) -> tuple[int, dict[str, float], float]:
+    """Restore the newest checkpoint into ``state`` and every rank's RNG, or seed a fresh start.
+
+    Returns:
+        ``(steps done, the losses of the last of them, wall time of the earlier sessions)``.
+    """
+    # Rank 0 reads the folder and hands the checkpoint to every rank (nodes need not share a disk).
+    checkpoint = distributed.main_only(lambda: load_latest_checkpoint(run_dir=run_dir, expect=expect))
+    if checkpoint is None:
+        seed_training_randomness(distributed.rank_seed(stage_seed(seed, stage)))
+        # Every rank starts from rank 0's weights.
+        for obj in state.values():
+            module = obj if isinstance(obj, torch.nn.Module) else getattr(obj, "model", None)
+            if isinstance(module, torch.nn.Module):
+                distributed.broadcast_module(module)
+        return 0, {}, 0.0
+    start_step = int(checkpoint["step"])
+    for name, obj in state.items():
+        obj.load_state_dict(checkpoint["state"][name])
+    distributed.restore_rank_rng(saved=checkpoint.get("rng_by_rank") or [checkpoint["rng"]],
+                                 seed=stage_seed(seed, stage), step=start_step)
+    return start_step, dict(checkpoint["losses"]), float(checkpoint["wall_time_s"])
+
+
+def _write_checkpoint(*, run_dir: Path, step: int, expect: Mapping[str, Any], total_steps: int,
+                      state: Mapping[str, Any], losses: Mapping[str, float], earlier_wall_time: float,
+                      session_start: float) -> None:
+    """Checkpoint ``state``, every rank's RNG stream, the step's losses and the stage's wall time so far."""
+    # A collective (every rank's RNG stream), then rank 0 writes while the others wait.
+    rng_states = distributed.rng_states_of_all_ranks()
+    payload = {
+        **expect,
+        "total_steps": total_steps,
+        "state": {name: obj.state_dict() for name, obj in state.items()},
+        "rng": rng_states[0],
+        "rng_by_rank": rng_states,
+        "world_size": distributed.world_size(),
+        "losses": losses,
+        "wall_time_s": earlier_wall_time + time.perf_counter() - session_start,
+    }
+    distributed.main_only(lambda: _save(run_dir, step, payload))
 
 
 def _save(run_dir: Path, step: int, payload: Mapping[str, Any]) -> None:
@@ -247,17 +266,3 @@ def accumulate_mean_loss(
         chunk_loss.backward()
         total += float(chunk_loss.detach())
     return total
-
-
-def sum_gradients_over_ranks(parameters, loss_share: float) -> float:
-    """All-reduce the gradients and the loss shares of one step; a no-op with one process.
-
-    Args:
-        parameters: the parameters the optimizer is about to update.
-        loss_share: this rank's share of the batch-mean loss (`accumulate_mean_loss`).
-
-    Returns:
-        The batch-mean loss over all ranks (the same number on every rank).
-    """
-    distributed.all_reduce_gradients(parameters)
-    return distributed.all_reduce_sum(loss_share)

@@ -10,14 +10,17 @@ computed about itself and re-derives every number from the run's own records
 - coverage: the ledger lists the semantic query exactly when the method makes
   one (with the config's z and k), and as many DP-SGD steps as the fine-tuning
   journal says were released (steps lost to a crash and re-done included);
-- calibration: sigma re-computed from ``config.json``, the ledger's query entry
-  and the fine-tuning schedule equals the sigma every DP-SGD entry records;
+- calibration: every DP-SGD record names one sigma, and at ``config.json``'s
+  fine-tuning schedule with the ledger's query it spends the target to within
+  calibration's tolerance and never more (checked from the rule, not by
+  running the calibration search again);
 - identity: the ledger's dataset hash and size equal the sensitive training
   set's (loaded only to hash it, from the data root ``run.json`` records unless
   another is given), and its config hash equals ``config.json``'s;
 - custody: no artifact derived from the sensitive data (synthetic images,
   samples, metrics, fine-tuning checkpoints) exists without a ledger, and every
-  checkpoint carries a ledger consistent with the journal. Checkpoints are read
+  checkpoint carries a ledger consistent with the journal (the rule a resume
+  applies, `privimage.training.journal.checkpoint_account_problem`). Checkpoints are read
   with ``weights_only`` loading: one that holds pickled code is refused, never run;
 - released updates: every noisy update kept on disk is charged by the journal
   line that names it, with the same SHA-256, and every step journalled after the
@@ -32,27 +35,25 @@ exists yet (a refused or interrupted run) is ``incomplete``.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from privimage.errors import PrivacyError, PrivImageError
+from privimage.errors import PrivImageError
+from privimage.run_folder import RELEASE_FILES, read_json, read_json_mapping
 
 # What `RunAudit.status` can be, and the exit code `privimage audit` returns for each.
 EXIT_CODES = {"pass": 0, "fail": 1, "no guarantee": 3, "incomplete": 4}
 # Files of a run folder that are computed from the sensitive data (pipeline.py writes them after the ledger).
 DERIVED_FILES = ("synthetic.npz", "samples.png", "metrics.json", "privacy.json")
-# What ``privimage select`` releases (semantics/stage.py): a noisy query of the sensitive data, with its own ledger.
-RELEASE_FILES = ("selection.json", "noisy_histogram.npz")
-# Files that make a folder a run folder of ``privimage run``.
-RUN_MARKERS = ("run.json", "ledger.json")
 FINETUNE_DIR = "finetune"
 # Accountants are deterministic: a recorded epsilon that differs by more than this was not computed from this ledger.
 RECORDED_EPSILON_RTOL = 1e-6
-# Calibration is a deterministic bisection: the same inputs give the same sigma up to float noise.
+# Every record of one run's DP-SGD names the same sigma (JSON keeps floats exactly; this allows float noise).
 SIGMA_RTOL = 1e-9
+# Calibration (paper Appendix E, `calibrate_noise_multiplier`) spends the target to within this share, never more.
+CALIBRATION_EPSILON_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -107,67 +108,6 @@ class RunAudit:
 # --------------------------------------------------------------------------- reading the run
 
 
-def _read_json(path: Path, what: str) -> Any:
-    """A JSON file of the run folder; an unreadable one is a `PrivImageError` naming it."""
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PrivImageError(f"{path} not found: {what}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PrivImageError(f"{path} is not readable JSON ({exc.__class__.__name__})") from None
-
-
-def read_json_mapping(path: Path, *, required: tuple[str, ...] = ()) -> dict[str, Any]:
-    """A JSON object of a run folder holding ``required`` keys; anything else is a one-line `PrivImageError`.
-
-    Args:
-        path: the JSON file (it must exist).
-        required: keys it must hold.
-
-    Returns:
-        The parsed object.
-    """
-    data = _read_json(path, "")
-    if not isinstance(data, dict):
-        raise PrivImageError(f"{path} holds a JSON {type(data).__name__}, not an object: the folder is damaged")
-    missing = [key for key in required if key not in data]
-    if missing:
-        raise PrivImageError(f"{path} lacks {', '.join(repr(key) for key in missing)}: the folder is damaged")
-    return data
-
-
-def check_release_location(*, out_dir: Path, command: str) -> None:
-    """Refuse an output folder inside or on top of another release or run, or one that cannot be written.
-
-    A release (the noisy query of ``privimage select``) and a run each carry their
-    own privacy record; a folder holding both would show one ledger beside a
-    release it does not charge (DESIGN.md, Privacy: one ledger per run). Called
-    before any work and before the sensitive data is read.
-
-    Args:
-        out_dir: the folder ``command`` would write into.
-        command: ``"run"`` or ``"select"``, for the message.
-
-    Raises:
-        PrivImageError: the folder or a folder above it holds a release or a run
-            that is not this command's own, or the folder cannot be created.
-    """
-    from privimage.cache import check_output_folder
-
-    out_dir = check_output_folder(out_dir)
-    # The folder itself may hold its own earlier output (a resumed run; select refuses that itself).
-    foreign = RELEASE_FILES if command == "run" else RUN_MARKERS
-    held = [name for name in foreign if (out_dir / name).exists()]
-    if held:
-        raise PrivImageError(f"{out_dir} holds {held[0]} of another "
-                             f"{'release' if command == 'run' else 'run'}: choose another --out for this {command}")
-    for folder in out_dir.resolve().parents:
-        held = [name for name in RELEASE_FILES + RUN_MARKERS if (folder / name).is_file()]
-        if held:
-            raise PrivImageError(f"{out_dir} lies inside {folder}, which holds {held[0]} of another release or run: "
-                                 f"choose a --out outside it")
-
-
 def _read_run(run_dir: Path):
     """(run.json dict, Config, Method) of a run folder, or a one-line error."""
     from privimage.config import config_from_dict
@@ -175,10 +115,10 @@ def _read_run(run_dir: Path):
 
     if not run_dir.is_dir():
         raise PrivImageError(f"run folder not found: {run_dir}")
-    run = _read_json(run_dir / "run.json", "not a run folder written by 'privimage run'")
+    run = read_json(run_dir / "run.json", "not a run folder written by 'privimage run'")
     if not isinstance(run, dict) or not isinstance(run.get("method"), str):
         raise PrivImageError(f"{run_dir / 'run.json'} does not name a method")
-    config_dict = _read_json(run_dir / "config.json", "the run's resolved config is missing")
+    config_dict = read_json(run_dir / "config.json", "the run's resolved config is missing")
     if not isinstance(config_dict, dict):
         raise PrivImageError(f"{run_dir / 'config.json'} is not a config mapping")
     config = config_from_dict(config_dict, source=str(run_dir / "config.json"))
@@ -194,7 +134,7 @@ def _derived_artifacts(run_dir: Path) -> list[str]:
     return found
 
 
-def _ledger_content(entry: dict[str, Any]) -> dict[str, Any]:
+def _without_timestamps(entry: dict[str, Any]) -> dict[str, Any]:
     """An entry without its timestamps, for comparing two records of the same mechanism."""
     return {key: value for key, value in entry.items() if "time" not in key}
 
@@ -250,43 +190,54 @@ def audit_run(*, run_dir: Path, data_root: Path | None = None) -> RunAudit:
     # Non-private ablations: there is no guarantee to verify, only that the folder does not claim one.
     if not method.private:
         _audit_nonprivate(run_dir=run_dir, ledger_path=ledger_path, checks=checks)
-        audit.checks = checks.items
-        audit.status = "fail" if audit.failed else "no guarantee"
-        return audit
+        return _conclude(audit, checks, "no guarantee")
 
     target = run.get("epsilon")
     audit.target_epsilon = float(target) if isinstance(target, (int, float)) else None
     # Custody: anything computed from the sensitive data must sit beside the ledger that accounts for it.
     if not ledger_path.exists():
-        if not derived:
-            released = _Journal.read(run_dir / FINETUNE_DIR).steps
-            note = f"; the journal lists {released} released DP-SGD steps: resume the run to account for them" \
-                if released else ""
-            checks.add("artifacts_covered_by_ledger", True,
-                       "no ledger.json and nothing derived from the sensitive data yet (refused or unfinished run)"
-                       + note)
-            audit.checks = checks.items
-            audit.status = "incomplete"
-            return audit
-        checks.add("artifacts_covered_by_ledger", False,
-                   f"ledger.json is missing but {', '.join(derived)} exist: they are derived from the sensitive "
-                   "data with no privacy record")
-        audit.checks = checks.items
-        audit.status = "fail"
-        return audit
+        _check_custody_without_ledger(run_dir, derived, checks)
+        return _conclude(audit, checks, "incomplete")
     checks.add("artifacts_covered_by_ledger", True,
                f"ledger.json covers {', '.join(derived) if derived else 'the run (no derived artifacts yet)'}")
     checks.run("no_uncharged_release", lambda: _check_no_release(run_dir))
+    ledger = _account_ledger(ledger_path, audit, checks)
+    if ledger is not None:
+        _check_private_records(run_dir=run_dir, run=run, config=config, method=method, ledger=ledger,
+                               audit=audit, checks=checks, data_root=data_root)
+    return _conclude(audit, checks, "pass")
 
+
+def _conclude(audit: RunAudit, checks: _Checks, status: str) -> RunAudit:
+    """The audit with its checks and a status: ``fail`` when a check failed, else ``status``."""
+    audit.checks = checks.items
+    audit.status = "fail" if audit.failed else status
+    return audit
+
+
+def _check_custody_without_ledger(run_dir: Path, derived: list[str], checks: _Checks) -> None:
+    """No ledger.json: a failure when anything derived from the sensitive data exists, else an incomplete run."""
+    if derived:
+        checks.add("artifacts_covered_by_ledger", False,
+                   f"ledger.json is missing but {', '.join(derived)} exist: they are derived from the sensitive "
+                   "data with no privacy record")
+        return
+    released = _Journal.read(run_dir / FINETUNE_DIR).steps
+    note = f"; the journal lists {released} released DP-SGD steps: resume the run to account for them" \
+        if released else ""
+    checks.add("artifacts_covered_by_ledger", True,
+               "no ledger.json and nothing derived from the sensitive data yet (refused or unfinished run)" + note)
+
+
+def _account_ledger(ledger_path: Path, audit: RunAudit, checks: _Checks):
+    """The run's `PrivacyLedger` with ``audit``'s delta and epsilons set, or None once a check says it is unusable."""
     from privimage.privacy import PrivacyLedger
 
     try:
         ledger = PrivacyLedger.load(ledger_path)
     except PrivImageError as exc:
         checks.add("ledger_valid", False, str(exc).splitlines()[0])
-        audit.checks = checks.items
-        audit.status = "fail"
-        return audit
+        return None
     checks.add("ledger_valid", True, f"{len(ledger.entries)} entries, delta {ledger.delta:g}, "
                                      f"N={ledger.num_examples}, add/remove-one neighbouring")
     audit.delta = ledger.delta
@@ -296,37 +247,39 @@ def audit_run(*, run_dir: Path, data_root: Path | None = None) -> RunAudit:
         audit.epsilon_rdp = ledger.epsilon(accountant="rdp")
     except PrivImageError as exc:
         checks.add("epsilon_accountable", False, str(exc).splitlines()[0])
-        audit.checks = checks.items
-        audit.status = "fail"
-        return audit
+        return None
     # PRV only cross-checks RDP: where it cannot size its grid, the run says so in privacy.json.
     audit.epsilon_prv, prv_unavailable = ledger.prv_cross_check()
     checks.run("epsilon_accountable", lambda: _check_accountable(ledger, audit, prv_unavailable))
-    checks.run("epsilon_recorded", lambda: _check_recorded_epsilon(run_dir, audit, ledger_path))
+    return ledger
+
+
+def _check_private_records(*, run_dir: Path, run: dict, config, method, ledger, audit: RunAudit, checks: _Checks,
+                           data_root: Path | None) -> None:
+    """Every check of a private run whose ledger the accountants bound, in the order they are reported."""
+    finetune = run_dir / FINETUNE_DIR
+    checks.run("epsilon_recorded", lambda: _check_recorded_epsilon(run_dir, audit, run_dir / "ledger.json"))
     checks.run("epsilon_within_target", lambda: _check_target(audit))
     checks.run("delta_matches_run", lambda: _check_delta(run, config, ledger))
     checks.run("dataset_hash", lambda: _check_dataset(config, ledger, *_data_root_of(run, data_root)))
     checks.run("config_hash", lambda: _check_config_hash(config, ledger))
     checks.run("semantic_query_recorded", lambda: _check_query(method, config, ledger, _data_root_of(run, data_root)[0]))
     checks.run("pretraining_data_recorded", lambda: _check_pretraining_record(run_dir, method))
-    journal = _Journal.read(run_dir / FINETUNE_DIR)
+    journal = _Journal.read(finetune)
     checks.run("dpsgd_steps_match_journal", lambda: _check_journal(journal, ledger))
     checks.run("noise_multiplier_calibrated", lambda: _check_calibration(audit, method, config, ledger, journal))
     checks.run("noise_generator", lambda: _check_generators(config, ledger))
-    checks.run("checkpoints_carry_ledger", lambda: _check_checkpoints(run_dir / FINETUNE_DIR, ledger, journal))
-    checks.run("released_updates_charged", lambda: _check_released_updates(run_dir / FINETUNE_DIR, journal))
+    checks.run("checkpoints_carry_ledger", lambda: _check_checkpoints(finetune, ledger, journal))
+    checks.run("released_updates_charged", lambda: _check_released_updates(finetune, journal))
     if (run_dir / "metrics.json").exists():
         checks.run("metrics_labelled_reporting_only", lambda: _check_metrics_label(run_dir / "metrics.json"))
-    audit.checks = checks.items
-    audit.status = "fail" if audit.failed else "pass"
-    return audit
 
 
 def _audit_nonprivate(*, run_dir: Path, ledger_path: Path, checks: _Checks) -> None:
     """A non-private run must say it has no guarantee, and must not look like a private one."""
     privacy_path = run_dir / "privacy.json"
     if privacy_path.exists():
-        privacy = _read_json(privacy_path, "")
+        privacy = read_json(privacy_path, "")
         guarantee = privacy.get("guarantee") if isinstance(privacy, dict) else None
         checks.add("privacy_json_says_no_guarantee", guarantee == "none",
                    f"privacy.json states guarantee {guarantee!r} (a non-private ablation must state 'none')")
@@ -338,11 +291,11 @@ def _audit_nonprivate(*, run_dir: Path, ledger_path: Path, checks: _Checks) -> N
 def _check_recorded_epsilon(run_dir: Path, audit: RunAudit, ledger_path: Path) -> tuple[bool, str]:
     """The epsilons the run wrote down are the ones its ledger gives."""
     recorded: list[tuple[str, Any, float]] = []
-    stored = _read_json(ledger_path, "")
+    stored = read_json(ledger_path, "")
     recorded.append(("ledger.json epsilon_rdp", stored.get("epsilon_rdp"), audit.epsilon_rdp))
     privacy_path = run_dir / "privacy.json"
     if privacy_path.exists():
-        privacy = _read_json(privacy_path, "")
+        privacy = read_json(privacy_path, "")
         if not isinstance(privacy, dict) or privacy.get("guarantee") != "differential privacy":
             return False, "privacy.json does not state the differential-privacy guarantee of a private method"
         recorded.append(("privacy.json epsilon", privacy.get("epsilon"), audit.epsilon_rdp))
@@ -502,9 +455,14 @@ def _check_journal(journal: _Journal, ledger) -> tuple[bool, str]:
 
 
 def _check_calibration(audit: RunAudit, method, config, ledger, journal: _Journal) -> tuple[bool, str]:
-    """Re-run Appendix E's calibration from config.json and the ledger's query; compare sigma and q."""
-    from privimage.privacy import PrivacyLedger
-    from privimage.training.dpsgd import calibrate_to_ledger
+    """The recorded sigma meets Appendix E's calibration rule (Theorem E.3), checked from its definition.
+
+    At config.json's schedule (q, T) and with the ledger's query, the one sigma
+    every DP-SGD record names spends the target epsilon (RDP) to within
+    `CALIBRATION_EPSILON_TOLERANCE` of it and never more, which is what
+    calibration guarantees of the sigma it returns.
+    """
+    from privimage.privacy import compute_epsilon
     from privimage.training.plan import finetune_plan
 
     entries = _dpsgd_entries(ledger)
@@ -513,32 +471,37 @@ def _check_calibration(audit: RunAudit, method, config, ledger, journal: _Journa
     # The schedule the method's generator family runs (a GAN's discriminator: finetune.gan_epochs).
     plan = finetune_plan(generator=method.generator, settings=config.finetune, num_examples=ledger.num_examples)
     sample_rate, steps = plan.sample_rate, plan.steps
-    # The ledger as fine-tuning saw it: the query (if any), no DP-SGD yet.
-    before = PrivacyLedger(delta=ledger.delta, dataset_hash=ledger.dataset_hash, num_examples=ledger.num_examples)
-    for query in (e for e in ledger.entries if e["mechanism"] == "semantic_query"):
-        before.record_semantic_query(query_noise_multiplier=query["query_noise_multiplier"], k=query["k"],
-                                     generator=query["generator"])
+    queries = [e for e in ledger.entries if e["mechanism"] == "semantic_query"]
     if audit.target_epsilon is None:
         return False, "run.json names no target epsilon to calibrate to"
-    sigma = calibrate_to_ledger(ledger=before, target_epsilon=audit.target_epsilon, sample_rate=sample_rate,
-                                steps=steps)
-    recorded = [(e["noise_multiplier"], e["sample_rate"]) for e in entries]
-    if journal.header is not None:
-        recorded.append((journal.header.get("noise_multiplier"), journal.header.get("sample_rate")))
-    wrong = [(s, q) for s, q in recorded
-             if not isinstance(s, (int, float)) or not isinstance(q, (int, float))
-             or not _close(s, sigma, SIGMA_RTOL) or not _close(q, sample_rate, 1e-12)]
+    if len(queries) > 1:
+        return False, f"the ledger holds {len(queries)} semantic queries; a run makes at most one"
     planned = journal.header.get("total_steps") if journal.header is not None else None
     if planned is not None and planned != steps:
         return False, f"the journal planned {planned} DP-SGD steps, config.json's schedule gives {steps}"
-    detail = (f"calibrated sigma {sigma:.6g} at q={sample_rate:g}, T={steps} for target {audit.target_epsilon:g}; "
-              f"recorded {', '.join(f'sigma {s!r} q {q!r}' for s, q in dict.fromkeys(recorded))}")
-    return not wrong, detail
+    recorded = [(e["noise_multiplier"], e["sample_rate"]) for e in entries]
+    if journal.header is not None:
+        recorded.append((journal.header.get("noise_multiplier"), journal.header.get("sample_rate")))
+    listing = ", ".join(dict.fromkeys(f"sigma {s!r} q {q!r}" for s, q in recorded))
+    if not all(isinstance(s, (int, float)) and isinstance(q, (int, float)) for s, q in recorded):
+        return False, f"recorded {listing}: not all numbers"
+    # One sigma and config.json's q in every record; that sigma is then held to the calibration rule.
+    sigma = recorded[0][0]
+    same = all(_close(s, sigma, SIGMA_RTOL) and _close(q, sample_rate, 1e-12) for s, q in recorded)
+    spent = compute_epsilon(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, delta=ledger.delta,
+                            query_noise_multiplier=queries[0]["query_noise_multiplier"] if queries else None,
+                            k=queries[0]["k"] if queries else 1)
+    floor = (1.0 - CALIBRATION_EPSILON_TOLERANCE) * audit.target_epsilon
+    calibrated = floor <= spent <= audit.target_epsilon
+    detail = (f"sigma {sigma:.6g} at q={sample_rate:g}, T={steps} spends epsilon {spent:.6g}, "
+              f"{'within' if calibrated else 'OUTSIDE'} calibration's [{floor:.6g}, {audit.target_epsilon:g}] "
+              f"for target {audit.target_epsilon:g}; recorded {listing}")
+    return same and calibrated, detail
 
 
 def _check_generators(config, ledger) -> tuple[bool, str]:
     """Every mechanism drew its noise from the generator secure_mode asks for."""
-    from privimage.training.dpsgd import noise_generator_name
+    from privimage.privacy.noise import noise_generator_name
 
     wanted = noise_generator_name(secure_mode=config.finetune.secure_mode)
     used = sorted({e["generator"] for e in ledger.entries})
@@ -549,11 +512,12 @@ def _check_checkpoints(folder: Path, ledger, journal: _Journal) -> tuple[bool, s
     """Each fine-tuning checkpoint carries a ledger: the run's query plus the steps released by then."""
     from privimage.privacy import PrivacyLedger
     from privimage.training.checkpoint import CheckpointUnreadable, list_checkpoints, load_checkpoint
+    from privimage.training.journal import checkpoint_account_problem
 
     paths = list_checkpoints(folder)
     if not paths:
         return True, "no fine-tuning checkpoints"
-    queries = [_ledger_content(e) for e in ledger.entries if e["mechanism"] == "semantic_query"]
+    queries = [_without_timestamps(e) for e in ledger.entries if e["mechanism"] == "semantic_query"]
     problems = []
     for path in paths:
         try:
@@ -563,17 +527,15 @@ def _check_checkpoints(folder: Path, ledger, journal: _Journal) -> tuple[bool, s
         except (PrivImageError, CheckpointUnreadable) as exc:
             problems.append(str(exc).splitlines()[0])
             continue
+        # The rule a resume holds a checkpoint to: its ledger charges what the journal listed then.
         steps = sum(e["steps"] for e in _dpsgd_entries(stored))
+        account = checkpoint_account_problem(payload, charged_steps=steps, journal_steps=journal.steps)
         if stored.dataset_hash != ledger.dataset_hash:
             problems.append(f"{path.name}: ledger of another sensitive dataset")
-        elif [_ledger_content(e) for e in stored.entries if e["mechanism"] == "semantic_query"] != queries:
+        elif [_without_timestamps(e) for e in stored.entries if e["mechanism"] == "semantic_query"] != queries:
             problems.append(f"{path.name}: its ledger's semantic query differs from ledger.json's")
-        elif steps != payload.get("journal_steps") or steps > journal.steps:
-            problems.append(f"{path.name}: its ledger charges {steps} steps, the journal listed "
-                            f"{payload.get('journal_steps')} then and {journal.steps} now")
-        elif not 0 <= payload.get("journal_position", steps) <= steps:
-            problems.append(f"{path.name}: its model ends with journal line {payload.get('journal_position')}, "
-                            f"after the {steps} steps its ledger charges")
+        elif account is not None:
+            problems.append(f"{path.name}: {account}")
     if problems:
         return False, "; ".join(problems)
     return True, f"{len(paths)} checkpoint(s) read weights-only, each with a consistent ledger"
@@ -582,7 +544,9 @@ def _check_checkpoints(folder: Path, ledger, journal: _Journal) -> tuple[bool, s
 def _check_released_updates(folder: Path, journal: _Journal) -> tuple[bool, str]:
     """Released updates on disk are charged, and the steps after the newest checkpoint can be replayed."""
     from privimage.training.checkpoint import CheckpointUnreadable, list_checkpoints, load_checkpoint
-    from privimage.training.journal import UPDATES_DIR, partial_update_files, sha256_of, update_files
+    from privimage.training.journal import (
+        UPDATES_DIR, checkpoint_position, partial_update_files, sha256_of, update_files,
+    )
 
     if journal.error:
         return False, journal.error
@@ -603,14 +567,14 @@ def _check_released_updates(folder: Path, journal: _Journal) -> tuple[bool, str]
             problems.append(f"{path.name}: its SHA-256 differs from journal line {release} (altered after release)")
     problems += [f"{path.name}: part of an update written and not yet charged (resume the run to charge it)"
                  for path in partial_update_files(updates_dir)]
-    # The steps after the newest readable checkpoint live only in their update files.
+    # The steps after the newest readable checkpoint live only in their update files
+    # (one naming no journal line is unusable; checkpoints_carry_ledger reports it).
     position, newest = 0, "no checkpoint"
     for path in list_checkpoints(folder):
         try:
-            payload = load_checkpoint(path)
+            position, newest = checkpoint_position(load_checkpoint(path)), path.name
         except (PrivImageError, CheckpointUnreadable):
             continue
-        position, newest = int(payload.get("journal_position", payload.get("journal_steps", 0))), path.name
         break
     pending = [entry for entry in journal.entries[position:] if not entry.unapplied]
     for entry in pending:
@@ -626,6 +590,6 @@ def _check_released_updates(folder: Path, journal: _Journal) -> tuple[bool, str]
 
 def _check_metrics_label(path: Path) -> tuple[bool, str]:
     """FID and accuracy read the sensitive test split, outside the guarantee: the file must say so."""
-    metrics = _read_json(path, "")
+    metrics = read_json(path, "")
     label = metrics.get("reporting_only") if isinstance(metrics, dict) else None
     return bool(label), f"metrics.json reporting_only: {label!r}"

@@ -300,15 +300,34 @@ def audit_dpsgd_release(
     """
     import torch
 
-    from privimage.training import dpsgd
-    from privimage.training.journal import JOURNAL_NAME, UPDATES_DIR, DPStepJournal, load_update, read_journal_entries
-
     sigma = check_positive(noise_multiplier, "noise_multiplier")
     clip = check_positive(max_grad_norm, "max_grad_norm")
     norm = check_positive(canary_gradient_norm, "canary_gradient_norm")
     multiplicity = int(noise_multiplicity)
     if multiplicity < 1:
         raise PrivacyError(f"noise_multiplicity must be >= 1, got {noise_multiplicity!r}")
+    background, canary = _canary_rows(norm=norm, clip=clip, multiplicity=multiplicity, num_background=num_background,
+                                      num_features=num_features, data_generator=data_generator)
+
+    def scores(rows: torch.Tensor, world: str) -> np.ndarray:
+        released = _released_canary_coordinate(
+            rows, workdir=Path(workdir) / world, world=world, sigma=sigma, clip=clip, num_trials=num_trials,
+            expected_batch_size=num_background, physical_batch_size=physical_batch_size)
+        return released * num_background / (sigma * clip)
+
+    mu_exact = min(norm, clip) / (sigma * clip)
+    # Threshold fixed in advance at the midpoint of the claimed N(0, 1) and N(mu, 1): every trial counts.
+    return threshold_audit(
+        scores(background, "without-canary"), scores(torch.cat([background, canary]), "with-canary"),
+        mu_theory=mu_exact, confidence=confidence, threshold=mu_exact / 2.0,
+    )
+
+
+def _canary_rows(*, norm: float, clip: float, multiplicity: int, num_background: int, num_features: int,
+                 data_generator):
+    """The background examples' K rows (zero along u) and the canary's K rows (along u, mean norm ``norm``)."""
+    import torch
+
     # Background rows: zero along u, example norms from C/2 to 3C so that clipping acts on them too.
     background = torch.randn(num_background, multiplicity, num_features, generator=data_generator)
     background[..., 0] = 0.0
@@ -318,37 +337,38 @@ def audit_dpsgd_release(
     # Canary rows along u, sizes 2k/(K+1) times the mean: a sum, or a single draw, would differ from it.
     canary = torch.zeros(1, multiplicity, num_features)
     canary[0, :, 0] = norm * 2.0 * torch.arange(1, multiplicity + 1) / (multiplicity + 1)
+    return background, canary
 
-    def scores(rows: torch.Tensor, world: str) -> np.ndarray:
-        model = torch.nn.Linear(num_features, 1, bias=False)
-        optimizer = dpsgd.make_dp_optimizer(
-            parameters=model.parameters(), lr=1e-3, weight_decay=0.0, noise_multiplier=sigma,
-            max_grad_norm=clip, expected_batch_size=num_background, secure_mode=False, device=torch.device("cpu"),
-        )
-        sampler = iter(dpsgd.poisson_sampler(num_examples=len(rows), sample_rate=1.0, steps=num_trials))
-        path = Path(workdir) / world / JOURNAL_NAME
-        header = {"audit": "dp-sgd canary", "world": world, "noise_multiplier": sigma, "max_grad_norm": clip}
-        with DPStepJournal(path, header=header) as journal:
-            for trial in range(1, num_trials + 1):
-                dpsgd.dp_sgd_step(
-                    model=model, optimizer=optimizer, per_example_loss=_mean_over_draws_loss,
-                    batch_indices=next(sampler), load_inputs=lambda indices: (rows[indices],),
-                    physical_batch_size=physical_batch_size,
-                    before_release=lambda update, trial=trial: journal.record_step(step=trial, update=update),
-                )
-        # What was released is what the journal holds on disk: read every update back, hash-checked.
-        _, entries = read_journal_entries(path)
-        if len(entries) != num_trials:
-            raise PrivacyError(f"the audit journal lists {len(entries)} releases, expected {num_trials}")
-        released = [load_update(path.parent / UPDATES_DIR, entry)[0].flatten()[0].item() for entry in entries]
-        return np.asarray(released) * num_background / (sigma * clip)
 
-    mu_exact = min(norm, clip) / (sigma * clip)
-    # Threshold fixed in advance at the midpoint of the claimed N(0, 1) and N(mu, 1): every trial counts.
-    return threshold_audit(
-        scores(background, "without-canary"), scores(torch.cat([background, canary]), "with-canary"),
-        mu_theory=mu_exact, confidence=confidence, threshold=mu_exact / 2.0,
+def _released_canary_coordinate(rows, *, workdir: Path, world: str, sigma: float, clip: float, num_trials: int,
+                                expected_batch_size: int, physical_batch_size: int) -> np.ndarray:
+    """The u coordinate of each of ``num_trials`` DP-SGD updates over ``rows``, read back from the journal on disk."""
+    import torch
+
+    from privimage.training import dpsgd
+    from privimage.training.journal import JOURNAL_NAME, UPDATES_DIR, DPStepJournal, load_update, read_journal_entries
+
+    model = torch.nn.Linear(rows.shape[-1], 1, bias=False)
+    optimizer = dpsgd.make_dp_optimizer(
+        parameters=model.parameters(), lr=1e-3, weight_decay=0.0, noise_multiplier=sigma,
+        max_grad_norm=clip, expected_batch_size=expected_batch_size, secure_mode=False, device=torch.device("cpu"),
     )
+    sampler = iter(dpsgd.poisson_sampler(num_examples=len(rows), sample_rate=1.0, steps=num_trials))
+    path = workdir / JOURNAL_NAME
+    header = {"audit": "dp-sgd canary", "world": world, "noise_multiplier": sigma, "max_grad_norm": clip}
+    with DPStepJournal(path, header=header) as journal:
+        for trial in range(1, num_trials + 1):
+            dpsgd.dp_sgd_step(
+                model=model, optimizer=optimizer, per_example_loss=_mean_over_draws_loss,
+                batch_indices=next(sampler), load_inputs=lambda indices: (rows[indices],),
+                physical_batch_size=physical_batch_size,
+                before_release=lambda update, trial=trial: journal.record_step(step=trial, update=update),
+            )
+    # What was released is what the journal holds on disk: read every update back, hash-checked.
+    _, entries = read_journal_entries(path)
+    if len(entries) != num_trials:
+        raise PrivacyError(f"the audit journal lists {len(entries)} releases, expected {num_trials}")
+    return np.asarray([load_update(path.parent / UPDATES_DIR, entry)[0].flatten()[0].item() for entry in entries])
 
 
 def _mean_over_draws_loss(model, rows):

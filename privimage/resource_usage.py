@@ -16,16 +16,20 @@ stage (SQF training, selection, pre-training, fine-tuning, sampling):
   holds), the allocated one is what tensors used.
 
 Records are plain dicts, so stages can write them beside their outputs and the
-Table 4 notebook can read them back.
+Table 4 notebook can read them back (`stage_costs`: one run's four Table 4 stages).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import re
 import sys
 import threading
 import time
+from pathlib import Path
+from typing import Mapping
 
 import psutil
 
@@ -150,3 +154,39 @@ class measure_stage(contextlib.ContextDecorator):  # noqa: N801 - used like a fu
             self.log.append(self.result)
         self._active = False
         return False
+
+
+def stage_costs(run_dir: Path) -> list[dict]:
+    """Time and peak memory of SQF training, pre-training, fine-tuning and sampling of one run (paper Table 4).
+
+    Pre-training and fine-tuning report the session that trained them (the
+    stage caches keep it); the SQF's training time comes from the selection
+    stage; a method without an SQF or pre-training reports zero time.
+
+    Args:
+        run_dir: a finished run folder (its ``resources.json``).
+
+    Returns:
+        One row per stage: ``stage``, ``wall_time_s``, ``peak_rss_mb`` and ``gpu_reserved_mb`` (NaN when unknown).
+    """
+    resources = json.loads((Path(run_dir) / "resources.json").read_text())
+    measured = {record["stage"]: record for record in resources.get("stages", [])}
+
+    def row(stage: str, record: Mapping | None, wall_time: float | None = None) -> dict:
+        record = record or {}
+        rss, gpu = record.get("peak_rss_bytes"), record.get("gpu_max_reserved_bytes")
+        return {"stage": stage,
+                "wall_time_s": float(wall_time if wall_time is not None else record.get("wall_time_s", math.nan)),
+                "peak_rss_mb": rss / 2**20 if rss else math.nan, "gpu_reserved_mb": gpu / 2**20 if gpu else math.nan}
+
+    sqf = resources.get("selection", {}).get("sqf")
+    pretraining = resources.get("pretraining", {})
+    finetuning = resources.get("finetuning", {})
+    return [
+        row("sqf_training", None, wall_time=sqf["train_seconds"] if sqf else 0.0),
+        row("pretraining", pretraining.get("resources"),
+            wall_time=0.0 if pretraining.get("skipped") else pretraining.get("wall_time_s_all_sessions")),
+        row("finetuning", finetuning.get("resources") or measured.get("finetuning"),
+            wall_time=finetuning.get("wall_time_s_all_sessions")),
+        row("sampling", measured.get("sampling")),
+    ]
