@@ -75,7 +75,8 @@ def write_proxy(data_root: Path, *, train_per_class: int = 400, test_per_class: 
 def measure(*, profile: str, methods: list[str], lrs: list[float], epsilon: float, seed: int,
             data_root: Path, progress: bool = True) -> list[dict]:
     """One row per method before fine-tuning and per (method, learning rate) after it."""
-    from privimage.experiments import GridPoint, experiment_config, pretrained_only, run_point
+    from privimage.experiments import GridPoint, experiment_config, run_point
+    from privimage.stages import pretrained_only
     from privimage.methods import get_method
 
     rows = []
@@ -126,7 +127,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def finetune_proxy_from_args(args: argparse.Namespace) -> str:
-    from privimage.experiments import resolve_data_root
+    from privimage.data.registry import resolve_data_root
     from privimage.methods import get_method
 
     for method in args.methods:

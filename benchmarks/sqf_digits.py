@@ -280,7 +280,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def sqf_digits_from_args(args: argparse.Namespace) -> str:
-    from privimage.experiments import resolve_data_root
+    from privimage.data.registry import resolve_data_root
 
     if args.trials < 1:
         raise ConfigError(f"--trials must be at least 1, got {args.trials}")

@@ -75,8 +75,8 @@ def query_semantic_distribution(
     counts = semantic_histogram(top_k, labels, num_semantics=num_semantics, num_rows=num_rows)
 
     # Record the mechanism first, then release: the ledger can never miss a release.
-    ledger.record_semantic_query(query_noise_multiplier=query_noise_multiplier, k=k,
-                                 generator=noise_generator_name(secure_mode=secure_mode))
+    generator_name = noise_generator_name(secure_mode=secure_mode)
+    ledger.record_semantic_query(query_noise_multiplier=query_noise_multiplier, k=k, generator=generator_name)
     noisy = noisy_histogram(
         counts, query_noise_multiplier=query_noise_multiplier, k=k, generator=dp_noise_generator(secure=secure_mode)
     )
