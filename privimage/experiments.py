@@ -13,10 +13,10 @@ Every run goes through `privimage.pipeline.run_method`, single stages through
 for the same run share it, and a finished run is read back without touching a
 model. Run folders live in ``cache_root()/runs/<profile>/``.
 
-A row of a grid is one run (method, epsilon, seed and the swept parameter) with
-``status`` "ok" or "skipped" and a ``note`` saying why a run was skipped (a GAN
-method while `run_method` refuses to train GANs). `summarize` turns rows into
-means over seeds with a ``*_std`` column beside each metric.
+A row of a grid is one run (method, epsilon, seed and the swept parameter).
+`summarize` turns rows into means over seeds with a ``*_std`` column beside
+each metric; a group without a finished run (a stage row marked ``skipped``, such
+as the FID before fine-tuning of a method that does not pre-train) keeps its note.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -34,11 +33,8 @@ import pandas as pd
 from privimage import stages
 from privimage.cache import cache_root
 from privimage.config import Config, ExperimentConfig, config_from_dict, load_config
-from privimage.errors import ConfigError, PrivImageError
+from privimage.errors import ConfigError
 from privimage.data.registry import resolve_data_root
-
-# What `run_method` says when it refuses a generator family it cannot train yet.
-UNTRAINABLE_MARK = "does not train"
 
 # Metric columns of every grid row, in table order.
 METRICS = ("fid", "ca_lr", "ca_mlp", "ca_cnn")
@@ -127,8 +123,7 @@ def run_point(*, config: Config, point: GridPoint, data_root: Path | None = None
 
     A finished run is read from its folder without calling the pipeline, so
     re-plotting never retrains and per-stage timings keep their first measurement.
-    A GAN method that `run_method` cannot train yet gives a row with status
-    "skipped" and the pipeline's reason in ``note``; any other error propagates.
+    Any error of the pipeline propagates: a grid has no row for a run that failed.
 
     Args:
         config: the notebook's resolved config.
@@ -148,23 +143,15 @@ def run_point(*, config: Config, point: GridPoint, data_root: Path | None = None
     recipe = get_method(point.method)
     resolved = run_config(config=config, point=point)
     row: dict[str, Any] = {column: None for column in RUN_COLUMNS}
-    # Missing numbers are NaN, so that a column of a skipped run stays numeric.
+    # Missing numbers are NaN, so that a column stays numeric when a run has no such metric.
     row.update({column: math.nan for column in (*METRICS, "epsilon_spent", "epsilon_prv", "fid_unscaled")})
     row.update(dataset=resolved.data.sensitive, public=resolved.data.public, method=recipe.name,
                epsilon=point.epsilon if recipe.private else None, seed=point.seed, status="ok", note="")
     row.update(point.labels)
     run_dir = run_folder(method=recipe.name, config=resolved, epsilon=point.epsilon)
     if not _finished(run_dir):
-        try:
-            run_method(method=recipe.name, config=resolved, epsilon=point.epsilon, out_dir=run_dir,
-                       data_root=data_root, evaluate=True, progress=progress)
-        except PrivImageError as exc:
-            # Only the pipeline's refusal of a generator family it cannot train is a
-            # skipped row (with its reason); every other error is a failure.
-            if recipe.generator == "diffusion" or UNTRAINABLE_MARK not in str(exc):
-                raise
-            row.update(status="skipped", note=f"not run: {exc}")
-            return row
+        run_method(method=recipe.name, config=resolved, epsilon=point.epsilon, out_dir=run_dir,
+                   data_root=data_root, evaluate=True, progress=progress)
     row.update(read_run(run_dir))
     row["num_parameters"] = count_generator_parameters(method=recipe.name, config=resolved, data_root=data_root)
     return row
@@ -210,12 +197,7 @@ def run_grid(*, config: Config, points: Iterable[GridPoint], data_root: Path | N
     rows = []
     for point in tqdm(points, desc="runs", disable=not progress or len(points) < 2):
         rows.append(run_point(config=config, point=point, data_root=data_root, progress=progress))
-    frame = pd.DataFrame(rows)
-    skipped = frame[frame["status"] == "skipped"]
-    if len(skipped):
-        warnings.warn(f"{len(skipped)} run(s) skipped: {sorted(set(skipped['method']))} (see the 'note' column)",
-                      stacklevel=2)
-    return frame
+    return pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------- aggregation

@@ -5,7 +5,7 @@ summarised by `privimage.experiments` (or a run folder's ledger) and returns a
 table or the header lines `privimage.tables.write_table` puts above it:
 
 - `benchmark_note`, `describe_fid`, `table_notes`: datasets, FID backbone,
-  reporting-only test split, seeds and skipped runs;
+  reporting-only test split and seeds;
 - `main_table`: paper Table 2 from the RQ1 runs;
 - `resource_notes`: the header of paper Table 4;
 - `ledger_table`: a run's privacy ledger, mechanism by mechanism.
@@ -48,16 +48,12 @@ def describe_fid(runs: pd.DataFrame) -> str:
 
 
 def table_notes(*, runs: pd.DataFrame, config: Config) -> list[str]:
-    """The header lines every result table carries: datasets, FID backbone, test split use, seeds, skipped runs."""
-    notes = [benchmark_note(config), describe_fid(runs),
+    """The header lines every result table carries: datasets, FID backbone, test split use, seeds."""
+    return [benchmark_note(config), describe_fid(runs),
              "CA: accuracy (fraction correct) of LR/MLP/CNN trained on synthetic data, tested on the "
              f"{config.data.sensitive} test split (reporting only; no selection or tuning used it).",
              f"Profile '{config.profile}', delta {config.finetune.delta:g}, seeds "
              f"{sorted(set(int(s) for s in runs['seed'].dropna()))} (mean ± std where several)."]
-    skipped = runs[runs["status"] == "skipped"]
-    for method, note in dict(zip(skipped["method"], skipped["note"])).items():
-        notes.append(f"{method} skipped: {note}")
-    return notes
 
 
 def main_table(*, runs: pd.DataFrame, config: Config) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
