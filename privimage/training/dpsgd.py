@@ -2,48 +2,26 @@
 
 Paper Algorithm 1 and Appendix E, as DESIGN.md restores them:
 
-- Poisson sampling: every sensitive example joins a logical batch independently
-  with probability q = batch_size / N (opacus ``UniformWithReplacementSampler``),
-  so batch sizes vary; T = ceil(epochs / q) logical steps.
-- One per-sample gradient per image (the diffusion loss averaged over K noise
-  draws before clipping, `privimage.dp.per_sample.compute_per_sample_gradients`),
-  clipped to norm C, summed, Gaussian noise of std sigma * C added once per
-  logical step and the sum divided by the *expected* batch size (opacus
-  ``DPOptimizer`` with ``loss_reduction="mean"``). A logical batch larger than
-  memory allows is split into physical chunks whose clipped gradients are
-  accumulated before the single noise draw (opacus's BatchMemoryManager
-  protocol: ``signal_skip_step``).
-- sigma is calibrated so that the whole ledger -- the semantic query already
-  in it plus the T planned steps -- meets the target epsilon (Theorem E.3).
-- Every logical step's noisy update is written to the run's journal (the
-  update file, then a line naming it and its hash) and charged to the ledger
-  *before* it is applied, and a checkpoint holding the ledger is written every
-  ``checkpoint_every`` steps. On resume the updates released after the
-  checkpoint are replayed, not drawn again (see `privimage.training.journal`),
-  so a resumed run ends with the uninterrupted run's steps and epsilon.
+- Poisson sampling with rate q = batch_size / N for T = ceil(epochs / q) logical
+  steps (`poisson_sampler`; under torchrun each rank samples its own shard).
+- One per-sample gradient per image (the loss averaged over K noise draws),
+  clipped to C, summed over physical chunks, one Gaussian draw of std sigma * C
+  per logical step, divided by the expected batch size (`dp_sgd_step`,
+  `make_dp_optimizer`).
+- sigma calibrated so that the whole ledger (the semantic query already in it
+  plus the T planned steps) meets the target epsilon (`calibrate_to_ledger`,
+  Theorem E.3).
+- Each noisy update is journalled and charged *before* it is applied, and on
+  resume the updates released after the last checkpoint are replayed, not drawn
+  again (`privimage.training.journal`), so a resumed run ends with the
+  uninterrupted run's steps and epsilon.
 
-Randomness of the mechanism (which examples a batch holds, the gradient noise)
-comes from fresh OS-entropy generators, never from the experiment seed, and is
-never checkpointed; on resume new generators are drawn, which is as private.
-The non-private randomness (diffusion noise and timesteps, a GAN's latents) is
-seeded afresh at every step from (experiment seed, stage, step), so a replayed
-step's post-processing draws what the live step drew, and no generator state
-that depends on the realised batch size reaches a checkpoint. Nothing computed
-from the sensitive data outside the noisy gradient is reported either (no
-training loss, no realised batch sizes): those would be releases the ledger
-does not account for.
-
-Under torchrun (`privimage.distributed`) the same logical step runs on W
-processes: rank r holds the examples r, r+W, r+2W, ... and Poisson-samples them
-with the same rate q, so the union of the ranks' batches is a Poisson sample of
-the whole set with rate q and expected size batch_size; each rank clips its own
-per-sample gradients and opacus's ``DistributedDPOptimizer`` adds the noise on
-rank 0 only and all-reduces the noisy sum, so each logical step releases one
-noisy gradient of the global batch, divided by the global expected batch size.
-The accounting is therefore the single-process one (q, sigma, T), with one
-journal, one ledger and the checkpoints written by rank 0; a checkpoint holds
-nothing rank-specific, and every rank replays the updates rank 0 reads from the
-journal, so a run resumes with any number of processes.
+The mechanism's randomness (batch membership, gradient noise) comes from fresh
+OS-entropy generators, never from the experiment seed, and is never
+checkpointed; the non-private randomness is seeded per step (`_seed_step`).
+Nothing else computed from the sensitive data is reported (no training loss,
+no realised batch sizes): those would be releases the ledger does not hold.
+`run_dp_sgd` is the loop: open the account, resume, replay, train, finish.
 """
 
 from __future__ import annotations
@@ -321,8 +299,10 @@ def apply_released_update(*, optimizer: DPOptimizer, update: Sequence[torch.Tens
 def _seed_step(*, seed: int, stage: str, step: int, phase: str) -> None:
     """Seed the non-private randomness of one phase of one step from (seed, stage, step, rank).
 
-    A replayed step's post-processing then draws what the live one drew, and the
-    generators' state never carries the realised batch size to a later step or a checkpoint.
+    The diffusion noise and timesteps and a GAN's latents are post-processing of
+    nothing sensitive. Seeding them afresh at every step means a replayed step's
+    post-processing draws what the live one drew, and no generator state that
+    depends on the realised batch size reaches a later step or a checkpoint.
     """
     digest = hashlib.sha256(f"{stage_seed(seed, stage)}:{phase}:{int(step)}".encode()).digest()
     seed_training_randomness(distributed.rank_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)))
