@@ -31,7 +31,6 @@ from typing import Any, Iterable, Mapping
 import pandas as pd
 
 from privimage import stages
-from privimage.cache import cache_root
 from privimage.config import Config, ExperimentConfig, config_from_dict, load_config
 from privimage.errors import ConfigError
 from privimage.data.registry import resolve_data_root
@@ -109,8 +108,7 @@ def run_folder(*, method: str, config: Config, epsilon: float | None) -> Path:
     from privimage.pipeline import check_epsilon, default_run_dir
 
     recipe = get_method(method)
-    name = default_run_dir(method=recipe, config=config, epsilon=check_epsilon(recipe, epsilon)).name
-    return cache_root() / "runs" / config.profile / name
+    return default_run_dir(method=recipe, config=config, epsilon=check_epsilon(recipe, epsilon))
 
 
 def _finished(run_dir: Path) -> bool:

@@ -44,7 +44,7 @@ import torch
 
 from privimage import distributed
 from privimage.cache import atomic_save_npz, atomic_torch_save, atomic_write_json, cache_root, stage_dir
-from privimage.config import Config, config_from_dict, config_hash, without_cost_only_settings
+from privimage.config import Config, config_from_dict, config_hash, run_identity
 from privimage.data import dataset_info, load_dataset, load_sensitive_train
 from privimage.data.base import ImageDataset
 from privimage.errors import PrivImageError
@@ -71,15 +71,6 @@ def default_run_dir(*, method: Method, config: Config, epsilon: float | None) ->
     tag = "nonprivate" if epsilon is None else f"eps{epsilon:g}"
     name = f"{method.name}-{config.data.sensitive}-{tag}-seed{config.seed}-{config_hash(run_identity(config))[:8]}"
     return cache_root() / "runs" / config.profile / name
-
-
-def run_identity(config: Config) -> dict[str, Any]:
-    """The config a run depends on (the experiment grid section does not change one run)."""
-    identity = config.to_dict()
-    identity.pop("experiment", None)
-    # Memory bounds that give the same per-sample gradients (to float rounding): runs stay cached across them.
-    identity["finetune"] = without_cost_only_settings(identity["finetune"])
-    return identity
 
 
 def resolved_data_root(data_root: Path | None) -> Path:

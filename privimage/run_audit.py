@@ -386,8 +386,7 @@ def _check_dataset(config, ledger, data_root: Path | None, source: str) -> tuple
 
 def _check_config_hash(config, ledger) -> tuple[bool, str]:
     """The ledger was written for the config saved beside it."""
-    from privimage.config import config_hash
-    from privimage.pipeline import run_identity
+    from privimage.config import config_hash, run_identity
 
     expected = config_hash(run_identity(config))
     return ledger.config_hash == expected, f"ledger {ledger.config_hash or '(none)'}, config.json {expected}"

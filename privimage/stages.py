@@ -28,7 +28,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from privimage.cache import atomic_write_json, find_stage, stage_dir
-from privimage.config import Config, config_hash
+from privimage.config import Config, config_hash, run_identity
 from privimage.data.base import ImageDataset
 from privimage.data.registry import load_dataset, resolve_data_root
 from privimage.errors import PrivImageError
@@ -145,8 +145,8 @@ def _pretrained_row(method: str, config: Config) -> dict:
 
 def _samples_folder(*, config: Config, data_key: str, generator: str) -> Path:
     """``cache_root()/pretrained_samples/<key>``: the run's config (grid section aside), its data and family."""
-    identity = {**config.to_dict(), "experiment": None}
-    return stage_dir("pretrained_samples", config_hash({"run": identity, "data": data_key, "generator": generator}))
+    return stage_dir("pretrained_samples",
+                     config_hash({"run": run_identity(config), "data": data_key, "generator": generator}))
 
 
 def _with_fid(row: dict, *, folder: Path, config: Config, data_root: Path, progress: bool) -> dict:
