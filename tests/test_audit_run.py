@@ -15,26 +15,15 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from privimage.cache import atomic_write_json
 from privimage.cli import main
 from privimage.privacy import PrivacyLedger
 from privimage.run_audit import audit_run
 from privimage.training.journal import JOURNAL_NAME, UPDATES_DIR, read_journal, update_file_name
+from tiny_runs import tiny_profile
 
 EPSILON = 10.0
-
-
-def tiny_profile(folder: Path) -> Path:
-    """The smoke profile cut to a few DP-SGD steps (a checkpoint every two) and a handful of samples."""
-    profile = yaml.safe_load((Path(__file__).parent.parent / "privimage" / "configs" / "smoke.yaml").read_text())
-    profile["pretrain"].update(steps=4, gan_steps=4, checkpoint_every=2)
-    profile["finetune"].update(epochs=0.07, gan_epochs=0.07, checkpoint_every=2)
-    profile["sampling"].update(num_samples=20, batch_size=20, ddim_steps=2)
-    path = folder / "tiny.yaml"
-    path.write_text(yaml.safe_dump(profile))
-    return path
 
 
 @pytest.fixture(scope="module")
