@@ -29,11 +29,18 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import pandas as pd
+from tqdm.auto import tqdm
 
-from privimage import stages
+# The pipeline through its module, so a run_method replaced there (a test's tripwire) is the one called.
+from privimage import pipeline, stages
 from privimage.config import Config, ExperimentConfig, config_from_dict, load_config
-from privimage.errors import ConfigError
 from privimage.data.registry import resolve_data_root
+from privimage.errors import ConfigError
+from privimage.evaluation.selection_similarity import SelectionSimilarity
+from privimage.generators import count_generator_parameters
+from privimage.methods import get_method
+from privimage.pipeline import check_epsilon, default_run_dir
+from privimage.semantics.stage import resolve_query_settings
 
 # Metric columns of every grid row, in table order.
 METRICS = ("fid", "ca_lr", "ca_mlp", "ca_cnn")
@@ -104,8 +111,6 @@ def run_folder(*, method: str, config: Config, epsilon: float | None) -> Path:
     Run folders hold checkpoints and synthetic sets; keeping them in the cache
     (not in ``results/``) lets every notebook and a later ``run_all.sh`` reuse them.
     """
-    from privimage.methods import get_method
-    from privimage.pipeline import check_epsilon, default_run_dir
 
     recipe = get_method(method)
     return default_run_dir(method=recipe, config=config, epsilon=check_epsilon(recipe, epsilon))
@@ -132,9 +137,6 @@ def run_point(*, config: Config, point: GridPoint, data_root: Path | None = None
     Returns:
         A dict with the keys of `RUN_COLUMNS` plus ``point.labels``.
     """
-    from privimage.generators import count_generator_parameters
-    from privimage.methods import get_method
-    from privimage.pipeline import run_method
 
     data_root = resolve_data_root(data_root)
 
@@ -148,8 +150,8 @@ def run_point(*, config: Config, point: GridPoint, data_root: Path | None = None
     row.update(point.labels)
     run_dir = run_folder(method=recipe.name, config=resolved, epsilon=point.epsilon)
     if not _finished(run_dir):
-        run_method(method=recipe.name, config=resolved, epsilon=point.epsilon, out_dir=run_dir,
-                   data_root=data_root, evaluate=True, progress=progress)
+        pipeline.run_method(method=recipe.name, config=resolved, epsilon=point.epsilon, out_dir=run_dir,
+                            data_root=data_root, evaluate=True, progress=progress)
     row.update(read_run(run_dir))
     row["num_parameters"] = count_generator_parameters(method=recipe.name, config=resolved, data_root=data_root)
     return row
@@ -189,7 +191,6 @@ def run_grid(*, config: Config, points: Iterable[GridPoint], data_root: Path | N
     Returns:
         A DataFrame with the columns of `RUN_COLUMNS` and the points' labels.
     """
-    from tqdm.auto import tqdm
 
     points = list(points)
     rows = []
@@ -299,7 +300,6 @@ def sds_by_ratio(*, config: Config, data_root: Path | None = None, progress: boo
         Columns ``dataset, public, seed, selection_ratio, subset, num_images, sds, frechet_sqf,
         query_epsilon, status, note``.
     """
-    from privimage.evaluation.selection_similarity import SelectionSimilarity
 
     data_root = resolve_data_root(data_root)
     similarity = SelectionSimilarity(config=config, data_root=data_root, progress=progress)
@@ -326,7 +326,6 @@ def selection_ratio_grid(*, config: Config, data_root: Path | None = None, progr
     Each ratio queries with its own k: k = N, the semantics it selects per class,
     unless the profile sets k (paper Appendix A, Table 8). The rows carry both.
     """
-    from privimage.semantics.stage import resolve_query_settings
 
     data_root = resolve_data_root(data_root)
     grid = config.experiment
@@ -364,7 +363,6 @@ def overparameterization_grid(*, config: Config, data_root: Path | None = None, 
 def nonprivate_grid(*, config: Config, data_root: Path | None = None, progress: bool = True) -> pd.DataFrame:
     """Table 3: ``experiment.nonprivate_methods`` (non-private ablations and Privimage at
     ``sweep_epsilon``) per seed, plus the NonPriv row (method ``nonpriv``, classifiers on real data)."""
-    from privimage.methods import get_method
 
     grid = config.experiment
     points = [GridPoint(method=m, epsilon=grid.sweep_epsilon if get_method(m).private else None, seed=s)

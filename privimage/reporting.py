@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Mapping
 
 import pandas as pd
+import torch
 
 from privimage.config import Config
 from privimage.experiments import METRICS, summarize
+from privimage.privacy import PrivacyLedger
 from privimage.tables import paper_shape
 
 
@@ -123,8 +125,6 @@ def resource_notes(*, config: Config, schedule, presets: Mapping[str, str], stag
 
 
 def _torch_threads() -> int:
-    import torch
-
     return torch.get_num_threads()
 
 
@@ -141,7 +141,6 @@ def ledger_table(run_dir: Path) -> pd.DataFrame:
         One row per ledger entry: ``mechanism``, ``noise``, ``l2_sensitivity``, ``sample_rate``, ``steps``,
         ``epsilon_alone``, ``epsilon_cumulative``.
     """
-    from privimage.privacy import PrivacyLedger
 
     ledger = PrivacyLedger.load(Path(run_dir) / "ledger.json")
     entries = ledger.entries

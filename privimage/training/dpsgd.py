@@ -44,14 +44,23 @@ from privimage import distributed
 from privimage.config import FinetuneConfig, config_hash, without_cost_only_settings
 from privimage.data.base import ImageDataset
 from privimage.dp import check_dp_compatible
+from privimage.dp.per_sample import compute_per_sample_gradients
 from privimage.errors import ConfigError, PrivacyError
-from privimage.privacy.noise import noise_generator_name
+
+# Through the module, so a calibration replaced there (the tests' cached one) is the one called.
+from privimage.privacy import calibration
+from privimage.privacy.ledger import PrivacyLedger
+from privimage.privacy.noise import noise_generator_name, torch_noise_generator
 from privimage.resource_usage import measure_stage
 from privimage.seeding import seed_training_randomness, stage_seed
 from privimage.training.checkpoint import checkpoint_steps, load_latest_checkpoint, save_checkpoint
 from privimage.training.common import progress_bar, write_resources
 from privimage.training.journal import (
-    JOURNAL_NAME, DPStepJournal, JournalEntry, checkpoint_account_problem, checkpoint_position,
+    JOURNAL_NAME,
+    DPStepJournal,
+    JournalEntry,
+    checkpoint_account_problem,
+    checkpoint_position,
 )
 from privimage.training.plan import DIFFUSION_BETAS, finetune_schedule
 
@@ -75,7 +84,6 @@ def calibrate_to_ledger(*, ledger, target_epsilon: float, sample_rate: float, st
     Returns:
         sigma (paper Theorem E.3).
     """
-    from privimage.privacy.calibration import calibrate_noise_multiplier
 
     entries = ledger.entries
     spent_steps = sum(e["steps"] for e in entries if e["mechanism"] == "dp_sgd")
@@ -88,7 +96,7 @@ def calibrate_to_ledger(*, ledger, target_epsilon: float, sample_rate: float, st
     if len(queries) > 1:
         raise PrivacyError(f"the ledger holds {len(queries)} semantic queries; a run makes at most one")
     query = queries[0] if queries else None
-    return calibrate_noise_multiplier(
+    return calibration.calibrate_noise_multiplier(
         target_epsilon=target_epsilon,
         delta=ledger.delta,
         sample_rate=sample_rate,
@@ -130,7 +138,6 @@ def make_dp_optimizer(
     Returns:
         The ``DPOptimizer`` (a ``DistributedDPOptimizer`` under torchrun).
     """
-    from privimage.privacy.noise import torch_noise_generator
 
     if not max_grad_norm > 0:
         raise ConfigError(f"finetune.max_grad_norm must be > 0, got {max_grad_norm}")
@@ -197,7 +204,6 @@ def poisson_sampler(*, num_examples: int, sample_rate: float, steps: int) -> Sam
     Returns:
         An iterable of ``steps`` lists (arrays under torchrun) of this rank's row indices.
     """
-    from privimage.privacy.noise import torch_noise_generator
 
     if not distributed.is_distributed():
         return UniformWithReplacementSampler(
@@ -240,7 +246,6 @@ def dp_sgd_step(
             drawn and before the update is applied; the journal and the ledger
             record the step here. If it raises, nothing is applied.
     """
-    from privimage.dp.per_sample import compute_per_sample_gradients
 
     indices = np.asarray(batch_indices, dtype=np.int64)
     # An empty Poisson batch is still a noisy step: noise on a zero sum.
@@ -754,7 +759,6 @@ def _check_ledger_matches(ledger, *, sensitive: ImageDataset, delta: float) -> N
 
 def _check_checkpoint_account(checkpoint: Mapping[str, Any], *, journal: DPStepJournal, account: DPAccount) -> None:
     """A resumed checkpoint's ledger must be this run's ledger plus the steps its journal listed then."""
-    from privimage.privacy.ledger import PrivacyLedger
 
     steps_then = int(checkpoint["journal_steps"])
     # The journal's rule, shared with `privimage audit`; the ledger comparison below then checks the charges.

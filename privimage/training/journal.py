@@ -18,6 +18,7 @@ conservative cases that charge a step twice.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -476,7 +477,6 @@ def _lock_exclusively(path: Path):
     handle = open(path, "a+b")
     if sys.platform == "win32":  # no fcntl: rely on the user not to run one folder twice
         return handle
-    import fcntl
 
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
