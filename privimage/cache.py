@@ -14,6 +14,7 @@ operating system refuses (full disk, quota, read-only folder) raises
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -160,7 +161,6 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
 
 def file_sha256(path: Path) -> str:
     """First 16 hex digits of a file's SHA-256 (read in 4 MiB chunks)."""
-    import hashlib
 
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

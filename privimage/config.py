@@ -527,6 +527,20 @@ def without_cost_only_settings(finetune: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in finetune.items() if key not in COST_ONLY_FINETUNE_KEYS}
 
 
+def run_identity(config: Config) -> dict[str, Any]:
+    """What one run depends on: the whole config but the experiment grid section and cost-only settings.
+
+    The one definition of a run's identity: its folder name, the ledger's config
+    hash, the check that a folder belongs to a config, and the caches of stages
+    derived from one run all hash this.
+    """
+    identity = config.to_dict()
+    identity.pop("experiment", None)
+    # Memory bounds that give the same per-sample gradients (to float rounding): runs stay cached across them.
+    identity["finetune"] = without_cost_only_settings(identity["finetune"])
+    return identity
+
+
 def config_hash(section: Any) -> str:
     """Content hash of a config section (or any JSON-able object), for stage caches."""
     if is_dataclass(section):

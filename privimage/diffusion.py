@@ -1,51 +1,17 @@
 """Denoising diffusion: noise schedule, the per-example loss with noise multiplicity, DDIM sampling, EMA.
 
 The forward process is the paper's (Section 2.2; Ho et al., 2020) in continuous
-time with the cosine schedule of Nichol & Dhariwal (2021). For a clean image x0
-in [-1, 1], time t ~ U(0, 1) and noise eps ~ N(0, I):
+time with the cosine schedule of Nichol & Dhariwal (2021): for a clean image x0
+in [-1, 1], t ~ U(0, 1) and eps ~ N(0, I),
 
-    alpha_bar(t) = cos^2(((t + s) / (1 + s)) * pi / 2) / cos^2((s / (1 + s)) * pi / 2),   s = 0.008
-    x_t          = sqrt(alpha_bar(t)) * x0 + sqrt(1 - alpha_bar(t)) * eps
+    x_t = sqrt(alpha_bar(t)) * x0 + sqrt(1 - alpha_bar(t)) * eps.
 
-The denoiser is parameterised and weighted as in EDM (Karras et al., 2022,
-Table 1), which DPDM also uses. With the equivalent noise level
-sigma^2 = (1 - alpha_bar) / alpha_bar and the data's standard deviation
-sigma_data, the clean-image estimate is
-
-    D(x_t, t, y) = c_skip * x_t + c_out * F(c_in * x_t, t, y)
-    Z^2    = 1 - alpha_bar + sigma_data^2 * alpha_bar
-    c_in   = 1 / Z
-    c_skip = sigma_data^2 * sqrt(alpha_bar) / Z^2
-    c_out  = sigma_data * sqrt(1 - alpha_bar) / Z
-
-(EDM's coefficients, rewritten for x_t instead of x0 + sigma * eps), and the loss
-(the paper's Eq. 2 with EDM's weighting lambda(sigma) = 1 / c_out^2) is
-
-    L(x0, y) = E_{t, eps} || F(c_in * x_t, t, y) - (sqrt(1 - alpha_bar) * x0 / sigma_data - sigma_data * sqrt(alpha_bar) * eps) / Z ||^2
-             = E_{t, eps} lambda(sigma) || D(x_t, t, y) - x0 ||^2.
-
-Why not epsilon-prediction: its loss weights the clean-image error by
-alpha_bar / (1 - alpha_bar), about 0.03 at t = 0.9 and 1e-4 at t = 1, so the
-network barely learns the data's mean at high noise, and dividing its noise
-estimate by sqrt(alpha_bar) during sampling amplifies the error 100-fold there
-(measured: pre-trained 0.29M UNets kept grey backgrounds in 56-62% of their
-samples). EDM's weight stays at 1 / sigma_data^2 at high noise: the network
-predicts the clean image there and the noise at low noise. With
-sigma_data = 1 this is v-prediction (Salimans & Ho, 2022) with F = -v.
-
-With noise multiplicity K (Dockhorn et al., 2023, DPDM Section 3.2) each image's
-loss is the mean of K independent (t, eps) draws. The K draws share one image,
-so the per-example gradient is still that of a single example: clipping it costs
-no extra privacy, and it has lower variance than a single draw.
-
-Sampling is deterministic DDIM (Song et al., 2021, Eq. 12 with eta = 0; EDM's
-Euler sampler in sigma), with classifier-free guidance (Ho & Salimans, 2021):
-the network also learns the unconditional model from labels replaced by the
-null class ``num_classes`` with probability ``label_dropout``, and sampling
-mixes ``F = (1 + w) * F(x, t, y) - w * F(x, t, null)`` (D is affine in F, so
-this is the same mix of the clean-image estimates).
-
-Non-private sampling needs no privacy accounting: it only uses the trained model.
+The denoiser D is parameterised and weighted as in EDM (Karras et al., 2022),
+as DPDM does (`preconditioning` says why), and the loss is the paper's Eq. 2
+averaged over K noise draws per image (DPDM's noise multiplicity,
+`diffusion_loss_per_example`). Sampling is deterministic DDIM with
+classifier-free guidance (`ddim_sample`). Nothing here reads sensitive data or
+draws DP noise: DP-SGD wraps the loss in `privimage.training.dpsgd`.
 """
 
 from __future__ import annotations
@@ -68,7 +34,10 @@ SIGMA_DATA = 0.5
 
 
 def alpha_bar(times: torch.Tensor) -> torch.Tensor:
-    """Signal fraction alpha_bar(t) of the cosine schedule, for t in [0, 1] (alpha_bar(0) = 1)."""
+    """Signal fraction alpha_bar(t) of the cosine schedule, for t in [0, 1] (alpha_bar(0) = 1).
+
+    ``alpha_bar(t) = cos^2(((t + s) / (1 + s)) * pi / 2) / cos^2((s / (1 + s)) * pi / 2)``, s = 0.008.
+    """
     def unnormalised(t: torch.Tensor) -> torch.Tensor:
         return torch.cos((t + COSINE_OFFSET) / (1 + COSINE_OFFSET) * (math.pi / 2)) ** 2
 
@@ -79,8 +48,26 @@ def alpha_bar(times: torch.Tensor) -> torch.Tensor:
 def preconditioning(signal: torch.Tensor, sigma_data: float = SIGMA_DATA) -> tuple[torch.Tensor, ...]:
     """EDM's ``(c_in, c_skip, c_out)`` at signal fraction ``signal`` = alpha_bar(t), applied to x_t.
 
-    ``D(x_t) = c_skip * x_t + c_out * F(c_in * x_t)`` (module docstring). ``c_in``
-    gives the network an input of unit variance when the data's is ``sigma_data``.
+    EDM's Table 1 rewritten for x_t instead of x0 + sigma * eps (sigma^2 = (1 - alpha_bar) / alpha_bar)::
+
+        D(x_t, t, y) = c_skip * x_t + c_out * F(c_in * x_t, t, y)
+        Z^2    = 1 - alpha_bar + sigma_data^2 * alpha_bar
+        c_in   = 1 / Z
+        c_skip = sigma_data^2 * sqrt(alpha_bar) / Z^2
+        c_out  = sigma_data * sqrt(1 - alpha_bar) / Z
+
+    ``c_in`` gives the network an input of unit variance when the data's is
+    ``sigma_data``, and the loss weight lambda(sigma) = 1 / c_out^2 makes the loss
+    ``lambda * ||D - x0||^2 = ||F - network_target||^2``.
+
+    Why not epsilon-prediction: its loss weights the clean-image error by
+    alpha_bar / (1 - alpha_bar), about 0.03 at t = 0.9 and 1e-4 at t = 1, so the
+    network barely learns the data's mean at high noise, and dividing its noise
+    estimate by sqrt(alpha_bar) while sampling amplifies the error 100-fold there
+    (measured: pre-trained 0.29M UNets kept grey backgrounds in 56-62% of their
+    samples). EDM's weight stays at 1 / sigma_data^2 at high noise: the network
+    predicts the clean image there and the noise at low noise. With
+    sigma_data = 1 this is v-prediction (Salimans & Ho, 2022) with F = -v.
     """
     if not sigma_data > 0:
         raise ConfigError(f"sigma_data must be positive, got {sigma_data}")
@@ -189,6 +176,11 @@ def diffusion_loss_per_example(
 ) -> torch.Tensor:
     """Each image's denoising loss (Eq. 2, EDM-weighted) averaged over K fresh noise draws.
 
+    Noise multiplicity (Dockhorn et al., 2023, DPDM Section 3.2): the K draws of
+    (t, eps) share one image, so the gradient of the averaged loss is still one
+    example's gradient. Clipping it costs no extra privacy, and it has lower
+    variance than a single draw.
+
     Args:
         model: ``model(c_in * x_t, t, labels) -> F``.
         images: clean images in [-1, 1], B x C x H x W.
@@ -223,6 +215,13 @@ def ddim_sample(
     sigma_data: float = SIGMA_DATA,
 ) -> torch.Tensor:
     """Deterministic DDIM sampling (eta = 0) from pure noise to images.
+
+    Song et al. (2021), Eq. 12 with eta = 0 (EDM's Euler sampler in sigma), with
+    classifier-free guidance (Ho & Salimans, 2021): the network also learned the
+    unconditional model from labels replaced by the null class ``num_classes``
+    (``label_dropout``), and sampling mixes ``F = (1 + w) * F(x, t, y) - w * F(x, t, null)``;
+    D is affine in F, so this is the same mix of the clean-image estimates.
+    Sampling uses only the trained model, so it needs no privacy accounting.
 
     Args:
         model: the trained network F (its EMA copy, usually).

@@ -13,10 +13,10 @@ Every run goes through `privimage.pipeline.run_method`, single stages through
 for the same run share it, and a finished run is read back without touching a
 model. Run folders live in ``cache_root()/runs/<profile>/``.
 
-A row of a grid is one run (method, epsilon, seed and the swept parameter) with
-``status`` "ok" or "skipped" and a ``note`` saying why a run was skipped (a GAN
-method while `run_method` refuses to train GANs). `summarize` turns rows into
-means over seeds with a ``*_std`` column beside each metric.
+A row of a grid is one run (method, epsilon, seed and the swept parameter).
+`summarize` turns rows into means over seeds with a ``*_std`` column beside
+each metric; a group without a finished run (a stage row marked ``skipped``, such
+as the FID before fine-tuning of a method that does not pre-train) keeps its note.
 """
 
 from __future__ import annotations
@@ -24,21 +24,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import pandas as pd
+from tqdm.auto import tqdm
 
-from privimage import stages
-from privimage.cache import cache_root
+# The pipeline through its module, so a run_method replaced there (a test's tripwire) is the one called.
+from privimage import pipeline, stages
 from privimage.config import Config, ExperimentConfig, config_from_dict, load_config
-from privimage.errors import ConfigError, PrivImageError
 from privimage.data.registry import resolve_data_root
-
-# What `run_method` says when it refuses a generator family it cannot train yet.
-UNTRAINABLE_MARK = "does not train"
+from privimage.errors import ConfigError
+from privimage.evaluation.selection_similarity import SelectionSimilarity
+from privimage.generators import count_generator_parameters
+from privimage.methods import get_method
+from privimage.pipeline import check_epsilon, default_run_dir
+from privimage.semantics.stage import resolve_query_settings
 
 # Metric columns of every grid row, in table order.
 METRICS = ("fid", "ca_lr", "ca_mlp", "ca_cnn")
@@ -109,12 +111,9 @@ def run_folder(*, method: str, config: Config, epsilon: float | None) -> Path:
     Run folders hold checkpoints and synthetic sets; keeping them in the cache
     (not in ``results/``) lets every notebook and a later ``run_all.sh`` reuse them.
     """
-    from privimage.methods import get_method
-    from privimage.pipeline import check_epsilon, default_run_dir
 
     recipe = get_method(method)
-    name = default_run_dir(method=recipe, config=config, epsilon=check_epsilon(recipe, epsilon)).name
-    return cache_root() / "runs" / config.profile / name
+    return default_run_dir(method=recipe, config=config, epsilon=check_epsilon(recipe, epsilon))
 
 
 def _finished(run_dir: Path) -> bool:
@@ -127,8 +126,7 @@ def run_point(*, config: Config, point: GridPoint, data_root: Path | None = None
 
     A finished run is read from its folder without calling the pipeline, so
     re-plotting never retrains and per-stage timings keep their first measurement.
-    A GAN method that `run_method` cannot train yet gives a row with status
-    "skipped" and the pipeline's reason in ``note``; any other error propagates.
+    Any error of the pipeline propagates: a grid has no row for a run that failed.
 
     Args:
         config: the notebook's resolved config.
@@ -139,32 +137,21 @@ def run_point(*, config: Config, point: GridPoint, data_root: Path | None = None
     Returns:
         A dict with the keys of `RUN_COLUMNS` plus ``point.labels``.
     """
-    from privimage.generators import count_generator_parameters
-    from privimage.methods import get_method
-    from privimage.pipeline import run_method
 
     data_root = resolve_data_root(data_root)
 
     recipe = get_method(point.method)
     resolved = run_config(config=config, point=point)
     row: dict[str, Any] = {column: None for column in RUN_COLUMNS}
-    # Missing numbers are NaN, so that a column of a skipped run stays numeric.
+    # Missing numbers are NaN, so that a column stays numeric when a run has no such metric.
     row.update({column: math.nan for column in (*METRICS, "epsilon_spent", "epsilon_prv", "fid_unscaled")})
     row.update(dataset=resolved.data.sensitive, public=resolved.data.public, method=recipe.name,
                epsilon=point.epsilon if recipe.private else None, seed=point.seed, status="ok", note="")
     row.update(point.labels)
     run_dir = run_folder(method=recipe.name, config=resolved, epsilon=point.epsilon)
     if not _finished(run_dir):
-        try:
-            run_method(method=recipe.name, config=resolved, epsilon=point.epsilon, out_dir=run_dir,
-                       data_root=data_root, evaluate=True, progress=progress)
-        except PrivImageError as exc:
-            # Only the pipeline's refusal of a generator family it cannot train is a
-            # skipped row (with its reason); every other error is a failure.
-            if recipe.generator == "diffusion" or UNTRAINABLE_MARK not in str(exc):
-                raise
-            row.update(status="skipped", note=f"not run: {exc}")
-            return row
+        pipeline.run_method(method=recipe.name, config=resolved, epsilon=point.epsilon, out_dir=run_dir,
+                            data_root=data_root, evaluate=True, progress=progress)
     row.update(read_run(run_dir))
     row["num_parameters"] = count_generator_parameters(method=recipe.name, config=resolved, data_root=data_root)
     return row
@@ -204,18 +191,12 @@ def run_grid(*, config: Config, points: Iterable[GridPoint], data_root: Path | N
     Returns:
         A DataFrame with the columns of `RUN_COLUMNS` and the points' labels.
     """
-    from tqdm.auto import tqdm
 
     points = list(points)
     rows = []
     for point in tqdm(points, desc="runs", disable=not progress or len(points) < 2):
         rows.append(run_point(config=config, point=point, data_root=data_root, progress=progress))
-    frame = pd.DataFrame(rows)
-    skipped = frame[frame["status"] == "skipped"]
-    if len(skipped):
-        warnings.warn(f"{len(skipped)} run(s) skipped: {sorted(set(skipped['method']))} (see the 'note' column)",
-                      stacklevel=2)
-    return frame
+    return pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------- aggregation
@@ -319,7 +300,6 @@ def sds_by_ratio(*, config: Config, data_root: Path | None = None, progress: boo
         Columns ``dataset, public, seed, selection_ratio, subset, num_images, sds, frechet_sqf,
         query_epsilon, status, note``.
     """
-    from privimage.evaluation.selection_similarity import SelectionSimilarity
 
     data_root = resolve_data_root(data_root)
     similarity = SelectionSimilarity(config=config, data_root=data_root, progress=progress)
@@ -346,7 +326,6 @@ def selection_ratio_grid(*, config: Config, data_root: Path | None = None, progr
     Each ratio queries with its own k: k = N, the semantics it selects per class,
     unless the profile sets k (paper Appendix A, Table 8). The rows carry both.
     """
-    from privimage.semantics.stage import resolve_query_settings
 
     data_root = resolve_data_root(data_root)
     grid = config.experiment
@@ -384,7 +363,6 @@ def overparameterization_grid(*, config: Config, data_root: Path | None = None, 
 def nonprivate_grid(*, config: Config, data_root: Path | None = None, progress: bool = True) -> pd.DataFrame:
     """Table 3: ``experiment.nonprivate_methods`` (non-private ablations and Privimage at
     ``sweep_epsilon``) per seed, plus the NonPriv row (method ``nonpriv``, classifiers on real data)."""
-    from privimage.methods import get_method
 
     grid = config.experiment
     points = [GridPoint(method=m, epsilon=grid.sweep_epsilon if get_method(m).private else None, seed=s)

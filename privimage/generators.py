@@ -26,10 +26,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from privimage import diffusion as diffusion_maths
 from privimage import distributed
 from privimage.config import Config
+from privimage.data import dataset_info
 from privimage.data.base import ImageDataset
+from privimage.diffusion import ExponentialMovingAverage
 from privimage.errors import ConfigError
+from privimage.methods import get_method
+from privimage.models import NullLabelModel, build_gan, build_unet, count_parameters
+# Stages are called through their modules, so a stage replaced there (a test's tripwire) is the one that runs.
+from privimage.training import diffusion_training, gan_training
 
 Networks = dict[str, torch.nn.Module]
 
@@ -102,46 +109,36 @@ class DiffusionFamily(GeneratorFamily):
         return dataclasses.asdict(config.diffusion)
 
     def build(self, config: Config, *, image_channels: int, image_size: int, num_classes: int) -> Networks:
-        from privimage.models import build_unet
-
         model = build_unet(config.diffusion, image_channels=image_channels, image_size=image_size,
                            num_classes=num_classes)
         return {"model": model.to(distributed.device())}
 
     def pretrain(self, networks: Networks, *, public: ImageDataset, config: Config, run_dir: Path,
                  unconditional: bool, num_classes: int, progress: bool) -> dict[str, Any]:
-        from privimage.diffusion import ExponentialMovingAverage
-        from privimage.training.diffusion_training import pretrain_diffusion
-
         model = networks["model"]
         ema = ExponentialMovingAverage(model, config.pretrain.ema_decay)
         # Public labels that are not the sensitive classes: the null class only, as PDP-Diffusion does.
-        stats = pretrain_diffusion(model=model, ema=ema, public=public, config=config, run_dir=run_dir,
-                                   unconditional=unconditional, progress=progress)
+        stats = diffusion_training.pretrain_diffusion(model=model, ema=ema, public=public, config=config,
+                                                      run_dir=run_dir, unconditional=unconditional, progress=progress)
         ema.copy_to(model)
         return stats
 
     def dp_finetune(self, networks: Networks, *, sensitive: ImageDataset, ledger, config: Config, run_dir: Path,
                     target_epsilon: float, progress: bool) -> dict[str, Any]:
-        from privimage.training.diffusion_training import dp_finetune_diffusion
-
         return self._finetune_then_sample_average(
-            networks, config, lambda model, ema: dp_finetune_diffusion(
+            networks, config, lambda model, ema: diffusion_training.dp_finetune_diffusion(
                 model=model, ema=ema, sensitive=sensitive, ledger=ledger, config=config, run_dir=run_dir,
                 target_epsilon=target_epsilon, progress=progress))
 
     def finetune_nonprivate(self, networks: Networks, *, sensitive: ImageDataset, config: Config, run_dir: Path,
                             progress: bool) -> dict[str, Any]:
-        from privimage.training.diffusion_training import finetune_nonprivate_diffusion
-
         return self._finetune_then_sample_average(
-            networks, config, lambda model, ema: finetune_nonprivate_diffusion(
+            networks, config, lambda model, ema: diffusion_training.finetune_nonprivate_diffusion(
                 model=model, ema=ema, sensitive=sensitive, config=config, run_dir=run_dir, progress=progress))
 
     @staticmethod
     def _finetune_then_sample_average(networks: Networks, config: Config, train) -> dict[str, Any]:
         """``train(model, ema)``, then the sampling network becomes a copy holding the fine-tuning average."""
-        from privimage.diffusion import ExponentialMovingAverage
 
         model = networks["model"]
         ema = ExponentialMovingAverage(model, config.finetune.ema_decay)
@@ -153,11 +150,10 @@ class DiffusionFamily(GeneratorFamily):
 
     def sample(self, networks: Networks, *, labels: torch.Tensor, image_shape: tuple[int, int, int],
                num_classes: int, config: Config, generator: torch.Generator) -> torch.Tensor:
-        from privimage.diffusion import ddim_sample
-
-        return ddim_sample(networks["model"], labels=labels, image_shape=image_shape, num_classes=num_classes,
-                           steps=config.sampling.ddim_steps, guidance_scale=config.sampling.guidance_scale,
-                           generator=generator, sigma_data=config.diffusion.sigma_data)
+        return diffusion_maths.ddim_sample(networks["model"], labels=labels, image_shape=image_shape,
+                                           num_classes=num_classes, steps=config.sampling.ddim_steps,
+                                           guidance_scale=config.sampling.guidance_scale, generator=generator,
+                                           sigma_data=config.diffusion.sigma_data)
 
     def parameter_counts(self, config: Config, *, image_channels: int, image_size: int,
                          num_classes: int) -> dict[str, Any]:
@@ -166,15 +162,11 @@ class DiffusionFamily(GeneratorFamily):
                 "diffusion_preset": config.diffusion.preset}
 
     def sampler_parameters(self, config: Config, *, image_channels: int, image_size: int, num_classes: int) -> int:
-        from privimage.models import build_unet, count_parameters
-
         # The meta device counts without allocating (the paper-size presets are large).
         return int(count_parameters(build_unet(config.diffusion, image_channels=image_channels,
                                                image_size=image_size, num_classes=num_classes, device="meta")))
 
     def pretrained_for_sampling(self, networks: Networks, *, unconditional: bool, num_classes: int) -> Networks:
-        from privimage.models import NullLabelModel
-
         # A model pre-trained on the null class alone is sampled with it, whatever class is asked for.
         return {**networks, "model": NullLabelModel(networks["model"], num_classes)} if unconditional else networks
 
@@ -188,8 +180,6 @@ class GanFamily(GeneratorFamily):
         return dataclasses.asdict(config.gan)
 
     def build(self, config: Config, *, image_channels: int, image_size: int, num_classes: int) -> Networks:
-        from privimage.models import build_gan
-
         generator, discriminator = build_gan(config.gan, image_channels=image_channels, image_size=image_size,
                                              num_classes=num_classes)
         return {"generator": generator.to(distributed.device()),
@@ -197,25 +187,19 @@ class GanFamily(GeneratorFamily):
 
     def pretrain(self, networks: Networks, *, public: ImageDataset, config: Config, run_dir: Path,
                  unconditional: bool, num_classes: int, progress: bool) -> dict[str, Any]:
-        from privimage.training.gan_training import pretrain_gan
-
         if unconditional:
             public = public_for_gan(public, num_classes=num_classes, seed=config.seed)
-        return pretrain_gan(**networks, public=public, config=config, run_dir=run_dir, progress=progress)
+        return gan_training.pretrain_gan(**networks, public=public, config=config, run_dir=run_dir, progress=progress)
 
     def dp_finetune(self, networks: Networks, *, sensitive: ImageDataset, ledger, config: Config, run_dir: Path,
                     target_epsilon: float, progress: bool) -> dict[str, Any]:
-        from privimage.training.gan_training import dp_finetune_gan
-
-        return dp_finetune_gan(**networks, sensitive=sensitive, ledger=ledger, config=config, run_dir=run_dir,
-                               target_epsilon=target_epsilon, progress=progress)
+        return gan_training.dp_finetune_gan(**networks, sensitive=sensitive, ledger=ledger, config=config,
+                                            run_dir=run_dir, target_epsilon=target_epsilon, progress=progress)
 
     def finetune_nonprivate(self, networks: Networks, *, sensitive: ImageDataset, config: Config, run_dir: Path,
                             progress: bool) -> dict[str, Any]:
-        from privimage.training.gan_training import finetune_nonprivate_gan
-
-        return finetune_nonprivate_gan(**networks, sensitive=sensitive, config=config, run_dir=run_dir,
-                                       progress=progress)
+        return gan_training.finetune_nonprivate_gan(**networks, sensitive=sensitive, config=config, run_dir=run_dir,
+                                                    progress=progress)
 
     def sample(self, networks: Networks, *, labels: torch.Tensor, image_shape: tuple[int, int, int],
                num_classes: int, config: Config, generator: torch.Generator) -> torch.Tensor:
@@ -226,8 +210,6 @@ class GanFamily(GeneratorFamily):
 
     def parameter_counts(self, config: Config, *, image_channels: int, image_size: int,
                          num_classes: int) -> dict[str, Any]:
-        from privimage.models import build_gan, count_parameters
-
         generator, discriminator = build_gan(config.gan, image_channels=image_channels, image_size=image_size,
                                              num_classes=num_classes)
         return {"num_parameters": count_parameters(generator) + count_parameters(discriminator),
@@ -281,8 +263,6 @@ def count_generator_parameters(*, method: str, config: Config, data_root: Path |
     Returns:
         The number of trainable parameters of the network that draws the images.
     """
-    from privimage.data import dataset_info
-    from privimage.methods import get_method
 
     info = dataset_info(config.data.sensitive, "train", data_root=data_root, config=config.data)
     channels, _, size = (int(v) for v in info["image_shape"])

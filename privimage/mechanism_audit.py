@@ -25,11 +25,14 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 from scipy import stats
 
 from privimage.errors import PrivacyError
 from privimage.privacy.mechanisms import noisy_histogram, semantic_histogram
 from privimage.privacy.validation import check_k, check_positive
+from privimage.training import dpsgd
+from privimage.training.journal import JOURNAL_NAME, UPDATES_DIR, DPStepJournal, load_update, read_journal_entries
 
 # Candidate thresholds: quantiles of the pooled selection-half scores. The
 # central range avoids the tails, where few errors make the bound noisy and
@@ -298,7 +301,6 @@ def audit_dpsgd_release(
     Returns:
         An `AuditResult` whose mu_theory is this canary's exact mu.
     """
-    import torch
 
     sigma = check_positive(noise_multiplier, "noise_multiplier")
     clip = check_positive(max_grad_norm, "max_grad_norm")
@@ -326,7 +328,6 @@ def audit_dpsgd_release(
 def _canary_rows(*, norm: float, clip: float, multiplicity: int, num_background: int, num_features: int,
                  data_generator):
     """The background examples' K rows (zero along u) and the canary's K rows (along u, mean norm ``norm``)."""
-    import torch
 
     # Background rows: zero along u, example norms from C/2 to 3C so that clipping acts on them too.
     background = torch.randn(num_background, multiplicity, num_features, generator=data_generator)
@@ -343,10 +344,7 @@ def _canary_rows(*, norm: float, clip: float, multiplicity: int, num_background:
 def _released_canary_coordinate(rows, *, workdir: Path, world: str, sigma: float, clip: float, num_trials: int,
                                 expected_batch_size: int, physical_batch_size: int) -> np.ndarray:
     """The u coordinate of each of ``num_trials`` DP-SGD updates over ``rows``, read back from the journal on disk."""
-    import torch
 
-    from privimage.training import dpsgd
-    from privimage.training.journal import JOURNAL_NAME, UPDATES_DIR, DPStepJournal, load_update, read_journal_entries
 
     model = torch.nn.Linear(rows.shape[-1], 1, bias=False)
     optimizer = dpsgd.make_dp_optimizer(

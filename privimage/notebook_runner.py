@@ -31,6 +31,19 @@ import sys
 import time
 from pathlib import Path
 
+import papermill
+import torch
+from jupyter_client.kernelspec import NoSuchKernel
+from nbclient.exceptions import DeadKernelError
+
+from privimage.cache import atomic_write_json
+from privimage.claims import write_claims
+from privimage.config import load_config
+from privimage.data import dataset_info
+from privimage.data.registry import default_data_root
+from privimage.evaluation.fid import find_inception_weights
+from privimage.paths import results_dir as profile_results_dir
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 KERNEL_NAME = "privimage"
@@ -59,12 +72,7 @@ def missing_requirements(profile: str) -> list[str]:
     """
     if profile != "paper":
         return []
-    import torch
 
-    from privimage.config import load_config
-    from privimage.data import dataset_info
-    from privimage.evaluation.fid import find_inception_weights
-    from privimage.data.registry import default_data_root
 
     config = load_config(profile)
     data_root = default_data_root()
@@ -129,8 +137,6 @@ class RunInfo:
     """
 
     def __init__(self, *, path: Path, profile: str, only: set[str] | None) -> None:
-        import torch
-
         self.path = path
         self._start = time.perf_counter()
         cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
@@ -152,7 +158,6 @@ class RunInfo:
 
     def write(self, status: str | None = None) -> None:
         """Rewrite the file with the time, memory and load so far; ``status`` ends the run."""
-        from privimage.cache import atomic_write_json
 
         if status is not None:
             self.record.update(status=status, end=_now())
@@ -174,7 +179,6 @@ def run_notebook(notebook: Path, profile: str, results_dir: Path, *, progress: b
     it writes to a hidden file beside it, renamed on success. On an error the
     partial copy becomes `failed_copy`, and the previous executed copy stays.
     """
-    import papermill
 
     output = results_dir / "notebooks" / notebook.name
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -223,16 +227,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the {args.profile} profile cannot run on this machine; missing: " + "; ".join(missing),
               file=sys.stderr)
         return 2
-    from privimage.paths import results_dir as profile_results_dir
 
     results_dir = profile_results_dir(args.profile)
     if not notebooks:
         print("No notebooks found in notebooks/; nothing to run.")
         return 0
 
-    import papermill
-    from jupyter_client.kernelspec import NoSuchKernel
-    from nbclient.exceptions import DeadKernelError
 
     info = RunInfo(path=results_dir / "run_info.json", profile=args.profile, only=only)
     info.write()
@@ -267,7 +267,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[run_all] {notebook.name} done in {seconds / 60:.1f} min", flush=True)
 
     # The last step: the paper's claims, computed from the tables the notebooks just wrote.
-    from privimage.claims import write_claims
 
     claims = write_claims(results_dir / "tables")
     print("[run_all] tab_claims: " + ", ".join(f"{v} {n}" for v, n in claims["verdict"].value_counts().items()),

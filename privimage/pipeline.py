@@ -41,16 +41,38 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from privimage import distributed
 from privimage.cache import atomic_save_npz, atomic_torch_save, atomic_write_json, cache_root, stage_dir
-from privimage.config import Config, config_from_dict, config_hash, without_cost_only_settings
+from privimage.config import Config, config_from_dict, config_hash, run_identity
 from privimage.data import dataset_info, load_dataset, load_sensitive_train
 from privimage.data.base import ImageDataset
-from privimage.errors import PrivImageError
+from privimage.data.registry import default_data_root
+from privimage.errors import ConfigError, PrivImageError
+from privimage.evaluation import evaluate_synthetic, save_class_grid
 from privimage.generators import generator_family
 from privimage.methods import Method, get_method
-from privimage.semantics.stage import resolve_query_settings
+from privimage.privacy import PrivacyLedger
+from privimage.privacy.noise import noise_generator_name
+from privimage.resource_usage import measure_stage
+from privimage.run_folder import check_release_location, read_json_mapping
+
+# load_public through its module, so a corpus loader replaced there (a test's tripwire) is the one called.
+from privimage.semantics import stage as semantics_stage
+from privimage.semantics.query_function import query_function_key
+from privimage.semantics.selection import relabel_selected
+from privimage.semantics.stage import (
+    check_compatible,
+    check_image_shapes,
+    resolve_query_settings,
+    run_selection,
+    trained_query_function,
+)
+from privimage.training.dpsgd import calibrate_to_ledger
+from privimage.training.journal import JOURNAL_NAME
+from privimage.training.plan import finetune_plan
+
 
 @dataclass
 class RunResult:
@@ -73,18 +95,8 @@ def default_run_dir(*, method: Method, config: Config, epsilon: float | None) ->
     return cache_root() / "runs" / config.profile / name
 
 
-def run_identity(config: Config) -> dict[str, Any]:
-    """The config a run depends on (the experiment grid section does not change one run)."""
-    identity = config.to_dict()
-    identity.pop("experiment", None)
-    # Memory bounds that give the same per-sample gradients (to float rounding): runs stay cached across them.
-    identity["finetune"] = without_cost_only_settings(identity["finetune"])
-    return identity
-
-
 def resolved_data_root(data_root: Path | None) -> Path:
     """The absolute data root a run reads (``data_root``, else ``$PRIVIMAGE_DATA``, else ``./data``)."""
-    from privimage.data.registry import default_data_root
 
     return Path(data_root if data_root is not None else default_data_root()).resolve()
 
@@ -116,15 +128,11 @@ def selection_stage(
     The ledger gets the query's entry either way: reusing a cached release is
     post-processing of it, and this run depends on it.
     """
-    from privimage.privacy import PrivacyLedger
-    from privimage.semantics.query_function import query_function_key
-    from privimage.semantics.selection import relabel_selected
-    from privimage.semantics.stage import load_public, run_selection
 
     semantics = config.semantics
     # The SQF's own key (public images, training settings, code version), so that a
     # retrained SQF never reuses a selection an earlier one made.
-    public_train, public_val = load_public(config, data_root=data_root)
+    public_train, public_val = semantics_stage.load_public(config, data_root=data_root)
     key = config_hash({
         "private": method.private, "sensitive": sensitive.content_hash(), "public": config.data.public,
         "data": dataclasses.asdict(config.data), "semantics": dataclasses.asdict(semantics),
@@ -135,8 +143,6 @@ def selection_stage(
     directory = stage_dir("selection", key)
     summary_path = directory / "selection.json"
     if not distributed.main_only(summary_path.is_file):
-        from privimage.semantics.stage import trained_query_function
-
         query_ledger = (
             PrivacyLedger(delta=ledger.delta, dataset_hash=ledger.dataset_hash, num_examples=ledger.num_examples)
             if method.private else None
@@ -168,9 +174,6 @@ def pretraining_data(
     if method.pretrain_data == "none":
         return None, "none", None
     if method.pretrain_data == "all":
-        from privimage.data import dataset_info
-        from privimage.semantics.stage import check_compatible, check_image_shapes
-
         # From the metadata first: a mismatch is refused before the public images load.
         public_info = dataset_info(config.data.public, "train", data_root=data_root, config=config.data)
         check_image_shapes(public_name=config.data.public, public_shape=tuple(public_info["image_shape"]),
@@ -236,9 +239,7 @@ def sample_stage(
     image_shape: tuple[int, int, int], run_dir: Path, progress: bool,
 ) -> ImageDataset:
     """A class-balanced synthetic set (``synthetic.npz``) and a grid per class (``samples.png``)."""
-    from tqdm.auto import tqdm
 
-    from privimage.evaluation import save_class_grid
 
     path = run_dir / "synthetic.npz"
     num_classes = len(class_names)
@@ -296,7 +297,6 @@ def run_method(
     Returns:
         The `RunResult`.
     """
-    from privimage.resource_usage import measure_stage
 
     # Under torchrun, join the launcher's process group (nothing to do for one process).
     distributed.setup()
@@ -356,8 +356,6 @@ def _open_run(*, recipe: Method, config: Config, epsilon: float | None, run_dir:
         ``(sensitive, ledger)``: the sensitive training set and the run's empty privacy ledger
         (None for a non-private method).
     """
-    from privimage.privacy import PrivacyLedger
-    from privimage.run_folder import check_release_location
 
     # Where the run will write is checked before any work and before the sensitive data is read.
     distributed.main_only(lambda: check_release_location(out_dir=run_dir, command="run"))
@@ -365,10 +363,8 @@ def _open_run(*, recipe: Method, config: Config, epsilon: float | None, run_dir:
     with distributed.main_process_first():
         sensitive = load_sensitive_train(config, data_root=data_root)
         if distributed.is_distributed() and recipe.pretrain_data != "none":
-            from privimage.semantics.stage import load_public
-
             # Rank 0 renders or unpacks the public data into the cache; the others then read it.
-            load_public(config, data_root=data_root)
+            semantics_stage.load_public(config, data_root=data_root)
     # Each rank loads its own copy; the shards only add up to the dataset if the copies agree.
     distributed.check_same_everywhere(sensitive.content_hash(), what="the sensitive dataset's content hash")
     ledger = None
@@ -442,7 +438,6 @@ def _write_privacy_record(*, run_dir: Path, recipe: Method, ledger, epsilon: flo
 def evaluate_stage(*, synthetic: ImageDataset, config: Config, run_dir: Path, data_root: Path | None,
                    progress: bool) -> dict[str, Any]:
     """FID and CA of the synthetic set (``metrics.json``, read back when present), labelled reporting only."""
-    from privimage.evaluation import evaluate_synthetic
 
     metrics_path = run_dir / "metrics.json"
     if metrics_path.is_file():
@@ -455,7 +450,6 @@ def evaluate_stage(*, synthetic: ImageDataset, config: Config, run_dir: Path, da
 
 def _check_same_run(run_dir: Path, *, method: str, epsilon: float | None, config: Config) -> None:
     """Refuse to resume a folder that holds another run (different method, budget or config)."""
-    from privimage.run_folder import read_json_mapping
 
     run_json, config_json = run_dir / "run.json", run_dir / "config.json"
     if run_json.is_file():
@@ -479,7 +473,6 @@ def _check_spending_is_traceable(run_dir: Path) -> None:
     DP-SGD at step 0 and overwrite the ledger with one fine-tuning's worth, while
     the budget the earlier steps spent stays spent.
     """
-    from privimage.training.journal import JOURNAL_NAME
 
     if (run_dir / "ledger.json").is_file() and not (run_dir / "finetune" / JOURNAL_NAME).is_file():
         raise PrivImageError(
@@ -495,7 +488,6 @@ def _check_same_pretraining_data(run_dir: Path, data_key: str) -> None:
     query function (`selection_stage`): a run fine-tuned from a model pre-trained
     on an earlier selection must not be resumed, or reused, as this one.
     """
-    from privimage.run_folder import read_json_mapping
 
     path = run_dir / "pretraining_data.json"
     if path.is_file():
@@ -530,7 +522,6 @@ def dry_run(*, method: str, config: Config, epsilon: float | None, data_root: Pa
         ``query_noise_multiplier`` (z), ``k`` and ``semantics_per_class`` (N) describe the
         semantic query of the methods that select (None for the others, z None when not private).
     """
-    from privimage.training.plan import finetune_plan
 
     recipe = get_method(method)
     epsilon = check_epsilon(recipe, epsilon)
@@ -585,10 +576,6 @@ def planned_calibration(*, recipe: Method, config: Config, num_examples: int, ep
     Returns:
         ``(sigma, ledger)``: the noise multiplier, and a ledger charged with the query and all planned steps.
     """
-    from privimage.privacy import PrivacyLedger
-    from privimage.privacy.noise import noise_generator_name
-    from privimage.training.dpsgd import calibrate_to_ledger
-    from privimage.training.plan import finetune_plan
 
     plan = finetune_plan(generator=recipe.generator, settings=config.finetune, num_examples=num_examples)
     ledger = PrivacyLedger(delta=config.finetune.delta, dataset_hash="0" * 64, num_examples=num_examples)
@@ -617,7 +604,6 @@ def per_rank_batches(*, config: Config, world_size: int, num_examples: int) -> d
     Returns:
         Per-rank batch sizes of fine-tuning, pre-training and SQF training.
     """
-    from privimage.errors import ConfigError
 
     if world_size < 1:
         raise ConfigError(f"world size must be >= 1, got {world_size}")

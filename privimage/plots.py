@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -20,6 +21,7 @@ import pandas as pd
 
 from privimage.cache import atomic_write_bytes
 from privimage.errors import PrivImageError
+from privimage.evaluation import class_grid
 
 # Display names of metric columns.
 METRIC_LABELS = {"fid": "FID (lower is better)", "ca_lr": "LR", "ca_mlp": "MLP", "ca_cnn": "CNN"}
@@ -158,9 +160,7 @@ def plot_sample_panels(*, datasets: Mapping[str, object], path: Path, samples_pe
     Returns:
         ``path``.
     """
-    import textwrap
 
-    from privimage.evaluation import class_grid
 
     if not datasets:
         raise PrivImageError("plot_sample_panels needs at least one dataset")

@@ -5,7 +5,7 @@ summarised by `privimage.experiments` (or a run folder's ledger) and returns a
 table or the header lines `privimage.tables.write_table` puts above it:
 
 - `benchmark_note`, `describe_fid`, `table_notes`: datasets, FID backbone,
-  reporting-only test split, seeds and skipped runs;
+  reporting-only test split and seeds;
 - `main_table`: paper Table 2 from the RQ1 runs;
 - `resource_notes`: the header of paper Table 4;
 - `ledger_table`: a run's privacy ledger, mechanism by mechanism.
@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Mapping
 
 import pandas as pd
+import torch
 
 from privimage.config import Config
 from privimage.experiments import METRICS, summarize
+from privimage.privacy import PrivacyLedger
 from privimage.tables import paper_shape
 
 
@@ -48,16 +50,12 @@ def describe_fid(runs: pd.DataFrame) -> str:
 
 
 def table_notes(*, runs: pd.DataFrame, config: Config) -> list[str]:
-    """The header lines every result table carries: datasets, FID backbone, test split use, seeds, skipped runs."""
-    notes = [benchmark_note(config), describe_fid(runs),
+    """The header lines every result table carries: datasets, FID backbone, test split use, seeds."""
+    return [benchmark_note(config), describe_fid(runs),
              "CA: accuracy (fraction correct) of LR/MLP/CNN trained on synthetic data, tested on the "
              f"{config.data.sensitive} test split (reporting only; no selection or tuning used it).",
              f"Profile '{config.profile}', delta {config.finetune.delta:g}, seeds "
              f"{sorted(set(int(s) for s in runs['seed'].dropna()))} (mean ± std where several)."]
-    skipped = runs[runs["status"] == "skipped"]
-    for method, note in dict(zip(skipped["method"], skipped["note"])).items():
-        notes.append(f"{method} skipped: {note}")
-    return notes
 
 
 def main_table(*, runs: pd.DataFrame, config: Config) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
@@ -127,8 +125,6 @@ def resource_notes(*, config: Config, schedule, presets: Mapping[str, str], stag
 
 
 def _torch_threads() -> int:
-    import torch
-
     return torch.get_num_threads()
 
 
@@ -145,7 +141,6 @@ def ledger_table(run_dir: Path) -> pd.DataFrame:
         One row per ledger entry: ``mechanism``, ``noise``, ``l2_sensitivity``, ``sample_rate``, ``steps``,
         ``epsilon_alone``, ``epsilon_cumulative``.
     """
-    from privimage.privacy import PrivacyLedger
 
     ledger = PrivacyLedger.load(Path(run_dir) / "ledger.json")
     entries = ledger.entries

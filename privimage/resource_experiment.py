@@ -19,9 +19,12 @@ import pandas as pd
 
 from privimage import experiments
 from privimage.config import Config
-from privimage.errors import ConfigError
+from privimage.data import dataset_info
 from privimage.data.registry import resolve_data_root
+from privimage.errors import ConfigError
+from privimage.evaluation import resource_comparison as rc
 from privimage.reporting import resource_notes
+from privimage.resource_usage import stage_costs
 
 
 def resource_table(
@@ -46,8 +49,6 @@ def resource_table(
         ``num_parameters``, ``work``, ``wall_time_s``, ``peak_memory_mb``, ``how``),
         the runs of measured mode (None when projected), and the table's header lines.
     """
-    from privimage.data import dataset_info
-    from privimage.evaluation import resource_comparison as rc
 
     grid = config.experiment
     data_root = resolve_data_root(data_root)
@@ -82,8 +83,6 @@ def _measured_stages(*, config: Config, schedule, presets: Mapping[str, str], pl
                      public_images: int, sensitive_images: int, data_root: Path,
                      progress: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Both methods run in full under ``schedule`` (Table 4's measured mode); their runs and per-stage costs."""
-    from privimage.evaluation import resource_comparison as rc
-    from privimage.resource_usage import stage_costs
 
     grid = config.experiment
     points = []

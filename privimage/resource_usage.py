@@ -33,6 +33,8 @@ from typing import Mapping
 
 import psutil
 
+from privimage.errors import PrivImageError
+
 # The stages of paper Table 4, in pipeline order.
 STAGES = ("sqf_training", "selection", "pretraining", "finetuning", "sampling")
 
@@ -78,8 +80,6 @@ class measure_stage(contextlib.ContextDecorator):  # noqa: N801 - used like a fu
     """
 
     def __init__(self, stage: str, *, log: list | None = None, sample_interval_s: float = 0.01) -> None:
-        from privimage.errors import PrivImageError
-
         if not _STAGE_NAME.match(stage):
             raise PrivImageError(f"stage name must be lower_snake_case, got '{stage}'")
         if sample_interval_s <= 0:

@@ -40,8 +40,27 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from privimage.config import config_from_dict, config_hash, run_identity
+from privimage.data import load_sensitive_train
 from privimage.errors import PrivImageError
+from privimage.methods import get_method
+from privimage.pipeline import resolved_data_root
+from privimage.privacy import PrivacyLedger, compute_epsilon
+from privimage.privacy.noise import noise_generator_name
 from privimage.run_folder import RELEASE_FILES, read_json, read_json_mapping
+from privimage.semantics.stage import resolve_query_settings
+from privimage.training.checkpoint import CheckpointUnreadable, list_checkpoints, load_checkpoint
+from privimage.training.journal import (
+    JOURNAL_NAME,
+    UPDATES_DIR,
+    checkpoint_account_problem,
+    checkpoint_position,
+    partial_update_files,
+    read_journal_entries,
+    sha256_of,
+    update_files,
+)
+from privimage.training.plan import finetune_plan
 
 # What `RunAudit.status` can be, and the exit code `privimage audit` returns for each.
 EXIT_CODES = {"pass": 0, "fail": 1, "no guarantee": 3, "incomplete": 4}
@@ -110,8 +129,6 @@ class RunAudit:
 
 def _read_run(run_dir: Path):
     """(run.json dict, Config, Method) of a run folder, or a one-line error."""
-    from privimage.config import config_from_dict
-    from privimage.methods import get_method
 
     if not run_dir.is_dir():
         raise PrivImageError(f"run folder not found: {run_dir}")
@@ -127,7 +144,6 @@ def _read_run(run_dir: Path):
 
 def _derived_artifacts(run_dir: Path) -> list[str]:
     """Artifacts of the run folder computed from the sensitive data, relative to it."""
-    from privimage.training.checkpoint import list_checkpoints
 
     found = [name for name in DERIVED_FILES if (run_dir / name).exists()]
     found += [str(path.relative_to(run_dir)) for path in reversed(list_checkpoints(run_dir / FINETUNE_DIR))]
@@ -231,7 +247,6 @@ def _check_custody_without_ledger(run_dir: Path, derived: list[str], checks: _Ch
 
 def _account_ledger(ledger_path: Path, audit: RunAudit, checks: _Checks):
     """The run's `PrivacyLedger` with ``audit``'s delta and epsilons set, or None once a check says it is unusable."""
-    from privimage.privacy import PrivacyLedger
 
     try:
         ledger = PrivacyLedger.load(ledger_path)
@@ -373,8 +388,6 @@ def _data_root_of(run: dict, data_root: Path | None) -> tuple[Path | None, str]:
 
 def _check_dataset(config, ledger, data_root: Path | None, source: str) -> tuple[bool, str]:
     """The ledger accounts for this sensitive set: same content hash and size (only the hash is read)."""
-    from privimage.data import load_sensitive_train
-    from privimage.pipeline import resolved_data_root
 
     sensitive = load_sensitive_train(config, data_root=data_root)
     actual = sensitive.content_hash()
@@ -386,8 +399,6 @@ def _check_dataset(config, ledger, data_root: Path | None, source: str) -> tuple
 
 def _check_config_hash(config, ledger) -> tuple[bool, str]:
     """The ledger was written for the config saved beside it."""
-    from privimage.config import config_hash
-    from privimage.pipeline import run_identity
 
     expected = config_hash(run_identity(config))
     return ledger.config_hash == expected, f"ledger {ledger.config_hash or '(none)'}, config.json {expected}"
@@ -396,7 +407,6 @@ def _check_config_hash(config, ledger) -> tuple[bool, str]:
 def _check_query(method, config, ledger, data_root: Path | None) -> tuple[bool, str]:
     """Exactly one semantic query when the method selects public data by it, none otherwise (Theorem 3.1),
     at the config's z and k (k = N when the config leaves it to N)."""
-    from privimage.semantics.stage import resolve_query_settings
 
     queries = [e for e in ledger.entries if e["mechanism"] == "semantic_query"]
     if not method.uses_query:
@@ -427,8 +437,6 @@ class _Journal:
 
     @classmethod
     def read(cls, folder: Path) -> "_Journal":
-        from privimage.training.journal import JOURNAL_NAME, read_journal_entries
-
         path = folder / JOURNAL_NAME
         if not path.is_file():
             return cls(path=path, header=None, error=f"{path} not found")
@@ -462,8 +470,6 @@ def _check_calibration(audit: RunAudit, method, config, ledger, journal: _Journa
     `CALIBRATION_EPSILON_TOLERANCE` of it and never more, which is what
     calibration guarantees of the sigma it returns.
     """
-    from privimage.privacy import compute_epsilon
-    from privimage.training.plan import finetune_plan
 
     entries = _dpsgd_entries(ledger)
     if not entries:
@@ -501,7 +507,6 @@ def _check_calibration(audit: RunAudit, method, config, ledger, journal: _Journa
 
 def _check_generators(config, ledger) -> tuple[bool, str]:
     """Every mechanism drew its noise from the generator secure_mode asks for."""
-    from privimage.privacy.noise import noise_generator_name
 
     wanted = noise_generator_name(secure_mode=config.finetune.secure_mode)
     used = sorted({e["generator"] for e in ledger.entries})
@@ -510,9 +515,6 @@ def _check_generators(config, ledger) -> tuple[bool, str]:
 
 def _check_checkpoints(folder: Path, ledger, journal: _Journal) -> tuple[bool, str]:
     """Each fine-tuning checkpoint carries a ledger: the run's query plus the steps released by then."""
-    from privimage.privacy import PrivacyLedger
-    from privimage.training.checkpoint import CheckpointUnreadable, list_checkpoints, load_checkpoint
-    from privimage.training.journal import checkpoint_account_problem
 
     paths = list_checkpoints(folder)
     if not paths:
@@ -543,10 +545,6 @@ def _check_checkpoints(folder: Path, ledger, journal: _Journal) -> tuple[bool, s
 
 def _check_released_updates(folder: Path, journal: _Journal) -> tuple[bool, str]:
     """Released updates on disk are charged, and the steps after the newest checkpoint can be replayed."""
-    from privimage.training.checkpoint import CheckpointUnreadable, list_checkpoints, load_checkpoint
-    from privimage.training.journal import (
-        UPDATES_DIR, checkpoint_position, partial_update_files, sha256_of, update_files,
-    )
 
     if journal.error:
         return False, journal.error

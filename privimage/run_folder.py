@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from privimage.cache import check_output_folder
 from privimage.errors import PrivImageError
 
 # What ``privimage select`` releases (semantics/stage.py): a noisy query of the sensitive data, with its own ledger.
@@ -72,7 +73,6 @@ def check_release_location(*, out_dir: Path, command: str) -> None:
         PrivImageError: the folder or a folder above it holds a release or a run
             that is not this command's own, or the folder cannot be created.
     """
-    from privimage.cache import check_output_folder
 
     out_dir = check_output_folder(out_dir)
     # The folder itself may hold its own earlier output (a resumed run; select refuses that itself).

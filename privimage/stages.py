@@ -26,19 +26,29 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+import torch
 
+# Stages through the module, so a stage replaced there (a test's tripwire) is the one that runs.
+from privimage import pipeline
 from privimage.cache import atomic_write_json, find_stage, stage_dir
-from privimage.config import Config, config_hash
+from privimage.config import Config, config_hash, run_identity
+from privimage.data import dataset_info, load_dataset, load_sensitive_train
 from privimage.data.base import ImageDataset
-from privimage.data.registry import load_dataset, resolve_data_root
+from privimage.data.glyphs import DIGIT_NAMES
+from privimage.data.mnist5k import CLASS_NAMES as DIGIT_CLASS_NAMES
+from privimage.data.registry import resolve_data_root
 from privimage.errors import PrivImageError
+from privimage.evaluation import classification_accuracy
+from privimage.evaluation.datasets import load_test_split
+from privimage.evaluation.evaluate import samples_fid
+from privimage.generators import generator_family
+from privimage.methods import get_method
+from privimage.privacy import PrivacyLedger
 from privimage.semantics.selection import relabel_selected
 
 
 def _sensitive_and_ledger(config: Config, data_root: Path):
     """The sensitive training set and an empty ledger for what the noisy query will read of it."""
-    from privimage.data import load_sensitive_train
-    from privimage.privacy import PrivacyLedger
 
     sensitive = load_sensitive_train(config, data_root=data_root)
     return sensitive, PrivacyLedger(delta=config.finetune.delta, dataset_hash=sensitive.content_hash(),
@@ -59,14 +69,12 @@ def private_selection(*, config: Config, data_root: Path | None = None, progress
     Returns:
         ``(selected ImageDataset, summary dict)``.
     """
-    from privimage.methods import get_method
-    from privimage.pipeline import selection_stage
 
     data_root = resolve_data_root(data_root)
     # The sensitive set is read by the noisy query only (accounted in the ledger).
     sensitive, ledger = _sensitive_and_ledger(config, data_root)
-    return selection_stage(method=get_method("privimage-d"), config=config, sensitive=sensitive, ledger=ledger,
-                           data_root=data_root, progress=progress)
+    return pipeline.selection_stage(method=get_method("privimage-d"), config=config, sensitive=sensitive,
+                                    ledger=ledger, data_root=data_root, progress=progress)
 
 
 def selection_histogram(summary: Mapping[str, Any]) -> dict[str, Any]:
@@ -90,8 +98,6 @@ def selection_histogram(summary: Mapping[str, Any]) -> dict[str, Any]:
 
 def own_glyph_name(sensitive: str, public: str, class_name: str) -> str | None:
     """The public class that is this sensitive class's own glyph (MNIST-5k's "seven": Glyphs-1k's "DIGIT SEVEN")."""
-    from privimage.data.glyphs import DIGIT_NAMES
-    from privimage.data.mnist5k import CLASS_NAMES as DIGIT_CLASS_NAMES
 
     if sensitive != "mnist5k" or public != "glyphs1k" or class_name not in DIGIT_CLASS_NAMES:
         return None
@@ -100,7 +106,6 @@ def own_glyph_name(sensitive: str, public: str, class_name: str) -> str | None:
 
 def ledger_epsilon(ledger: Mapping) -> float:
     """The epsilon of a serialised ledger (e.g. a selection's query alone)."""
-    from privimage.privacy import PrivacyLedger
 
     return PrivacyLedger.from_dict(dict(ledger)).epsilon()
 
@@ -145,13 +150,12 @@ def _pretrained_row(method: str, config: Config) -> dict:
 
 def _samples_folder(*, config: Config, data_key: str, generator: str) -> Path:
     """``cache_root()/pretrained_samples/<key>``: the run's config (grid section aside), its data and family."""
-    identity = {**config.to_dict(), "experiment": None}
-    return stage_dir("pretrained_samples", config_hash({"run": identity, "data": data_key, "generator": generator}))
+    return stage_dir("pretrained_samples",
+                     config_hash({"run": run_identity(config), "data": data_key, "generator": generator}))
 
 
 def _with_fid(row: dict, *, folder: Path, config: Config, data_root: Path, progress: bool) -> dict:
     """``row`` with the FID of the samples in ``folder`` against the sensitive test split (reporting only)."""
-    from privimage.evaluation.evaluate import samples_fid
 
     fid = samples_fid(folder=folder, config=config, data_root=data_root, progress=progress)
     return {**row, "fid": float(fid["fid"]), "fid_backbone": fid["fid_backbone"], "fid_scale": fid["fid_scale"],
@@ -178,11 +182,7 @@ def pretrained_only(*, config: Config, method: str, data_root: Path | None = Non
         ``{"method", "seed", "status", "note", "fid", "fid_backbone", "fid_scale", "fid_num_synthetic",
         "samples_dir", "query_epsilon", ...}``.
     """
-    import torch
 
-    from privimage.generators import generator_family
-    from privimage.methods import get_method
-    from privimage.pipeline import pretrain_stage, pretraining_data, sample_stage
 
     data_root = resolve_data_root(data_root)
     recipe = get_method(method)
@@ -191,20 +191,20 @@ def pretrained_only(*, config: Config, method: str, data_root: Path | None = Non
         return {**row, "status": "skipped", "note": f"{recipe.name} has no pre-training stage"}
     # The sensitive set is read by the noisy query only (selected pre-training data); the ledger records it.
     sensitive, ledger = _sensitive_and_ledger(config, data_root)
-    public, data_key, _ = pretraining_data(method=recipe, config=config, sensitive=sensitive, ledger=ledger,
-                                           data_root=data_root, progress=progress)
+    public, data_key, _ = pipeline.pretraining_data(method=recipe, config=config, sensitive=sensitive, ledger=ledger,
+                                                    data_root=data_root, progress=progress)
     channels, _, size = sensitive.image_shape
     folder = _samples_folder(config=config, data_key=data_key, generator=recipe.generator)
     # config.json is written last: a folder without it (a crash after sampling) is redone, not read.
     if not (folder / "config.json").is_file():
-        networks, _ = pretrain_stage(method=recipe, config=config, public=public, data_key=data_key,
-                                     image_channels=channels, image_size=size, num_classes=sensitive.num_classes,
-                                     progress=progress)
+        networks, _ = pipeline.pretrain_stage(method=recipe, config=config, public=public, data_key=data_key,
+                                              image_channels=channels, image_size=size,
+                                              num_classes=sensitive.num_classes, progress=progress)
         networks = generator_family(recipe.generator).pretrained_for_sampling(
             networks, unconditional=data_key.startswith("all:"), num_classes=sensitive.num_classes)
         with torch.no_grad():
-            sample_stage(method=recipe, networks=networks, config=config, class_names=sensitive.class_names,
-                         image_shape=sensitive.image_shape, run_dir=folder, progress=progress)
+            pipeline.sample_stage(method=recipe, networks=networks, config=config, class_names=sensitive.class_names,
+                                  image_shape=sensitive.image_shape, run_dir=folder, progress=progress)
         # The samples derive from the noisy query: the ledger and config go beside them.
         atomic_write_json(folder / "ledger.json", ledger.to_dict())
         atomic_write_json(folder / "config.json", config.to_dict())
@@ -232,12 +232,6 @@ def matched_glyph_pretraining(*, config: Config, data_root: Path | None = None, 
         A `pretrained_only` row with method ``"matched-glyphs"`` (status ``skipped``
         unless the public data is Glyphs-1k and the sensitive classes are the ten digits).
     """
-    from privimage.data import dataset_info, load_dataset
-    from privimage.data.glyphs import DIGIT_NAMES
-    from privimage.data.mnist5k import CLASS_NAMES as DIGIT_CLASS_NAMES
-    from privimage.methods import get_method
-    from privimage.pipeline import pretrain_stage, sample_stage
-    from privimage.semantics.selection import relabel_selected
 
     data_root = resolve_data_root(data_root)
     row = _pretrained_row("matched-glyphs", config)
@@ -254,11 +248,11 @@ def matched_glyph_pretraining(*, config: Config, data_root: Path | None = None, 
     folder = _samples_folder(config=config, data_key=data_key, generator=recipe.generator)
     # config.json is written last: a folder without it (a crash after sampling) is redone, not read.
     if not (folder / "config.json").is_file():
-        networks, _ = pretrain_stage(method=recipe, config=config, public=matched, data_key=data_key,
-                                     image_channels=image_shape[0], image_size=image_shape[-1],
-                                     num_classes=len(DIGIT_CLASS_NAMES), progress=progress)
-        sample_stage(method=recipe, networks=networks, config=config, class_names=DIGIT_CLASS_NAMES,
-                     image_shape=image_shape, run_dir=folder, progress=progress)
+        networks, _ = pipeline.pretrain_stage(method=recipe, config=config, public=matched, data_key=data_key,
+                                              image_channels=image_shape[0], image_size=image_shape[-1],
+                                              num_classes=len(DIGIT_CLASS_NAMES), progress=progress)
+        pipeline.sample_stage(method=recipe, networks=networks, config=config, class_names=DIGIT_CLASS_NAMES,
+                              image_shape=image_shape, run_dir=folder, progress=progress)
         atomic_write_json(folder / "config.json", config.to_dict())
     return {**_with_fid(row, folder=folder, config=config, data_root=data_root, progress=progress),
             "query_epsilon": 0.0}
@@ -279,9 +273,6 @@ def nonprivate_accuracy(*, config: Config, data_root: Path | None = None, progre
     Returns:
         ``{"ca_lr", "ca_mlp", "ca_cnn", "note"}``.
     """
-    from privimage.data import load_sensitive_train
-    from privimage.evaluation import classification_accuracy
-    from privimage.evaluation.datasets import load_test_split
 
     data_root = resolve_data_root(data_root)
     key = config_hash({"data": dataclasses.asdict(config.data), "evaluation": dataclasses.asdict(config.evaluation),

@@ -1,8 +1,8 @@
 """``privimage audit``: a faithful run folder passes; each way a privacy record can be wrong fails.
 
-The run folders are written with the same library pieces ``privimage run``
-uses (ledger, DP-SGD journal, checkpoints, calibration), without training, so
-each test takes seconds; one slow test audits a real smoke run end to end.
+The run folders are written by ``privimage run`` itself, once per module, on
+the smoke profile cut to a few steps; each test alters a copy the way a bug or
+a tampering would, and checks that the audit names it.
 """
 
 from __future__ import annotations
@@ -13,76 +13,29 @@ import pickle
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from privimage.cache import atomic_save_npz, atomic_write_json
+from privimage.cache import atomic_write_json
 from privimage.cli import main
-from privimage.config import config_hash, load_config
-from privimage.data import load_sensitive_train
-from privimage.pipeline import run_identity
 from privimage.privacy import PrivacyLedger
 from privimage.run_audit import audit_run
-from privimage.semantics.stage import resolve_query_settings
-from privimage.training.checkpoint import save_checkpoint
-from privimage.training.dpsgd import calibrate_to_ledger
-from privimage.training.plan import finetune_schedule
-from privimage.training.journal import JOURNAL_NAME, UPDATES_DIR, DPStepJournal, read_journal, update_file_name
+from privimage.training.journal import JOURNAL_NAME, UPDATES_DIR, read_journal, update_file_name
+from tiny_runs import tiny_profile
 
 EPSILON = 10.0
 
 
-def _write_run(run_dir: Path, *, method: str, sensitive, config, epsilon: float | None) -> None:
-    """What ``privimage run`` leaves after a complete run of ``method`` (private: ledger, journal, checkpoint)."""
-    run_dir.mkdir(parents=True)
-    atomic_write_json(run_dir / "config.json", config.to_dict())
-    private = epsilon is not None
-    atomic_write_json(run_dir / "run.json", {"method": method, "epsilon": epsilon, "seed": config.seed,
-                                             "delta": config.finetune.delta if private else None})
-    atomic_save_npz(run_dir / "synthetic.npz", x=np.zeros((10, 1, 32, 32), np.uint8), y=np.arange(10))
-    atomic_write_json(run_dir / "pretraining_data.json",
-                      {"data": {"privimage-d": "selected:0", "dpdm": "none"}.get(method, "selected:0")})
-    if not private:
-        atomic_write_json(run_dir / "privacy.json", {"guarantee": "none", "reason": "non-private ablation"})
-        return
-    ledger = PrivacyLedger(delta=config.finetune.delta, dataset_hash=sensitive.content_hash(),
-                           num_examples=len(sensitive), config_hash=config_hash(run_identity(config)))
-    if method == "privimage-d":
-        query = resolve_query_settings(config)
-        ledger.record_semantic_query(query_noise_multiplier=query.query_noise_multiplier, k=query.k,
-                                     generator="os-entropy")
-    sample_rate, steps = finetune_schedule(num_examples=len(sensitive), batch_size=config.finetune.batch_size,
-                                           epochs=config.finetune.epochs)
-    sigma = calibrate_to_ledger(ledger=ledger, target_epsilon=epsilon, sample_rate=sample_rate, steps=steps)
-    finetune = run_dir / "finetune"
-    journal = DPStepJournal(finetune / JOURNAL_NAME, header={
-        "stage": "dp_finetune_diffusion", "run_hash": "0" * 16, "dataset_hash": sensitive.content_hash(),
-        "noise_multiplier": sigma, "sample_rate": sample_rate, "total_steps": steps})
-    for step in range(1, steps + 1):
-        journal.record_step(step=step, update=[torch.full((2,), 0.01 * step)])
-        ledger.record_dpsgd_steps(noise_multiplier=sigma, sample_rate=sample_rate, steps=1, generator="os-entropy")
-    save_checkpoint(run_dir=finetune, step=steps, payload={
-        "stage": "dp_finetune_diffusion", "journal_steps": journal.steps, "journal_position": journal.steps,
-        "ledger": ledger.to_dict(), "model": {"weight": torch.zeros(2)}})
-    # As fine-tuning does: the updates before the last two steps are held by a checkpoint, and go.
-    journal.prune_updates(through_step=steps - 2)
-    journal.close()
-    ledger.save(run_dir / "ledger.json")
-    atomic_write_json(run_dir / "privacy.json", {
-        "guarantee": "differential privacy", "epsilon": ledger.epsilon(), "epsilon_prv": ledger.epsilon(accountant="prv"),
-        "delta": ledger.delta, "target_epsilon": epsilon, "neighbouring": "add/remove one sensitive image"})
-
-
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Pristine run folders of a private method with a query, one without, and a non-private ablation."""
-    config = load_config("smoke")
-    sensitive = load_sensitive_train(config)
+def runs(tmp_path_factory, module_cache):
+    """Run folders that ``privimage run`` itself wrote: a private method with a query, one without, an ablation."""
+    torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("pristine")
-    _write_run(root / "privimage-d", method="privimage-d", sensitive=sensitive, config=config, epsilon=EPSILON)
-    _write_run(root / "dpdm", method="dpdm", sensitive=sensitive, config=config, epsilon=EPSILON)
-    _write_run(root / "nonpriv-d", method="nonpriv-d", sensitive=sensitive, config=config, epsilon=None)
+    profile = tiny_profile(root)
+    for method, epsilon in (("privimage-d", EPSILON), ("dpdm", EPSILON), ("nonpriv-d", None)):
+        budget = ["--epsilon", str(epsilon)] if epsilon is not None else []
+        assert main(["run", "--profile", str(profile), "--method", method, *budget, "--no-evaluate",
+                     "--out", str(root / method), "--json"]) == 0, method
     return root
 
 
@@ -213,8 +166,9 @@ def test_uncharged_released_steps_fail(capsys, copy_run):
 
 def test_an_update_altered_after_its_release_fails(capsys, copy_run):
     run_dir = copy_run("dpdm")
+    # The updates no checkpoint holds yet stay on disk, to be replayed after a crash.
     kept = sorted((run_dir / "finetune" / UPDATES_DIR).glob("step-*.pt"))
-    assert len(kept) == 2
+    assert kept
     data = bytearray(kept[-1].read_bytes())
     data[-40] ^= 0x01
     kept[-1].write_bytes(bytes(data))
@@ -236,7 +190,7 @@ def test_a_released_update_that_no_journal_line_charges_fails(capsys, copy_run):
 
 def test_a_step_journalled_after_the_newest_checkpoint_must_keep_its_update(capsys, copy_run):
     run_dir = copy_run("dpdm")
-    (newest,) = [path for path in (run_dir / "finetune").glob("ckpt-*.pt")]
+    newest = max((run_dir / "finetune").glob("ckpt-*.pt"), key=lambda path: int(path.stem.split("-")[1]))
     payload = torch.load(newest, weights_only=True)
     # A checkpoint one step earlier: the last journalled step lives only in its update file.
     payload["journal_position"] -= 1
@@ -380,8 +334,7 @@ def test_an_interrupted_run_names_its_unaccounted_steps(capsys, copy_run):
     for path in [run_dir / "ledger.json", run_dir / "privacy.json", run_dir / "synthetic.npz",
                  *(run_dir / "finetune").glob("ckpt-*.pt")]:
         path.unlink()
-    config = load_config("smoke")
-    _, steps = finetune_schedule(num_examples=4000, batch_size=config.finetune.batch_size, epochs=config.finetune.epochs)
+    steps = read_journal(run_dir / "finetune" / JOURNAL_NAME)[1]
     code, result = audit_cli(capsys, run_dir)
     assert code == 4 and f"lists {steps} released DP-SGD steps" in result["checks"][0]["detail"]
 
@@ -407,28 +360,3 @@ def test_an_unreadable_run_folder_is_a_one_line_error(capsys, copy_run, damage):
 def test_audit_run_library_call_matches_the_command(runs):
     audit = audit_run(run_dir=runs / "dpdm")
     assert audit.status == "pass" and audit.exit_code == 0 and not audit.failed
-
-
-# --------------------------------------------------------------------------- a real run
-
-
-@pytest.mark.slow
-def test_a_real_smoke_run_passes_its_audit(capsys, tmp_path):
-    import yaml
-
-    torch.set_num_threads(2)
-    # The smoke profile cut to a few DP-SGD steps (checkpoints every two) and a handful of samples.
-    profile = yaml.safe_load((Path(__file__).parent.parent / "privimage" / "configs" / "smoke.yaml").read_text())
-    profile["finetune"].update(epochs=0.07, checkpoint_every=2)
-    profile["sampling"].update(num_samples=20, batch_size=20, ddim_steps=2)
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(profile))
-    out = tmp_path / "dpdm"
-    assert main(["run", "--profile", str(tmp_path / "tiny.yaml"), "--method", "dpdm", "--epsilon", "5",
-                 "--no-evaluate", "--out", str(out), "--json"]) == 0
-    capsys.readouterr()
-    code, result = audit_cli(capsys, out)
-    assert code == 0 and result["status"] == "pass", result
-    privacy = json.loads((out / "privacy.json").read_text())
-    assert result["epsilon_rdp"] == pytest.approx(privacy["epsilon"])
-    assert result["epsilon_rdp"] <= 5.0
-    assert len(list((out / "finetune").glob("ckpt-*.pt"))) == 2

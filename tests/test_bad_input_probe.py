@@ -18,17 +18,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from privimage.cli import main
 from privimage.privacy import PrivacyLedger
+from tiny_runs import tiny_profile
 from test_bad_input import TrainingStarted, assert_nothing_looks_complete, refused, run_argv, save_npz, tripwire  # noqa: F401
 
 # Every refusal (and every accepted call of the property test) must come back within this.
 SECONDS = 10.0
-REPO = Path(__file__).parent.parent
 
 
 def timed(call):
@@ -54,29 +53,12 @@ def no_sensitive_read(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def written_run(tmp_path_factory):
-    """A complete DPDM run folder as ``privimage run`` leaves it, written without training (test_audit_run)."""
-    from privimage.config import load_config
-    from privimage.data import load_sensitive_train
-    from test_audit_run import _write_run
-
-    config = load_config("smoke")
-    out = tmp_path_factory.mktemp("written") / "run"
-    _write_run(out, method="dpdm", sensitive=load_sensitive_train(config), config=config, epsilon=10.0)
-    return out, ["run", "--profile", "smoke", "--method", "dpdm", "--epsilon", "10", "--no-evaluate", "--out"]
-
-
-@pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """A finished DPDM run on the smoke profile cut to a few DP-SGD steps (no pre-training, no query)."""
     torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("finished")
-    profile = yaml.safe_load((REPO / "privimage" / "configs" / "smoke.yaml").read_text())
-    profile["finetune"].update(epochs=0.07, checkpoint_every=2)
-    profile["sampling"].update(num_samples=20, batch_size=20, ddim_steps=2)
-    (root / "tiny.yaml").write_text(yaml.safe_dump(profile))
     out = root / "run"
-    argv = ["run", "--profile", str(root / "tiny.yaml"), "--method", "dpdm", "--epsilon", "5", "--no-evaluate", "--out"]
+    argv = ["run", "--profile", str(tiny_profile(root)), "--method", "dpdm", "--epsilon", "5", "--no-evaluate", "--out"]
     assert main([*argv, str(out), "--json"]) == 0
     return out, argv
 
@@ -86,11 +68,6 @@ def private_copy(run, tmp_path: Path) -> tuple[Path, list[str]]:
     source, argv = run
     out = Path(shutil.copytree(source, tmp_path / "run"))
     return out, [*argv, str(out), "--json"]
-
-
-@pytest.fixture
-def copy_written(written_run, tmp_path):
-    return private_copy(written_run, tmp_path)
 
 
 @pytest.fixture
@@ -151,8 +128,8 @@ def test_2_the_prv_bound_keeps_the_settings_the_profiles_use(capsys):
 # --------------------------------------------------------------------------- 3: an audit that exploded
 
 
-def test_3_an_audit_of_a_ledger_charging_1e9_steps_fails_a_check(capsys, copy_written):
-    out, _ = copy_written
+def test_3_an_audit_of_a_ledger_charging_1e9_steps_fails_a_check(capsys, copy_finished):
+    out, _ = copy_finished
     ledger = json.loads((out / "ledger.json").read_text())
     next(entry for entry in ledger["entries"] if entry["mechanism"] == "dp_sgd")["steps"] = 10**9
     (out / "ledger.json").write_text(json.dumps(ledger))
@@ -165,11 +142,11 @@ def test_3_an_audit_of_a_ledger_charging_1e9_steps_fails_a_check(capsys, copy_wr
     assert seconds < SECONDS
 
 
-def test_a_finished_run_records_an_unavailable_prv_cross_check_instead_of_failing(capsys, copy_written, monkeypatch):
+def test_a_finished_run_records_an_unavailable_prv_cross_check_instead_of_failing(capsys, copy_finished, monkeypatch):
     # A composition whose PRV grid is too large must not cost a finished run its outputs: privacy.json says so.
     from privimage.privacy import accounting
 
-    out, _ = copy_written
+    out, _ = copy_finished
     monkeypatch.setattr(accounting, "MAX_PRV_DOMAIN_POINTS", 1.0)
     ledger = PrivacyLedger.load(out / "ledger.json")
     epsilon_prv, reason = ledger.prv_cross_check()
@@ -190,8 +167,8 @@ def test_a_finished_run_records_an_unavailable_prv_cross_check_instead_of_failin
 
 
 @pytest.mark.parametrize("damage", ["run.json truncated", "run.json is a list", "pretraining_data.json lacks data"])
-def test_4_resuming_a_damaged_run_folder_is_one_line_and_the_audit_fails_it(capsys, copy_written, tripwire, damage):
-    out, argv = copy_written
+def test_4_resuming_a_damaged_run_folder_is_one_line_and_the_audit_fails_it(capsys, copy_finished, tripwire, damage):
+    out, argv = copy_finished
     name = damage.split()[0]
     text = (out / name).read_text()
     (out / name).write_text({"run.json truncated": text[: len(text) // 2], "run.json is a list": "[]",
@@ -263,8 +240,8 @@ def test_6_select_is_never_written_into_a_run_folder(capsys, tmp_path, tripwire,
     assert not (run / "selection.json").exists()
 
 
-def test_6_the_audit_fails_a_run_folder_holding_a_release_its_ledger_does_not_charge(capsys, copy_written):
-    out, _ = copy_written
+def test_6_the_audit_fails_a_run_folder_holding_a_release_its_ledger_does_not_charge(capsys, copy_finished):
+    out, _ = copy_finished
     assert audit(capsys, out)[0] == 0
     plant_release(out)
     code, result, _ = audit(capsys, out)
@@ -291,8 +268,8 @@ def test_7_an_output_folder_under_a_file_is_refused_before_any_work(capsys, tmp_
     assert seconds < SECONDS
 
 
-def test_8_a_truncated_last_journal_line_is_called_cut_off_not_altered(capsys, copy_written):
-    out, _ = copy_written
+def test_8_a_truncated_last_journal_line_is_called_cut_off_not_altered(capsys, copy_finished):
+    out, _ = copy_finished
     journal = out / "finetune" / "dpsgd_journal.jsonl"
     text = journal.read_text().rstrip("\n")
     journal.write_text(text[: len(text) - 20])

@@ -141,7 +141,7 @@ def test_a_null_query_noise_multiplier_for_a_dataset_the_paper_never_queried_is_
 
 
 def test_multiplicity_chunk_is_a_memory_bound_outside_run_identities():
-    from privimage.pipeline import run_identity
+    from privimage.config import run_identity
 
     one_pass = load_config("smoke", overrides={"finetune.multiplicity_chunk": 0})
     assert load_config("smoke").finetune.multiplicity_chunk == 1

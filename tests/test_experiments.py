@@ -113,36 +113,6 @@ def test_a_finished_run_is_read_back_without_the_pipeline(tmp_path, monkeypatch)
     assert row["run_dir"] == str(folder) and row["num_parameters"] > 0
 
 
-def test_a_gan_the_pipeline_cannot_train_is_skipped_with_its_reason(tmp_path, monkeypatch):
-    monkeypatch.setenv("PRIVIMAGE_CACHE", str(tmp_path / "cache"))
-
-    def refuse(**kwargs):
-        raise PrivImageError(f"method '{kwargs['method']}' uses a GAN, which 'privimage run' does not train yet")
-
-    monkeypatch.setattr("privimage.pipeline.run_method", refuse)
-    config = load_config("smoke")
-    with pytest.warns(UserWarning, match="skipped"):
-        frame = experiments.run_grid(config=config, points=[
-            experiments.GridPoint(method="dpgan", epsilon=1.0, seed=0)], progress=False)
-    assert frame.loc[0, "status"] == "skipped" and "does not train yet" in frame.loc[0, "note"]
-    assert math.isnan(frame.loc[0, "fid"])
-    # A diffusion method's error is a real failure, never a skipped row.
-    with pytest.raises(PrivImageError, match="does not train yet"):
-        experiments.run_point(config=config, point=experiments.GridPoint(method="dpdm", epsilon=1.0, seed=0))
-
-
-def test_any_other_error_of_a_gan_run_is_a_failure(tmp_path, monkeypatch):
-    monkeypatch.setenv("PRIVIMAGE_CACHE", str(tmp_path / "cache"))
-
-    def broken(**kwargs):
-        raise PrivImageError("gan.update_ratio must be positive")
-
-    monkeypatch.setattr("privimage.pipeline.run_method", broken)
-    with pytest.raises(PrivImageError, match="update_ratio"):
-        experiments.run_point(config=load_config("smoke"),
-                              point=experiments.GridPoint(method="dpgan", epsilon=1.0, seed=0))
-
-
 def test_generator_parameters_follow_the_preset_and_the_family():
     config = load_config("smoke")
     sizes = {preset: generators.count_generator_parameters(
@@ -175,10 +145,10 @@ def _runs() -> pd.DataFrame:
          "ca_mlp": 0.6, "ca_cnn": 0.6, "status": "ok", "note": "", "epsilon_spent": 9.95,
          "fid_backbone": "offline-smallcnn-glyphs1k", "fid_num_synthetic": 200, "fid_num_real": 1000},
         {"dataset": "mnist5k", "method": "dpgan", "epsilon": 10.0, "seed": 0, "fid": math.nan, "ca_lr": math.nan,
-         "ca_mlp": math.nan, "ca_cnn": math.nan, "status": "skipped", "note": "not run: GAN", "epsilon_spent": math.nan,
+         "ca_mlp": math.nan, "ca_cnn": math.nan, "status": "skipped", "note": "no finished run", "epsilon_spent": math.nan,
          "fid_backbone": None, "fid_num_synthetic": None, "fid_num_real": None},
         {"dataset": "mnist5k", "method": "dpgan", "epsilon": 10.0, "seed": 1, "fid": math.nan, "ca_lr": math.nan,
-         "ca_mlp": math.nan, "ca_cnn": math.nan, "status": "skipped", "note": "not run: GAN", "epsilon_spent": math.nan,
+         "ca_mlp": math.nan, "ca_cnn": math.nan, "status": "skipped", "note": "no finished run", "epsilon_spent": math.nan,
          "fid_backbone": None, "fid_num_synthetic": None, "fid_num_real": None},
     ]
     return pd.DataFrame(rows)
@@ -189,7 +159,7 @@ def test_summarize_averages_seeds_and_keeps_skipped_methods():
     assert summary.loc["privimage-d", "fid"] == 12.0
     assert summary.loc["privimage-d", "fid_std"] == pytest.approx(np.std([10.0, 14.0], ddof=1))
     assert summary.loc["privimage-d", "ca_mlp_std"] == 0.0 and summary.loc["privimage-d", "num_seeds"] == 2
-    assert summary.loc["dpgan", "status"] == "skipped" and summary.loc["dpgan", "note"] == "not run: GAN"
+    assert summary.loc["dpgan", "status"] == "skipped" and summary.loc["dpgan", "note"] == "no finished run"
     assert math.isnan(summary.loc["dpgan", "fid"]) and summary.loc["dpgan", "num_seeds"] == 0
     # The guarantee of a row is its worst seed's ledger.
     assert summary.loc["privimage-d", "epsilon_spent_max"] == 9.95
@@ -225,7 +195,6 @@ def test_main_table_long_form_and_paper_shape():
     assert shaped.loc[0, "epsilon 10 CA LR (%)"].startswith("60 ± 14")
     assert shaped.loc[1, "epsilon 10 FID"] == tables.MISSING
     assert any("offline-smallcnn-glyphs1k" in n for n in notes) and any("replaces" in n for n in notes)
-    assert any(n.startswith("dpgan skipped") for n in notes)
     assert any("reporting only" in n for n in notes)
 
 

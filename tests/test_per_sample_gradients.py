@@ -234,8 +234,11 @@ def test_auto_takes_grouped_for_our_networks_and_vmap_where_a_layer_has_no_group
     compute_per_sample_gradients(model, diffusion_loss_from_noise, *inputs)
     assert used == []
     assert_grad_samples_equal(model, reference_gradients(model, diffusion_loss_from_noise, *inputs))
+    refused = ScaledUNet()
     with pytest.raises(PrivacyError, match="no grouped per-example gradient rule"):
-        compute_per_sample_gradients(ScaledUNet(), diffusion_loss_from_noise, *inputs, strategy="grouped")
+        compute_per_sample_gradients(refused, diffusion_loss_from_noise, *inputs, strategy="grouped")
+    # The refusal leaves no hook behind on the layers it had already looked at.
+    assert not any(module._forward_hooks for module in refused.modules())
     with pytest.raises(PrivacyError, match="unknown per-sample gradient strategy"):
         compute_per_sample_gradients(small_unet(), diffusion_loss_from_noise, *inputs, strategy="fast")
 

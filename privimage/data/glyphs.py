@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
+from tqdm.auto import tqdm
 
 from privimage.cache import atomic_save_npz, atomic_write_json, cache_root
 from privimage.config import DataConfig, config_hash
@@ -453,7 +454,6 @@ def generate(config: DataConfig, *, workers: int = 2, progress: bool = True) -> 
     folder = cache_dir(config)
     if all((folder / f"{split}.npz").is_file() for split in SPLITS):
         return folder
-    from tqdm.auto import tqdm
 
     started = time.perf_counter()
     names = class_names()

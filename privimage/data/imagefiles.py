@@ -27,6 +27,7 @@ from typing import Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
 
 from privimage.cache import atomic_save_npz, cache_root
 from privimage.errors import DataError
@@ -77,6 +78,7 @@ def scan_image_folder(root: Path, *, data_root: Path, what: str) -> tuple[list[s
         (class names in label order, [(path, label), ...] sorted by class then path).
     """
     from torchvision.datasets import ImageFolder
+
     # torchvision's list of image extensions (ImageFolder's own filter).
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
@@ -272,7 +274,6 @@ def decode_images(
                     return archive["images"]
             except (OSError, KeyError, ValueError, zipfile.BadZipFile):
                 pass  # an unreadable cache entry is decoded again and replaced
-    from tqdm.auto import tqdm
 
     workers = workers or ((os.cpu_count() or 1) if large else 1)
     bar = dict(total=len(tasks), desc=f"decoding {what}", unit="img", disable=not progress or not large)

@@ -156,15 +156,14 @@ def _attach_grouped_hooks(model: nn.Module, *, examples: int, gradients: dict[nn
 
     # Which parameters of each layer are trained, noted before the caller switches the flags off.
     wanted: dict[nn.Module, set[str]] = {}
-    handles = []
     for module in model.modules():
         names = {name for name, p in module.named_parameters(recurse=False) if p.requires_grad}
         if names:
             if not _supported(module):
+                # Refused before any hook is attached, so the model is left as it was.
                 raise PrivacyError(f"no grouped per-example gradient rule for layer {type(module).__name__}")
             wanted[module] = names
-            handles.append(module.register_forward_hook(keep_input))
-    return handles
+    return [module.register_forward_hook(keep_input) for module in wanted]
 
 
 def _supported(module: nn.Module) -> bool:

@@ -36,15 +36,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytorch_fid.inception as fid_inception
 import torch
 import torch.nn.functional as F
+from pytorch_fid.fid_score import calculate_frechet_distance
+from pytorch_fid.inception import FID_WEIGHTS_URL, InceptionV3
 from tqdm.auto import tqdm
 
 from privimage.cache import atomic_save_npz, atomic_write_json, file_sha256, stage_dir
 from privimage.config import Config, EvaluationConfig, config_hash
 from privimage.data.base import ImageDataset, refuse_sensitive
 from privimage.errors import ConfigError, DataError, PrivImageError
+
+# load_split through its module, so a loader replaced there (a test's stand-in corpus) is the one called.
+from privimage.evaluation import datasets as evaluation_datasets
 from privimage.evaluation.backbone import backbone_name, load_or_train_backbone
+from privimage.evaluation.datasets import PUBLIC_TRAIN_SPLIT, PUBLIC_VALIDATION_SPLIT
 from privimage.evaluation.networks import SmallCNN, default_device
 
 INCEPTION_ENV = "PRIVIMAGE_INCEPTION_WEIGHTS"
@@ -97,7 +104,6 @@ def download_inception_weights() -> Path:
     Returns:
         The path of the downloaded (hash-checked) file.
     """
-    from pytorch_fid.inception import FID_WEIGHTS_URL
 
     try:
         torch.hub.load_state_dict_from_url(FID_WEIGHTS_URL, progress=True, check_hash=True, map_location="cpu")
@@ -152,7 +158,6 @@ def choose_backbone(*, config: EvaluationConfig, public_name: str) -> BackboneCh
         )
     if weights is not None:
         return BackboneChoice("inception", "inception", config.fid_inception_dims, weights)
-    from privimage.evaluation.datasets import PUBLIC_VALIDATION_SPLIT
 
     scale = (RAW_OFFLINE_SCALE if config.fid_offline_scale == "raw" else
              standardised_scale_label(public_name, PUBLIC_VALIDATION_SPLIT,
@@ -218,8 +223,6 @@ class InceptionFeatures(FeatureExtractor):
     """pytorch-fid's InceptionV3 pooled features (pool3 = 2048-d by default)."""
 
     def __init__(self, *, weights: Path, dims: int = 2048, batch_size: int = 200, device: torch.device | None = None):
-        from pytorch_fid.inception import InceptionV3
-
         self.name = "inception"
         self.feature_dims = dims
         self.batch_size = batch_size
@@ -416,7 +419,6 @@ def _local_inception_weights(path: Path):
     ``fid_inception_v3``; this swaps that one loader for a ``weights_only`` load
     of ``path`` while the network is built, so no network is ever reached.
     """
-    import pytorch_fid.inception as fid_inception
 
     def load_local(url, *args, **kwargs):
         try:
@@ -472,13 +474,12 @@ def load_fid_backbone(
         return InceptionFeatures(weights=choice.inception_weights, dims=choice.feature_dims,
                                  batch_size=config.evaluation.fid_batch_size, device=device)
     # Offline: the public corpus trains the backbone once; later calls read the cache.
-    from privimage.evaluation.datasets import PUBLIC_TRAIN_SPLIT, PUBLIC_VALIDATION_SPLIT, load_split
-
     if public_train is None:
-        public_train = load_split(name=config.data.public, split=PUBLIC_TRAIN_SPLIT, data_root=data_root, config=config.data)
+        public_train = evaluation_datasets.load_split(name=config.data.public, split=PUBLIC_TRAIN_SPLIT,
+                                                      data_root=data_root, config=config.data)
     if public_validation is None:
-        public_validation = load_split(name=config.data.public, split=PUBLIC_VALIDATION_SPLIT, data_root=data_root,
-                                       config=config.data)
+        public_validation = evaluation_datasets.load_split(name=config.data.public, split=PUBLIC_VALIDATION_SPLIT,
+                                                           data_root=data_root, config=config.data)
     standardise = config.evaluation.fid_offline_scale != "raw"
     # The scale reads public data only: never the sensitive dataset, either split.
     if standardise and public_validation.name == config.data.sensitive:
@@ -553,7 +554,6 @@ def reference_statistics(
 
 def pytorch_fid_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     """pytorch-fid's ``calculate_frechet_distance``, with its failure as one user-facing error."""
-    from pytorch_fid.fid_score import calculate_frechet_distance
 
     try:
         # pytorch-fid 0.3.0 passes scipy's deprecated `disp` argument; that is not the user's concern.

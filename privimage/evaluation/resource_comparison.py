@@ -32,9 +32,18 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
 
-from privimage.config import Config, load_config
+from privimage.config import Config, DiffusionModelConfig, load_config
+from privimage.data import dataset_info
+from privimage.diffusion import ddim_sample
 from privimage.errors import ConfigError
+from privimage.evaluation.step_cost import benchmark_configuration, peak_step_memory, time_interleaved
+from privimage.models import build_unet, count_parameters
+from privimage.semantics.query_function import build_query_function
+from privimage.training.dpsgd import finetune_schedule
 
 METHODS = ("pdp-diffusion", "privimage-d")
 # Paper Table 4 stages, in pipeline order; the SQF is Privimage's alone.
@@ -98,7 +107,6 @@ def paper_schedule(*, data_root=None) -> ResourceSchedule:
     Returns:
         The schedule.
     """
-    from privimage.data import dataset_info
 
     paper = load_config("paper")
     public = dataset_info(paper.data.public, "train", data_root=data_root, config=paper.data)["num_images"]
@@ -160,7 +168,6 @@ def stage_plan(*, config: Config, schedule: ResourceSchedule, method: str, publi
     Returns:
         One `StageWork` per stage of `TABLE4_STAGES`; a stage the method lacks has zero steps.
     """
-    from privimage.training.dpsgd import finetune_schedule
 
     own_set = pretraining_images(method=method, public_images=public_images, selection_ratio=selection_ratio)
     overrides = schedule_overrides(config=config, schedule=schedule, pretraining_images=own_set,
@@ -252,10 +259,7 @@ def time_stage_step(*, stage: str, preset: str, work: StageWork, config: Config,
     Returns:
         `project_stage`'s record plus ``num_parameters`` and ``how`` (what was timed).
     """
-    import torch
 
-    from privimage.evaluation.step_cost import benchmark_configuration, peak_step_memory, time_interleaved
-    from privimage.models import count_parameters
 
     images = timing_images(work, max_rows=max_rows)
     channels, size = image_shape[0], image_shape[-1]
@@ -290,13 +294,7 @@ def time_stage_step(*, stage: str, preset: str, work: StageWork, config: Config,
 def _inference_or_sqf_step(*, stage: str, preset: str, config: Config, images: int, image_shape, num_classes: int,
                            num_public_classes: int) -> tuple[Callable[[], None], "torch.nn.Module"]:
     """One DDIM step of the UNet, or one SGD step of the SQF, on random inputs."""
-    import torch
-    import torch.nn.functional as F
 
-    from privimage.config import DiffusionModelConfig
-    from privimage.diffusion import ddim_sample
-    from privimage.models import build_unet
-    from privimage.semantics.query_function import build_query_function
 
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(1)
@@ -337,7 +335,6 @@ def project_stages(*, config: Config, presets: Mapping[str, str], plans: Mapping
         One row per method and stage: ``method``, ``preset``, ``stage``, ``work``, ``num_parameters``,
         ``wall_time_s``, ``peak_memory_mb`` and ``how``; a stage a method lacks costs nothing.
     """
-    from tqdm.auto import tqdm
 
     grid = config.experiment
     rows = []

@@ -20,9 +20,16 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
+from pytorch_fid.fid_score import calculate_frechet_distance
 
 from privimage.config import Config
+from privimage.data import load_dataset
 from privimage.data.base import ImageDataset
+from privimage.data.registry import resolve_data_root
+from privimage.evaluation.datasets import load_test_split
+from privimage.evaluation.fid import feature_statistics
+from privimage.semantics import dataset_frequencies, semantic_distribution_similarity
+from privimage.semantics.stage import trained_query_function
 
 
 def sensitive_test_frequencies(*, config: Config, data_root: Path | None = None) -> dict[str, float]:
@@ -37,9 +44,6 @@ def sensitive_test_frequencies(*, config: Config, data_root: Path | None = None)
     Returns:
         The class counts by name.
     """
-    from privimage.evaluation.datasets import load_test_split
-    from privimage.data.registry import resolve_data_root
-    from privimage.semantics import dataset_frequencies
 
     data_root = resolve_data_root(data_root)
     return dataset_frequencies(load_test_split(name=config.data.sensitive, data_root=data_root, config=config.data))
@@ -58,11 +62,7 @@ def sqf_frechet_distances(*, config: Config, public: ImageDataset, data_root: Pa
     Returns:
         The distance function; the features of ``public`` are computed once.
     """
-    from pytorch_fid.fid_score import calculate_frechet_distance
 
-    from privimage.evaluation.datasets import load_test_split
-    from privimage.evaluation.fid import feature_statistics
-    from privimage.semantics.stage import trained_query_function
 
     query_function = trained_query_function(config, data_root=data_root, progress=progress)
     test = load_test_split(name=config.data.sensitive, data_root=data_root, config=config.data)
@@ -92,9 +92,6 @@ class SelectionSimilarity:
     """
 
     def __init__(self, *, config: Config, data_root: Path, progress: bool) -> None:
-        from privimage.data import load_dataset
-        from privimage.semantics import dataset_frequencies, semantic_distribution_similarity
-
         self._similarity = semantic_distribution_similarity
         self._sensitive_frequencies = sensitive_test_frequencies(config=config, data_root=data_root)
         self._public = load_dataset(config.data.public, "train", data_root=data_root, config=config.data)

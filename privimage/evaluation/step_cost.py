@@ -34,12 +34,17 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
 
-from privimage.config import DiffusionModelConfig
+from privimage.config import DiffusionModelConfig, load_config
 from privimage.diffusion import diffusion_loss_from_noise, draw_diffusion_noise
 from privimage.dp.per_sample import compute_per_sample_gradients, compute_per_sample_gradients_opacus
 from privimage.errors import ConfigError
 from privimage.models import build_unet, count_parameters
+
+# Through the module, so a DP-SGD step replaced there (a test's tripwire) is the one timed.
+from privimage.training import dpsgd
 
 STEP_METHODS = ("dp_sgd", "non_private", "dpdm_baseline")
 # Per-sample gradient engines (``engine:<name>``): ours over B images, opacus' modes over B*K rows.
@@ -77,8 +82,6 @@ def peak_step_memory(step: Callable[[], None], *, device: torch.device) -> int:
         step()
         synchronize(device)
         return int(torch.cuda.max_memory_allocated(device) - start)
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
 
     cpu_kinds = (DeviceType.CPU, DeviceType.MKLDNN, DeviceType.IDEEP)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
@@ -135,8 +138,6 @@ def time_interleaved(
 def unet_config(model: str) -> DiffusionModelConfig:
     """The UNet a benchmark row names: ``quick`` (the quick profile's) or a preset such as ``6.1M``."""
     if model == "quick":
-        from privimage.config import load_config
-
         return load_config("quick").diffusion
     return DiffusionModelConfig(preset=model)
 
@@ -190,9 +191,8 @@ def make_steps(
 
 def _dp_optimizer(network: torch.nn.Module, *, batch: int, device: torch.device):
     """The fine-tuning stage's DP optimiser, at the stand-in settings, for a logical batch of ``batch`` images."""
-    from privimage.training.dpsgd import make_dp_optimizer
 
-    return make_dp_optimizer(parameters=list(network.parameters()), lr=LEARNING_RATE, weight_decay=0.0,
+    return dpsgd.make_dp_optimizer(parameters=list(network.parameters()), lr=LEARNING_RATE, weight_decay=0.0,
                              noise_multiplier=NOISE_MULTIPLIER, max_grad_norm=MAX_GRAD_NORM,
                              expected_batch_size=batch, secure_mode=False, device=device)
 
@@ -200,12 +200,11 @@ def _dp_optimizer(network: torch.nn.Module, *, batch: int, device: torch.device)
 def _training_stage_step(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], *, device: torch.device,
                          multiplicity_chunk: int | None) -> Callable[[], None]:
     """Exactly what the fine-tuning loop runs for one logical batch of B images, on a copy of ``model``."""
-    from privimage.training.dpsgd import dp_sgd_step
 
     batch = inputs[2].shape[0]
     network = copy.deepcopy(model)
     optimizer = _dp_optimizer(network, batch=batch, device=device)
-    return lambda: dp_sgd_step(model=network, optimizer=optimizer, per_example_loss=diffusion_loss_from_noise,
+    return lambda: dpsgd.dp_sgd_step(model=network, optimizer=optimizer, per_example_loss=diffusion_loss_from_noise,
                                batch_indices=range(batch), load_inputs=lambda chunk: inputs,
                                physical_batch_size=batch, multiplicity_chunk=multiplicity_chunk)
 
@@ -374,7 +373,6 @@ def profile_top_operators(step: Callable[[], None], *, device: torch.device, row
     Returns:
         ``[{"name", "self_seconds", "calls"}]``, most expensive first.
     """
-    from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as profiler:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from privimage.config import config_from_dict
+from privimage.data import dataset_info
 from privimage.data.base import ImageDataset
 from privimage.errors import DataError, PrivacyError
 
@@ -128,8 +130,6 @@ def load_run_synthetic(run_dir: Path, *, data_root: Path | None = None) -> Image
     Returns:
         The images and labels, as sampled.
     """
-    from privimage.config import config_from_dict
-    from privimage.data import dataset_info
 
     resolved = config_from_dict(json.loads((Path(run_dir) / "config.json").read_text()))
     names = tuple(dataset_info(resolved.data.sensitive, "test", data_root=data_root,

@@ -16,11 +16,15 @@ from pathlib import Path
 import numpy as np
 from sklearn.manifold import TSNE
 
-from privimage.cache import atomic_write_bytes
+from privimage.cache import atomic_save_npz, atomic_write_bytes
 from privimage.config import Config
 from privimage.data.base import ImageDataset
+from privimage.data.registry import resolve_data_root
 from privimage.errors import DataError
+from privimage.evaluation.classifiers import train_classifiers
+from privimage.evaluation.datasets import load_test_split
 from privimage.evaluation.networks import SmallCNN, predict_batches
+from privimage.evaluation.synthetic import load_run_synthetic
 
 
 def cnn_embeddings(*, model: SmallCNN, dataset: ImageDataset, batch_size: int = 500) -> np.ndarray:
@@ -94,11 +98,6 @@ def tsne_points(*, run_dir: Path, config: Config, data_root: Path | None = None,
     Returns:
         ``{"points": N x 2, "labels": N, "class_names": tuple}``.
     """
-    from privimage.cache import atomic_save_npz
-    from privimage.evaluation.classifiers import train_classifiers
-    from privimage.evaluation.datasets import load_test_split
-    from privimage.evaluation.synthetic import load_run_synthetic
-    from privimage.data.registry import resolve_data_root
 
     data_root = resolve_data_root(data_root)
     path = Path(run_dir) / "tsne.npz"

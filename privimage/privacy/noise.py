@@ -31,6 +31,7 @@ from __future__ import annotations
 import secrets
 
 import numpy as np
+import torch
 
 from privimage.privacy.validation import check_positive
 
@@ -106,7 +107,6 @@ def torch_noise_generator(*, secure: bool = False, device: str = "cpu"):
     Returns:
         A seeded ``torch.Generator``.
     """
-    import torch
 
     generator = torch.Generator(device=device)
     generator.manual_seed(secrets.randbits(63))

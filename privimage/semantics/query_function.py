@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -92,7 +93,6 @@ class ResNet50At32(nn.Module):
 
     def __init__(self, *, in_channels: int, num_classes: int) -> None:
         super().__init__()
-        import torchvision
 
         net = torchvision.models.resnet50(weights=None, num_classes=num_classes)
         net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)

@@ -17,12 +17,13 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from privimage.data import class_name_vector, glove_vectors
+from privimage.data.base import refuse_sensitive
 from privimage.errors import PrivImageError
 
 
 def semantic_vectors(frequencies: Mapping[str, float], vectors) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Unit GloVe vectors and normalised weights of the semantics that have a vector."""
-    from privimage.data import class_name_vector
 
     rows, weights, missing = [], [], []
     for name, frequency in frequencies.items():
@@ -53,7 +54,6 @@ def semantic_distribution_similarity(
     Returns:
         The SDS, in [-1, 1].
     """
-    from privimage.data import glove_vectors
 
     vectors = vectors if vectors is not None else glove_vectors()
     unit_a, weight_a, _ = semantic_vectors(frequencies_a, vectors)
@@ -63,7 +63,6 @@ def semantic_distribution_similarity(
 
 def dataset_frequencies(dataset) -> dict[str, float]:
     """{class name: number of images} of a public ImageDataset (its label counts are data)."""
-    from privimage.data.base import refuse_sensitive
 
     refuse_sensitive(dataset, "SDS frequencies")
     counts = np.bincount(dataset.labels, minlength=dataset.num_classes)

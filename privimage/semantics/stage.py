@@ -24,6 +24,7 @@ from privimage.cache import atomic_save_npz, atomic_write_json
 from privimage.config import Config
 from privimage.data import dataset_info, load_dataset, load_sensitive_train
 from privimage.data.base import ImageDataset
+from privimage.data.registry import is_sensitive_name
 from privimage.errors import PrivImageError
 from privimage.privacy import PrivacyLedger
 from privimage.semantics.query import (
@@ -45,7 +46,6 @@ class SelectionResult:
 
 def check_public_name(config: Config) -> None:
     """The public dataset is not the sensitive one: its class names are the semantics the query votes for."""
-    from privimage.data.registry import is_sensitive_name
 
     if is_sensitive_name(config.data.public, config.data):
         raise PrivImageError(f"'{config.data.public}' is the sensitive dataset, not a public dataset with named "

@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from privimage.cache import atomic_write_json
 from privimage.data.base import ImageDataset
@@ -43,6 +44,5 @@ def write_resources(run_dir: Path, stage: str, record: Mapping[str, Any]) -> Pat
 
 def progress_bar(*, total: int, initial: int, desc: str, enabled: bool):
     """A tqdm bar over logical steps (starts at ``initial`` when resuming)."""
-    from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, unit="step", disable=not enabled, dynamic_ncols=True)

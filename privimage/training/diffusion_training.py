@@ -18,12 +18,13 @@ import torch
 
 from privimage.config import Config
 from privimage.data.base import ImageDataset, refuse_sensitive
+from privimage.diffusion import diffusion_loss_from_noise, diffusion_loss_per_example, draw_diffusion_noise
+from privimage.distributed import sum_gradients_over_ranks
 from privimage.errors import DataError
 from privimage.training.common import batch_tensors, model_device
 from privimage.training.dpsgd import run_dp_sgd
-from privimage.training.plan import finetune_plan
-from privimage.distributed import sum_gradients_over_ranks
 from privimage.training.plain import accumulate_mean_loss, run_plain_training
+from privimage.training.plan import finetune_plan
 
 PRETRAIN_STAGE = "pretrain_diffusion"
 DP_FINETUNE_STAGE = "dp_finetune_diffusion"
@@ -47,7 +48,6 @@ def _check_labels(dataset: ImageDataset, num_classes: int, *, role: str) -> None
 
 def _diffusion_loss(*, noise_multiplicity: int, label_dropout: float, num_classes: int, sigma_data: float):
     """Per-example denoising loss (Eq. 2), K noise draws averaged per image (DPDM's noise multiplicity)."""
-    from privimage.diffusion import diffusion_loss_per_example
 
     def per_example_loss(model, images, labels):
         return diffusion_loss_per_example(
@@ -62,7 +62,6 @@ def _diffusion_loss(*, noise_multiplicity: int, label_dropout: float, num_classe
 def _dp_inputs(dataset: ImageDataset, device: torch.device, *, noise_multiplicity: int, label_dropout: float,
                num_classes: int):
     """Rows -> (images, noise, times, labels): the K draws are made outside the per-sample map."""
-    from privimage.diffusion import draw_diffusion_noise
 
     def load_inputs(rows: np.ndarray) -> tuple[torch.Tensor, ...]:
         images, labels = batch_tensors(dataset, rows, device)
@@ -171,7 +170,6 @@ def dp_finetune_diffusion(
     settings = config.finetune
     num_classes = _num_classes(model)
     _check_labels(sensitive, num_classes, role="sensitive")
-    from privimage.diffusion import diffusion_loss_from_noise
 
     plan = finetune_plan(generator="diffusion", settings=settings, num_examples=len(sensitive))
     load_inputs = _dp_inputs(

@@ -2,48 +2,26 @@
 
 Paper Algorithm 1 and Appendix E, as DESIGN.md restores them:
 
-- Poisson sampling: every sensitive example joins a logical batch independently
-  with probability q = batch_size / N (opacus ``UniformWithReplacementSampler``),
-  so batch sizes vary; T = ceil(epochs / q) logical steps.
-- One per-sample gradient per image (the diffusion loss averaged over K noise
-  draws before clipping, `privimage.dp.per_sample.compute_per_sample_gradients`),
-  clipped to norm C, summed, Gaussian noise of std sigma * C added once per
-  logical step and the sum divided by the *expected* batch size (opacus
-  ``DPOptimizer`` with ``loss_reduction="mean"``). A logical batch larger than
-  memory allows is split into physical chunks whose clipped gradients are
-  accumulated before the single noise draw (opacus's BatchMemoryManager
-  protocol: ``signal_skip_step``).
-- sigma is calibrated so that the whole ledger -- the semantic query already
-  in it plus the T planned steps -- meets the target epsilon (Theorem E.3).
-- Every logical step's noisy update is written to the run's journal (the
-  update file, then a line naming it and its hash) and charged to the ledger
-  *before* it is applied, and a checkpoint holding the ledger is written every
-  ``checkpoint_every`` steps. On resume the updates released after the
-  checkpoint are replayed, not drawn again (see `privimage.training.journal`),
-  so a resumed run ends with the uninterrupted run's steps and epsilon.
+- Poisson sampling with rate q = batch_size / N for T = ceil(epochs / q) logical
+  steps (`poisson_sampler`; under torchrun each rank samples its own shard).
+- One per-sample gradient per image (the loss averaged over K noise draws),
+  clipped to C, summed over physical chunks, one Gaussian draw of std sigma * C
+  per logical step, divided by the expected batch size (`dp_sgd_step`,
+  `make_dp_optimizer`).
+- sigma calibrated so that the whole ledger (the semantic query already in it
+  plus the T planned steps) meets the target epsilon (`calibrate_to_ledger`,
+  Theorem E.3).
+- Each noisy update is journalled and charged *before* it is applied, and on
+  resume the updates released after the last checkpoint are replayed, not drawn
+  again (`privimage.training.journal`), so a resumed run ends with the
+  uninterrupted run's steps and epsilon.
 
-Randomness of the mechanism (which examples a batch holds, the gradient noise)
-comes from fresh OS-entropy generators, never from the experiment seed, and is
-never checkpointed; on resume new generators are drawn, which is as private.
-The non-private randomness (diffusion noise and timesteps, a GAN's latents) is
-seeded afresh at every step from (experiment seed, stage, step), so a replayed
-step's post-processing draws what the live step drew, and no generator state
-that depends on the realised batch size reaches a checkpoint. Nothing computed
-from the sensitive data outside the noisy gradient is reported either (no
-training loss, no realised batch sizes): those would be releases the ledger
-does not account for.
-
-Under torchrun (`privimage.distributed`) the same logical step runs on W
-processes: rank r holds the examples r, r+W, r+2W, ... and Poisson-samples them
-with the same rate q, so the union of the ranks' batches is a Poisson sample of
-the whole set with rate q and expected size batch_size; each rank clips its own
-per-sample gradients and opacus's ``DistributedDPOptimizer`` adds the noise on
-rank 0 only and all-reduces the noisy sum, so each logical step releases one
-noisy gradient of the global batch, divided by the global expected batch size.
-The accounting is therefore the single-process one (q, sigma, T), with one
-journal, one ledger and the checkpoints written by rank 0; a checkpoint holds
-nothing rank-specific, and every rank replays the updates rank 0 reads from the
-journal, so a run resumes with any number of processes.
+The mechanism's randomness (batch membership, gradient noise) comes from fresh
+OS-entropy generators, never from the experiment seed, and is never
+checkpointed; the non-private randomness is seeded per step (`_seed_step`).
+Nothing else computed from the sensitive data is reported (no training loss,
+no realised batch sizes): those would be releases the ledger does not hold.
+`run_dp_sgd` is the loop: open the account, resume, replay, train, finish.
 """
 
 from __future__ import annotations
@@ -66,14 +44,23 @@ from privimage import distributed
 from privimage.config import FinetuneConfig, config_hash, without_cost_only_settings
 from privimage.data.base import ImageDataset
 from privimage.dp import check_dp_compatible
+from privimage.dp.per_sample import compute_per_sample_gradients
 from privimage.errors import ConfigError, PrivacyError
-from privimage.privacy.noise import noise_generator_name
+
+# Through the module, so a calibration replaced there (the tests' cached one) is the one called.
+from privimage.privacy import calibration
+from privimage.privacy.ledger import PrivacyLedger
+from privimage.privacy.noise import noise_generator_name, torch_noise_generator
 from privimage.resource_usage import measure_stage
 from privimage.seeding import seed_training_randomness, stage_seed
 from privimage.training.checkpoint import checkpoint_steps, load_latest_checkpoint, save_checkpoint
 from privimage.training.common import progress_bar, write_resources
 from privimage.training.journal import (
-    JOURNAL_NAME, DPStepJournal, JournalEntry, checkpoint_account_problem, checkpoint_position,
+    JOURNAL_NAME,
+    DPStepJournal,
+    JournalEntry,
+    checkpoint_account_problem,
+    checkpoint_position,
 )
 from privimage.training.plan import DIFFUSION_BETAS, finetune_schedule
 
@@ -97,7 +84,6 @@ def calibrate_to_ledger(*, ledger, target_epsilon: float, sample_rate: float, st
     Returns:
         sigma (paper Theorem E.3).
     """
-    from privimage.privacy.calibration import calibrate_noise_multiplier
 
     entries = ledger.entries
     spent_steps = sum(e["steps"] for e in entries if e["mechanism"] == "dp_sgd")
@@ -110,7 +96,7 @@ def calibrate_to_ledger(*, ledger, target_epsilon: float, sample_rate: float, st
     if len(queries) > 1:
         raise PrivacyError(f"the ledger holds {len(queries)} semantic queries; a run makes at most one")
     query = queries[0] if queries else None
-    return calibrate_noise_multiplier(
+    return calibration.calibrate_noise_multiplier(
         target_epsilon=target_epsilon,
         delta=ledger.delta,
         sample_rate=sample_rate,
@@ -152,7 +138,6 @@ def make_dp_optimizer(
     Returns:
         The ``DPOptimizer`` (a ``DistributedDPOptimizer`` under torchrun).
     """
-    from privimage.privacy.noise import torch_noise_generator
 
     if not max_grad_norm > 0:
         raise ConfigError(f"finetune.max_grad_norm must be > 0, got {max_grad_norm}")
@@ -219,7 +204,6 @@ def poisson_sampler(*, num_examples: int, sample_rate: float, steps: int) -> Sam
     Returns:
         An iterable of ``steps`` lists (arrays under torchrun) of this rank's row indices.
     """
-    from privimage.privacy.noise import torch_noise_generator
 
     if not distributed.is_distributed():
         return UniformWithReplacementSampler(
@@ -262,7 +246,6 @@ def dp_sgd_step(
             drawn and before the update is applied; the journal and the ledger
             record the step here. If it raises, nothing is applied.
     """
-    from privimage.dp.per_sample import compute_per_sample_gradients
 
     indices = np.asarray(batch_indices, dtype=np.int64)
     # An empty Poisson batch is still a noisy step: noise on a zero sum.
@@ -321,8 +304,10 @@ def apply_released_update(*, optimizer: DPOptimizer, update: Sequence[torch.Tens
 def _seed_step(*, seed: int, stage: str, step: int, phase: str) -> None:
     """Seed the non-private randomness of one phase of one step from (seed, stage, step, rank).
 
-    A replayed step's post-processing then draws what the live one drew, and the
-    generators' state never carries the realised batch size to a later step or a checkpoint.
+    The diffusion noise and timesteps and a GAN's latents are post-processing of
+    nothing sensitive. Seeding them afresh at every step means a replayed step's
+    post-processing draws what the live one drew, and no generator state that
+    depends on the realised batch size reaches a later step or a checkpoint.
     """
     digest = hashlib.sha256(f"{stage_seed(seed, stage)}:{phase}:{int(step)}".encode()).digest()
     seed_training_randomness(distributed.rank_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)))
@@ -774,7 +759,6 @@ def _check_ledger_matches(ledger, *, sensitive: ImageDataset, delta: float) -> N
 
 def _check_checkpoint_account(checkpoint: Mapping[str, Any], *, journal: DPStepJournal, account: DPAccount) -> None:
     """A resumed checkpoint's ledger must be this run's ledger plus the steps its journal listed then."""
-    from privimage.privacy.ledger import PrivacyLedger
 
     steps_then = int(checkpoint["journal_steps"])
     # The journal's rule, shared with `privimage audit`; the ledger comparison below then checks the charges.

@@ -30,13 +30,19 @@ import torch
 from privimage import distributed
 from privimage.config import Config, FinetuneConfig
 from privimage.data.base import ImageDataset, refuse_sensitive
+from privimage.distributed import sum_gradients_over_ranks
 from privimage.errors import DataError
+from privimage.models import (
+    discriminator_loss_fake_per_example,
+    discriminator_loss_per_row,
+    discriminator_loss_real_per_example,
+    generator_loss_per_example,
+)
 from privimage.training.common import batch_tensors, model_device
 from privimage.training.diffusion_training import NONPRIVATE_MARK
 from privimage.training.dpsgd import run_dp_sgd
-from privimage.training.plan import GAN_BETAS, finetune_plan
-from privimage.distributed import sum_gradients_over_ranks
 from privimage.training.plain import chunked, run_plain_training
+from privimage.training.plan import GAN_BETAS, finetune_plan
 
 PRETRAIN_STAGE = "pretrain_gan"
 DP_FINETUNE_STAGE = "dp_finetune_gan"
@@ -69,7 +75,6 @@ def _generator_step(*, generator, discriminator, optimizer, batch_size: int, phy
 
     ``batch_size`` counts the generated images of all ranks; this rank makes its share.
     """
-    from privimage.models import generator_loss_per_example
 
     device = model_device(generator)
     optimizer.zero_grad(set_to_none=True)
@@ -98,7 +103,6 @@ def _plain_gan_step(*, dataset: ImageDataset, generator, discriminator, d_optimi
 
     ``batch_size`` is the step's real rows over all ranks (the mean's divisor); ``rows`` this rank's share.
     """
-    from privimage.models import discriminator_loss_fake_per_example, discriminator_loss_real_per_example
 
     device = model_device(discriminator)
 
@@ -208,7 +212,6 @@ def dp_finetune_gan(
     Returns:
         Statistics: discriminator steps, generator steps, sigma, q, epsilon, time, memory.
     """
-    from privimage.models import discriminator_loss_per_row
 
     settings: FinetuneConfig = config.finetune
     num_classes = _check_gan_labels(sensitive, generator, role="sensitive")

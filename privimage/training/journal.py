@@ -1,50 +1,24 @@
 """An append-only, fsynced journal of the DP-SGD steps a run has released, with the released updates.
 
-What a DP-SGD step releases is its noisy update: the clipped per-sample
-gradients summed, one Gaussian noise draw added, divided by the expected batch
-size (paper Algorithm 1). Everything the run does with it afterwards (the
-optimizer step, the EMA, a GAN's generator step) is post-processing. So each
-step's update is written to ``dpsgd_updates/step-<t>-release-<i>.pt`` (atomic
-write, fsync) and *then* a journal line naming the file and its SHA-256 is
-appended (fsync), all *before* the update is applied. The update file is the
-release: storing it reveals nothing beyond the noisy gradients the accountant
-already charges for, and it is protected like the checkpoints beside it.
+What a DP-SGD step releases is its noisy update (paper Algorithm 1); what the
+run does with it afterwards (optimizer step, EMA, a GAN's generator step) is
+post-processing. So each update is written to
+``dpsgd_updates/step-<t>-release-<i>.pt`` (atomic, fsynced) and *then* a journal
+line naming the file and its SHA-256 is appended (fsynced), all *before* the
+update is applied. The file reveals nothing beyond what the accountant charges.
 
-Why a journal and not only the ledger inside each checkpoint: a run killed
-between two checkpoints has already released updates computed from the
-sensitive data. On resume the run is charged for every step the journal lists,
-and the steps released after the checkpoint it resumes from are *replayed*
-from their files (`replay_plan`): the same optimizer step, EMA update and
-post-processing as the live loop, without reading the sensitive data and
-without drawing new noise. The resumed run therefore has the same steps, the
-same ledger and the same epsilon as an uninterrupted one, at every crash point:
-
-- killed between steps or inside a checkpoint write: the steps after the
-  checkpoint are replayed;
-- an update written but its journal line not (killed, or a full disk): the file
-  is adopted on the next open (a line is appended, so it is charged) and replayed;
-- a journal line cut short (full disk mid-line): it still counts as a step, and
-  the next open completes it from its update file (an atomic rewrite);
-- an update write that a full disk stopped: the temporary file is removed,
-  nothing was released or charged, and the step is taken again.
-
-Two cases stay conservative rather than exact. A temporary update file left by
-a kill in the middle of its write held part of a noisy gradient on disk: it is
-charged as a released step (a line marked ``unapplied``) and the step is taken
-again with fresh noise. An update file that is missing (deleted, or pruned with
-a checkpoint that later became unreadable) cannot be replayed: its step stays
-charged and is taken again. Only these add steps to the account
-(``lost_steps_charged``); an update whose file disagrees with its journal hash
-is refused outright, since replaying it would apply something never released.
-
-A file without one complete line is a header write that was cut short, before
-any step could be released, and is started again. While a run holds its journal
-open it holds an exclusive lock on it, so two processes cannot fine-tune in the
-same folder at once and spend the budget side by side.
+Why a journal and not only the ledger in each checkpoint: a run killed between
+two checkpoints has already released updates. On resume every journalled step
+is charged, and the steps after the resumed checkpoint are *replayed* from their
+files (`replay_plan`) without reading sensitive data or drawing new noise, so a
+resumed run has the uninterrupted run's steps and epsilon at every crash point.
+`DPStepJournal` says how each interrupted write is settled, including the two
+conservative cases that charge a step twice.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -107,9 +81,30 @@ def update_file_name(*, step: int, release: int) -> str:
 class DPStepJournal:
     """The DP-SGD steps released in one run folder, and the files of their noisy updates.
 
-    Opening a journal settles what an interrupted write left behind (see the
-    module docstring): an update file without its line is adopted, a torn line
-    is completed from its update file, a partial update file is charged.
+    Opening a journal settles what an interrupted write left behind, so that
+    every crash point resumes exactly:
+
+    - killed between steps or inside a checkpoint write: the steps after the
+      checkpoint are replayed;
+    - an update written but its journal line not (killed, or a full disk): the
+      file is adopted (a line is appended, so it is charged) and replayed;
+    - a journal line cut short (full disk mid-line): it still counts as a step,
+      and is completed from its update file (an atomic rewrite);
+    - an update write that a full disk stopped: the temporary file is removed,
+      nothing was released or charged, and the step is taken again;
+    - a file without one complete line is a header write cut short, before any
+      release, and is started again.
+
+    Two cases stay conservative rather than exact, and only they add steps to
+    the account (``lost_steps_charged``): a temporary update file left by a kill
+    mid-write held part of a noisy gradient, so it is charged (a line marked
+    ``unapplied``) and the step is taken again with fresh noise; and an update
+    file that is missing (deleted, or pruned with a checkpoint that later became
+    unreadable) cannot be replayed, so its step stays charged and is taken
+    again. An update whose file disagrees with its journal hash is refused
+    outright: replaying it would apply something never released. While open,
+    the journal holds an exclusive lock, so two processes cannot fine-tune in
+    the same folder and spend the budget side by side.
 
     Args:
         path: the journal file (created with ``header`` as its first line if missing);
@@ -482,7 +477,6 @@ def _lock_exclusively(path: Path):
     handle = open(path, "a+b")
     if sys.platform == "win32":  # no fcntl: rely on the user not to run one folder twice
         return handle
-    import fcntl
 
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
