@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,35 @@ def _dp_inputs(dataset: ImageDataset, device: torch.device, *, noise_multiplicit
     return load_inputs
 
 
+def _train_diffusion_without_noise(
+    *, stage: str, model: torch.nn.Module, ema: Any, optimizer: torch.optim.Optimizer, dataset: ImageDataset,
+    rows_loss: Callable[[np.ndarray], torch.Tensor], settings: Any, steps: int, config: Config,
+    identity: dict[str, Any], resource_stage: str, run_dir: Path, progress: bool,
+) -> dict[str, Any]:
+    """Plain (no clipping, no noise) UNet training: pre-training, and NonPrivD's fine-tuning.
+
+    ``settings`` is the config section the stage reads (``pretrain`` or ``finetune``) for the
+    batch, physical batch and checkpoint interval.
+    """
+
+    def train_step(step: int, rows: np.ndarray) -> dict[str, float]:
+        optimizer.zero_grad(set_to_none=True)
+        # `rows` is this process's share of the batch; the ranks' gradients add up to the batch mean's.
+        loss = accumulate_mean_loss(rows_loss, rows, settings.physical_batch_size, batch_size=settings.batch_size)
+        loss = sum_gradients_over_ranks(model.parameters(), loss)
+        optimizer.step()
+        ema.update(model)
+        return {"loss": loss}
+
+    model.train()
+    return run_plain_training(
+        stage=stage, dataset=dataset, steps=steps, batch_size=settings.batch_size,
+        train_step=train_step, state={"model": model, "ema": ema, "optimizer": optimizer},
+        run_dir=run_dir, seed=config.seed, checkpoint_every=settings.checkpoint_every,
+        identity=identity, resource_stage=resource_stage, progress=progress,
+    )
+
+
 def pretrain_diffusion(
     *,
     model: torch.nn.Module,
@@ -119,23 +149,12 @@ def pretrain_diffusion(
             labels = torch.full_like(labels, num_classes)
         return loss_fn(model, images, labels)
 
-    def train_step(step: int, rows: np.ndarray) -> dict[str, float]:
-        optimizer.zero_grad(set_to_none=True)
-        # `rows` is this process's share of the batch; the ranks' gradients add up to the batch mean's.
-        loss = accumulate_mean_loss(rows_loss, rows, settings.physical_batch_size, batch_size=settings.batch_size)
-        loss = sum_gradients_over_ranks(model.parameters(), loss)
-        optimizer.step()
-        ema.update(model)
-        return {"loss": loss}
-
-    model.train()
-    stats = run_plain_training(
-        stage=PRETRAIN_STAGE, dataset=public, steps=settings.steps, batch_size=settings.batch_size,
-        train_step=train_step, state={"model": model, "ema": ema, "optimizer": optimizer},
-        run_dir=run_dir, seed=config.seed, checkpoint_every=settings.checkpoint_every,
+    stats = _train_diffusion_without_noise(
+        stage=PRETRAIN_STAGE, model=model, ema=ema, optimizer=optimizer, dataset=public, rows_loss=rows_loss,
+        settings=settings, steps=settings.steps, config=config,
         identity={"pretrain": dataclasses.asdict(settings), "model": dataclasses.asdict(config.diffusion),
                   "unconditional": unconditional},
-        resource_stage="pretraining", progress=progress,
+        resource_stage="pretraining", run_dir=run_dir, progress=progress,
     )
     return {**stats, "skipped": False, "unconditional": unconditional}
 
@@ -200,22 +219,13 @@ def finetune_nonprivate_diffusion(
 ) -> dict[str, Any]:
     """NonPrivD: the same fine-tuning budget as DP-SGD, without clipping or noise. NO privacy guarantee.
 
-    Args:
-        model: the (pre-trained) UNet, fine-tuned in place.
-        ema: its exponential moving average.
-        sensitive: the sensitive training set.
-        config: the resolved config (``finetune`` and ``diffusion`` sections).
-        run_dir: the stage's folder.
-        progress: show a tqdm bar.
-
-    Returns:
-        Statistics with ``private: False`` and ``epsilon: None``.
+    Takes `dp_finetune_diffusion`'s arguments less ``ledger`` and ``target_epsilon``; returns the
+    training statistics marked with `NONPRIVATE_MARK` (``private: False``, ``epsilon: None``).
     """
     settings = config.finetune
     num_classes = _num_classes(model)
     _check_labels(sensitive, num_classes, role="sensitive")
     plan = finetune_plan(generator="diffusion", settings=settings, num_examples=len(sensitive))
-    steps = plan.steps
     device = model_device(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=plan.lr, weight_decay=settings.weight_decay,
                                   betas=plan.betas)
@@ -224,22 +234,12 @@ def finetune_nonprivate_diffusion(
         sigma_data=config.diffusion.sigma_data,
     )
 
-    def train_step(step: int, rows: np.ndarray) -> dict[str, float]:
-        optimizer.zero_grad(set_to_none=True)
-        loss = accumulate_mean_loss(lambda chunk: loss_fn(model, *batch_tensors(sensitive, chunk, device)),
-                                    rows, settings.physical_batch_size, batch_size=settings.batch_size)
-        loss = sum_gradients_over_ranks(model.parameters(), loss)
-        optimizer.step()
-        ema.update(model)
-        return {"loss": loss}
-
-    model.train()
-    stats = run_plain_training(
-        stage=NONPRIVATE_FINETUNE_STAGE, dataset=sensitive, steps=steps, batch_size=settings.batch_size,
-        train_step=train_step, state={"model": model, "ema": ema, "optimizer": optimizer},
-        run_dir=run_dir, seed=config.seed, checkpoint_every=settings.checkpoint_every,
+    stats = _train_diffusion_without_noise(
+        stage=NONPRIVATE_FINETUNE_STAGE, model=model, ema=ema, optimizer=optimizer, dataset=sensitive,
+        rows_loss=lambda rows: loss_fn(model, *batch_tensors(sensitive, rows, device)),
+        settings=settings, steps=plan.steps, config=config,
         identity={"finetune": dataclasses.asdict(settings), "model": dataclasses.asdict(config.diffusion)},
-        resource_stage="finetuning", progress=progress,
+        resource_stage="finetuning", run_dir=run_dir, progress=progress,
     )
     return {**stats, **NONPRIVATE_MARK}
 

@@ -132,6 +132,38 @@ def _plain_gan_step(*, dataset: ImageDataset, generator, discriminator, d_optimi
     return train_step
 
 
+def _train_gan_without_noise(
+    *, stage: str, dataset: ImageDataset, generator: torch.nn.Module, discriminator: torch.nn.Module,
+    config: Config, num_classes: int, steps: int, batch_size: int, lr: float, betas: tuple[float, float],
+    settings: Any, identity: dict[str, Any], resource_stage: str, run_dir: Path, progress: bool,
+) -> dict[str, Any]:
+    """Plain (no clipping, no noise) GAN training: pre-training, and NonPrivG's fine-tuning.
+
+    ``settings`` is the config section the stage reads (``pretrain`` or ``finetune``) for weight
+    decay, physical batch and checkpoint interval; ``identity`` names it for the checkpoints.
+    """
+    d_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=lr, weight_decay=settings.weight_decay,
+                                    betas=betas)
+    g_optimizer = torch.optim.AdamW(generator.parameters(), lr=lr, weight_decay=settings.weight_decay,
+                                    betas=betas)
+    train_step = _plain_gan_step(
+        dataset=dataset, generator=generator, discriminator=discriminator, d_optimizer=d_optimizer,
+        g_optimizer=g_optimizer, update_ratio=config.gan.update_ratio, batch_size=batch_size,
+        generator_batch_size=batch_size, physical_batch_size=settings.physical_batch_size,
+        num_classes=num_classes,
+    )
+    generator.train()
+    discriminator.train()
+    return run_plain_training(
+        stage=stage, dataset=dataset, steps=steps, batch_size=batch_size, train_step=train_step,
+        state={"generator": generator, "discriminator": discriminator,
+               "generator_optimizer": g_optimizer, "discriminator_optimizer": d_optimizer},
+        run_dir=run_dir, seed=config.seed, checkpoint_every=settings.checkpoint_every,
+        identity={**identity, "model": dataclasses.asdict(config.gan)},
+        resource_stage=resource_stage, progress=progress,
+    )
+
+
 def pretrain_gan(
     *,
     generator: torch.nn.Module,
@@ -159,28 +191,11 @@ def pretrain_gan(
     refuse_sensitive(public, "pre-training")
     settings = config.pretrain
     num_classes = _check_gan_labels(public, generator, role="pre-training")
-    d_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=settings.gan_lr,
-                                    weight_decay=settings.weight_decay, betas=GAN_BETAS)
-    g_optimizer = torch.optim.AdamW(generator.parameters(), lr=settings.gan_lr,
-                                    weight_decay=settings.weight_decay, betas=GAN_BETAS)
-
-    train_step = _plain_gan_step(
-        dataset=public, generator=generator, discriminator=discriminator, d_optimizer=d_optimizer,
-        g_optimizer=g_optimizer, update_ratio=config.gan.update_ratio, batch_size=settings.gan_batch_size,
-        generator_batch_size=settings.gan_batch_size, physical_batch_size=settings.physical_batch_size,
-        num_classes=num_classes,
-    )
-
-    generator.train()
-    discriminator.train()
-    stats = run_plain_training(
-        stage=PRETRAIN_STAGE, dataset=public, steps=settings.gan_steps, batch_size=settings.gan_batch_size,
-        train_step=train_step,
-        state={"generator": generator, "discriminator": discriminator,
-               "generator_optimizer": g_optimizer, "discriminator_optimizer": d_optimizer},
-        run_dir=run_dir, seed=config.seed, checkpoint_every=settings.checkpoint_every,
-        identity={"pretrain": dataclasses.asdict(settings), "model": dataclasses.asdict(config.gan)},
-        resource_stage="pretraining", progress=progress,
+    stats = _train_gan_without_noise(
+        stage=PRETRAIN_STAGE, dataset=public, generator=generator, discriminator=discriminator, config=config,
+        num_classes=num_classes, steps=settings.gan_steps, batch_size=settings.gan_batch_size, lr=settings.gan_lr,
+        betas=GAN_BETAS, settings=settings, identity={"pretrain": dataclasses.asdict(settings)},
+        resource_stage="pretraining", run_dir=run_dir, progress=progress,
     )
     return {**stats, "skipped": False}
 
@@ -204,10 +219,8 @@ def dp_finetune_gan(
         sensitive: the sensitive training set.
         ledger: the run's `PrivacyLedger` before fine-tuning; charged in place for
             every discriminator step (the only steps that read sensitive data).
-        config: the resolved config (``finetune`` and ``gan`` sections).
-        run_dir: the stage's folder (checkpoints, DP-SGD journal, ``resources.json``).
-        target_epsilon: epsilon of the whole run at ``config.finetune.delta``.
-        progress: show a tqdm bar.
+        config, run_dir, target_epsilon, progress: as in `dp_finetune_diffusion` (the
+            ``gan`` section in place of ``diffusion``).
 
     Returns:
         Statistics: discriminator steps, generator steps, sigma, q, epsilon, time, memory.
@@ -264,42 +277,16 @@ def finetune_nonprivate_gan(
 ) -> dict[str, Any]:
     """NonPrivG: the DP GAN fine-tuning budget without clipping or noise. NO privacy guarantee.
 
-    Args:
-        generator: the (pre-trained) generator, fine-tuned in place.
-        discriminator: the (pre-trained) discriminator, fine-tuned in place.
-        sensitive: the sensitive training set.
-        config: the resolved config (``finetune`` and ``gan`` sections).
-        run_dir: the stage's folder.
-        progress: show a tqdm bar.
-
-    Returns:
-        Statistics with ``private: False`` and ``epsilon: None``.
+    Takes `dp_finetune_gan`'s arguments less ``ledger`` and ``target_epsilon``; returns what
+    `finetune_nonprivate_diffusion` returns, for the GAN.
     """
     settings = config.finetune
     num_classes = _check_gan_labels(sensitive, generator, role="sensitive")
     plan = finetune_plan(generator="gan", settings=settings, num_examples=len(sensitive))
-    steps = plan.steps
-    d_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=plan.lr,
-                                    weight_decay=settings.weight_decay, betas=plan.betas)
-    g_optimizer = torch.optim.AdamW(generator.parameters(), lr=plan.lr,
-                                    weight_decay=settings.weight_decay, betas=plan.betas)
-
-    train_step = _plain_gan_step(
-        dataset=sensitive, generator=generator, discriminator=discriminator, d_optimizer=d_optimizer,
-        g_optimizer=g_optimizer, update_ratio=config.gan.update_ratio, batch_size=settings.batch_size,
-        generator_batch_size=settings.batch_size, physical_batch_size=settings.physical_batch_size,
-        num_classes=num_classes,
-    )
-
-    generator.train()
-    discriminator.train()
-    stats = run_plain_training(
-        stage=NONPRIVATE_FINETUNE_STAGE, dataset=sensitive, steps=steps, batch_size=settings.batch_size,
-        train_step=train_step,
-        state={"generator": generator, "discriminator": discriminator,
-               "generator_optimizer": g_optimizer, "discriminator_optimizer": d_optimizer},
-        run_dir=run_dir, seed=config.seed, checkpoint_every=settings.checkpoint_every,
-        identity={"finetune": dataclasses.asdict(settings), "model": dataclasses.asdict(config.gan)},
-        resource_stage="finetuning", progress=progress,
+    stats = _train_gan_without_noise(
+        stage=NONPRIVATE_FINETUNE_STAGE, dataset=sensitive, generator=generator, discriminator=discriminator,
+        config=config, num_classes=num_classes, steps=plan.steps, batch_size=settings.batch_size, lr=plan.lr,
+        betas=plan.betas, settings=settings, identity={"finetune": dataclasses.asdict(settings)},
+        resource_stage="finetuning", run_dir=run_dir, progress=progress,
     )
     return {**stats, **NONPRIVATE_MARK}
