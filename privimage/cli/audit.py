@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from privimage.cli.common import add_json, emit
+from privimage.cli.common import emit, finish_command
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,8 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="folder holding the sensitive dataset (default: the data root run.json records, else $PRIVIMAGE_DATA, "
         "else ./data)",
     )
-    add_json(parser)
-    parser.set_defaults(func=_audit)
+    finish_command(parser, _audit, profile=False, data_root=False)
 
 
 def _audit(args: argparse.Namespace) -> int:

@@ -4,25 +4,25 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from privimage.data.registry import default_data_root
 
 
-def add_data_root(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--data-root", type=Path, default=None,
-        help="folder holding real datasets and caches (default: $PRIVIMAGE_DATA, else ./data)",
-    )
-
-
-def add_json(parser: argparse.ArgumentParser) -> None:
+def finish_command(parser: argparse.ArgumentParser, func: Callable[[argparse.Namespace], int], *,
+                   profile: bool = True, data_root: bool = True) -> None:
+    """Add the options commands share (``--profile``, ``--data-root``, ``--json``) and what runs it."""
+    if profile:
+        parser.add_argument("--profile", default="quick", help="smoke, quick, paper or a YAML path (default: quick)")
+    if data_root:
+        parser.add_argument(
+            "--data-root", type=Path, default=None,
+            help="folder holding real datasets and caches (default: $PRIVIMAGE_DATA, else ./data)",
+        )
     parser.add_argument("--json", action="store_true", help="print one JSON object on the last line")
-
-
-def add_profile(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", default="quick", help="smoke, quick, paper or a YAML path (default: quick)")
+    parser.set_defaults(func=func)
 
 
 def data_root_option(args: argparse.Namespace) -> Path:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from privimage.cli.common import add_data_root, add_json, add_profile, emit, data_root_option
+from privimage.cli.common import data_root_option, emit, finish_command
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,13 +21,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     commands.required = True
 
     listing = commands.add_parser("list", help="every dataset, whether it is available here, and where it is expected")
-    add_data_root(listing)
-    add_json(listing)
-    listing.set_defaults(func=_list)
+    finish_command(listing, _list, profile=False)
 
     info = commands.add_parser("info", help="size, shape and class names of one split (works without the files)")
     _add_dataset_arguments(info)
-    info.set_defaults(func=_info)
+    finish_command(info, _info)
 
     show = commands.add_parser("show", help="write a PNG grid of images labelled with their class names")
     _add_dataset_arguments(show)
@@ -37,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.add_argument("--out", type=Path, required=True, help="the PNG file to write")
     show.add_argument("--allow-sensitive", action="store_true",
                       help="draw the profile's sensitive training split too (a picture of it leaves no ledger)")
-    show.set_defaults(func=_show)
+    finish_command(show, _show)
 
     importing = commands.add_parser(
         "import",
@@ -56,19 +54,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     importing.add_argument("--fit", choices=("resize", "center_crop", "pad"), default="resize",
                            help="resize: the whole image (default); center_crop: the central square, then resize; "
                            "pad: centre on black, never shrink (28x28 MNIST-like digits to 32x32)")
-    add_profile(importing)
-    add_data_root(importing)
-    add_json(importing)
-    importing.set_defaults(func=_import)
+    finish_command(importing, _import)
 
 
 def _add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", help="a dataset name (see 'privimage data list'), folder:PATH or npz:PATH")
     parser.add_argument("--split", default="train", help="split (default: train)")
     parser.add_argument("--download", action="store_true", help="download a missing real dataset (needs a network)")
-    add_profile(parser)
-    add_data_root(parser)
-    add_json(parser)
 
 
 def _data_config(args: argparse.Namespace):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from privimage.cli.common import add_data_root, add_json, add_profile, emit, data_root_option
+from privimage.cli.common import data_root_option, emit, finish_command
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,10 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--download-inception", action="store_true",
                         help="download pytorch-fid's Inception weights first (needs a network)")
     parser.add_argument("--progress", action="store_true", help="show progress bars")
-    add_profile(parser)
-    add_data_root(parser)
-    add_json(parser)
-    parser.set_defaults(func=run_evaluate)
+    finish_command(parser, run_evaluate)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

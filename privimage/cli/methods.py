@@ -9,13 +9,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from privimage.cli.common import add_data_root, add_json, add_profile, emit, data_root_option
+from privimage.cli.common import data_root_option, emit, finish_command
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     methods = subparsers.add_parser("methods", help="list the methods with one line each")
-    add_json(methods)
-    methods.set_defaults(func=_methods)
+    finish_command(methods, _methods, profile=False, data_root=False)
 
     run = subparsers.add_parser(
         "run",
@@ -37,10 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--world-size", type=int, default=None,
                      help="with --dry-run: processes to plan per-rank batches for (default: $WORLD_SIZE, else 1)")
     run.add_argument("--no-evaluate", action="store_true", help="skip FID and classifier accuracy")
-    add_profile(run)
-    add_data_root(run)
-    add_json(run)
-    run.set_defaults(func=_run)
+    finish_command(run, _run)
 
 
 def _methods(args: argparse.Namespace) -> int:
@@ -55,9 +51,8 @@ def _run(args: argparse.Namespace) -> int:
     from privimage import distributed
     from privimage.config import load_config
     from privimage.errors import ConfigError
-    from privimage.pipeline import dry_run, run_method
-
     from privimage.methods import get_method
+    from privimage.pipeline import dry_run, run_method
 
     if args.epsilon is not None and not get_method(args.method).private:
         raise ConfigError(f"method '{args.method}' is not private and spends no budget: drop --epsilon")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from privimage.cli.common import add_json, emit
+from privimage.cli.common import emit, finish_command
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,45 +18,46 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     commands = privacy.add_subparsers(dest="privacy_command", metavar="SUBCOMMAND")
     commands.required = True
 
-    epsilon = commands.add_parser(
-        "epsilon", help="epsilon of DP-SGD (plus an optional semantic query)",
+    _add_dpsgd_command(
+        commands, "epsilon", func=_epsilon, given=("--noise-multiplier", "DP-SGD sigma"),
+        help="epsilon of DP-SGD (plus an optional semantic query)",
         description="Epsilon at DELTA of T DP-SGD steps with noise multiplier S and sample rate Q, composed with "
         "one semantic query of noise multiplier Z (paper Theorem E.2).",
     )
-    _add_dpsgd_shape(epsilon)
-    epsilon.add_argument("--noise-multiplier", type=float, required=True, help="DP-SGD sigma")
-    epsilon.add_argument("--accountant", choices=("rdp", "prv"), default="rdp", help="accountant (default: rdp)")
-    add_json(epsilon)
-    epsilon.set_defaults(func=_epsilon)
-
-    calibrate = commands.add_parser(
-        "calibrate", help="DP-SGD noise multiplier for a target epsilon",
+    _add_dpsgd_command(
+        commands, "calibrate", func=_calibrate, given=("--target-epsilon", "epsilon of the whole run"),
+        help="DP-SGD noise multiplier for a target epsilon",
         description="The smallest DP-SGD sigma whose composition with the semantic query spends at most the "
         "target epsilon at DELTA (paper Theorem E.3).",
     )
-    _add_dpsgd_shape(calibrate)
-    calibrate.add_argument("--target-epsilon", type=float, required=True, help="epsilon of the whole run")
-    calibrate.add_argument("--accountant", choices=("rdp", "prv"), default="rdp", help="accountant (default: rdp)")
-    add_json(calibrate)
-    calibrate.set_defaults(func=_calibrate)
 
     ledger = commands.add_parser(
         "ledger", help="show a saved privacy ledger and its epsilon",
         description="Load a ledger JSON file, validate it, and print its entries and the epsilon they spend.",
     )
     ledger.add_argument("path", type=Path, help="ledger JSON file")
-    ledger.add_argument("--accountant", choices=("rdp", "prv"), default="rdp", help="accountant (default: rdp)")
-    add_json(ledger)
-    ledger.set_defaults(func=_ledger)
+    _add_accountant(ledger)
+    finish_command(ledger, _ledger, profile=False, data_root=False)
 
 
-def _add_dpsgd_shape(parser: argparse.ArgumentParser) -> None:
+def _add_accountant(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--accountant", choices=("rdp", "prv"), default="rdp", help="accountant (default: rdp)")
+
+
+def _add_dpsgd_command(commands: argparse._SubParsersAction, name: str, *, func, given: tuple[str, str],
+                       help: str, description: str) -> None:
+    """``epsilon`` and ``calibrate``: the same DP-SGD schedule, given sigma or given the target epsilon."""
+    parser = commands.add_parser(name, help=help, description=description)
     parser.add_argument("--sample-rate", type=float, required=True, help="Poisson sampling rate q")
     parser.add_argument("--steps", type=int, required=True, help="DP-SGD steps T")
     parser.add_argument("--delta", type=float, required=True, help="target delta (below 1/N)")
     parser.add_argument("--query-noise-multiplier", type=float, default=None,
                         help="z of the semantic query (noise std z*sqrt(k)); omit for DP-SGD alone")
     parser.add_argument("--k", type=int, default=1, help="semantics per sensitive image of the query (default: 1)")
+    option, option_help = given
+    parser.add_argument(option, type=float, required=True, help=option_help)
+    _add_accountant(parser)
+    finish_command(parser, func, profile=False, data_root=False)
 
 
 def _epsilon(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from privimage.cli.common import add_data_root, add_json, add_profile, emit, data_root_option
+from privimage.cli.common import data_root_option, emit, finish_command
 from privimage.errors import PrivImageError
 
 
@@ -27,10 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "semantics selected per class, unless the profile sets k)")
     select.add_argument("--delta", type=float, default=None, help="delta for the reported epsilon")
     select.add_argument("--out", type=Path, required=True, help="output folder")
-    add_profile(select)
-    add_data_root(select)
-    add_json(select)
-    select.set_defaults(func=_select)
+    finish_command(select, _select)
 
     sds = subparsers.add_parser(
         "sds",
@@ -42,10 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sds.add_argument("--a", required=True, help="NAME or NAME:SELECTION_JSON")
     sds.add_argument("--b", required=True, help="NAME or NAME:SELECTION_JSON")
     sds.add_argument("--split", default="train", help="split of a dataset given by NAME (default: train)")
-    add_profile(sds)
-    add_data_root(sds)
-    add_json(sds)
-    sds.set_defaults(func=_sds)
+    finish_command(sds, _sds)
 
 
 def _select(args: argparse.Namespace) -> int:
