@@ -128,28 +128,32 @@ def test_k_above_the_number_of_public_classes_is_refused_before_training(capsys,
 # --------------------------------------------------------------------------- the sensitive set itself
 
 
-def test_an_empty_sensitive_set_is_refused(capsys, tmp_path, tripwire):
-    root = tmp_path / "data"
+def _empty_npz(root):
     save_npz(root / "empty.npz", x=np.zeros((0, 32, 32, 1), np.uint8), y=np.zeros(0, np.int64))
-    out = tmp_path / "run"
-    refused(capsys, run_argv(out, "--sensitive", "npz:empty.npz", "--data-root", str(root)), mentions="empty")
-    assert_nothing_looks_complete(out)
+    return "npz:empty.npz"
 
 
-def test_a_single_class_sensitive_set_is_refused_before_training_when_evaluating(capsys, tmp_path, tripwire):
-    root = tmp_path / "data"
+def _single_class_npz(root):
     save_npz(root / "one.npz", **digits(200, classes=1))
-    out = tmp_path / "run"
-    refused(capsys, run_argv(out, "--sensitive", "npz:one.npz", "--data-root", str(root)), mentions="class")
-    assert_nothing_looks_complete(out)
+    return "npz:one.npz"
 
 
-def test_images_of_mixed_sizes_are_refused(capsys, tmp_path, tripwire):
-    root = tmp_path / "data"
+def _mixed_size_folder(root):
     write_png(root / "mine" / "train" / "cat" / "a.png", size=(32, 32))
     write_png(root / "mine" / "train" / "dog" / "b.png", size=(28, 28))
+    return "folder:mine"
+
+
+@pytest.mark.parametrize(("write_sensitive", "mentions"), [
+    pytest.param(_empty_npz, "empty", id="empty"),
+    # Refused before training because the run evaluates (a classifier needs two classes).
+    pytest.param(_single_class_npz, "class", id="single-class"),
+    pytest.param(_mixed_size_folder, "differ in size", id="images-of-mixed-sizes"),
+])
+def test_an_unusable_sensitive_set_is_refused(capsys, tmp_path, tripwire, write_sensitive, mentions):
+    root = tmp_path / "data"
     out = tmp_path / "run"
-    refused(capsys, run_argv(out, "--sensitive", "folder:mine", "--data-root", str(root)), mentions="differ in size")
+    refused(capsys, run_argv(out, "--sensitive", write_sensitive(root), "--data-root", str(root)), mentions=mentions)
     assert_nothing_looks_complete(out)
 
 

@@ -126,21 +126,6 @@ def test_cifar10_missing_names_folder_and_files(tmp_path):
         load_dataset("cifar10", "train", data_root=tmp_path)
 
 
-def test_cifar10_corrupt_batch_names_the_file(tmp_path):
-    write_cifar10(tmp_path)
-    (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"not a pickle")
-    with pytest.raises(DataError, match="data_batch_3 is not a CIFAR-10 pickle batch"):
-        load_dataset("cifar10", "train", data_root=tmp_path)
-
-
-def test_cifar10_wrong_row_length(tmp_path):
-    write_cifar10(tmp_path)
-    with open(tmp_path / "cifar-10-batches-py" / "test_batch", "wb") as handle:
-        pickle.dump({"data": np.zeros((2, 100), np.uint8), "labels": [0, 1]}, handle)
-    with pytest.raises(DataError, match=r"shape \(2, 100\).*N x 3072"):
-        load_dataset("cifar10", "test", data_root=tmp_path)
-
-
 # ----------------------------------------------------------------- ImageNet npz
 
 
@@ -164,32 +149,57 @@ def test_imagenet_class_names_from_map_clsloc(tmp_path):
     assert val.class_names[0] == "name 1" and val.class_names[999] == "name 1000"
 
 
-def test_imagenet_missing_batch_is_named(tmp_path):
-    write_imagenet_npz(tmp_path)
-    os.remove(tmp_path / "imagenet32" / "train_data_batch_7.npz")
-    with pytest.raises(DataError, match="imagenet32 not found: .* lacks train_data_batch_7.npz"):
-        load_dataset("imagenet32", "train", data_root=tmp_path)
+# ----------------------------------------------------------------- damaged files, each named
 
 
-def test_imagenet_corrupt_npz(tmp_path):
-    write_imagenet_npz(tmp_path)
-    (tmp_path / "imagenet32" / "val_data.npz").write_bytes(b"PK\x03\x04 truncated")
-    with pytest.raises(DataError, match="val_data.npz is not a downsampled ImageNet npz"):
-        load_dataset("imagenet32", "val", data_root=tmp_path)
+def _corrupt_cifar10_batch(root):
+    write_cifar10(root)
+    (root / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"not a pickle")
 
 
-def test_imagenet_wrong_resolution(tmp_path):
-    write_imagenet_npz(tmp_path, resolution=32)
-    os.rename(tmp_path / "imagenet32", tmp_path / "imagenet64")
-    with pytest.raises(DataError, match="expected uint8 3 x 12288"):
-        load_dataset("imagenet64", "val", data_root=tmp_path)
+def _cifar10_rows_of_wrong_length(root):
+    write_cifar10(root)
+    with open(root / "cifar-10-batches-py" / "test_batch", "wb") as handle:
+        pickle.dump({"data": np.zeros((2, 100), np.uint8), "labels": [0, 1]}, handle)
 
 
-def test_imagenet_labels_out_of_range(tmp_path):
-    write_imagenet_npz(tmp_path)
-    np.savez(tmp_path / "imagenet32" / "val_data.npz", data=np.zeros((2, 3072), np.uint8), labels=np.array([0, 5]))
-    with pytest.raises(DataError, match="1-based"):
-        load_dataset("imagenet32", "val", data_root=tmp_path)
+def _missing_imagenet_batch(root):
+    write_imagenet_npz(root)
+    os.remove(root / "imagenet32" / "train_data_batch_7.npz")
+
+
+def _corrupt_imagenet_npz(root):
+    write_imagenet_npz(root)
+    (root / "imagenet32" / "val_data.npz").write_bytes(b"PK\x03\x04 truncated")
+
+
+def _imagenet32_files_as_imagenet64(root):
+    write_imagenet_npz(root, resolution=32)
+    os.rename(root / "imagenet32", root / "imagenet64")
+
+
+def _imagenet_labels_out_of_range(root):
+    write_imagenet_npz(root)
+    np.savez(root / "imagenet32" / "val_data.npz", data=np.zeros((2, 3072), np.uint8), labels=np.array([0, 5]))
+
+
+@pytest.mark.parametrize(("damage", "name", "split", "message"), [
+    pytest.param(_corrupt_cifar10_batch, "cifar10", "train", "data_batch_3 is not a CIFAR-10 pickle batch",
+                 id="cifar10-corrupt-batch"),
+    pytest.param(_cifar10_rows_of_wrong_length, "cifar10", "test", r"shape \(2, 100\).*N x 3072",
+                 id="cifar10-wrong-row-length"),
+    pytest.param(_missing_imagenet_batch, "imagenet32", "train",
+                 "imagenet32 not found: .* lacks train_data_batch_7.npz", id="imagenet-missing-batch"),
+    pytest.param(_corrupt_imagenet_npz, "imagenet32", "val", "val_data.npz is not a downsampled ImageNet npz",
+                 id="imagenet-corrupt-npz"),
+    pytest.param(_imagenet32_files_as_imagenet64, "imagenet64", "val", "expected uint8 3 x 12288",
+                 id="imagenet-wrong-resolution"),
+    pytest.param(_imagenet_labels_out_of_range, "imagenet32", "val", "1-based", id="imagenet-labels-out-of-range"),
+])
+def test_a_damaged_dataset_file_is_refused_with_what_is_wrong(tmp_path, damage, name, split, message):
+    damage(tmp_path)
+    with pytest.raises(DataError, match=message):
+        load_dataset(name, split, data_root=tmp_path)
 
 
 def test_imagenet_folder_is_box_resized(tmp_path):

@@ -7,23 +7,14 @@ import sys
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
 
 from privimage.cli import main
-from privimage.data.base import ImageDataset
 from privimage.data.mnist5k import load_mnist5k
 from privimage.evaluation import datasets
+from stand_ins import stand_in_split
 
 torch.set_num_threads(2)
 
-
-def stand_in_public(split):
-    """A public corpus for tests: scikit-learn's 8x8 digits (not MNIST), upscaled and padded to 32x32."""
-    digits = load_digits()
-    images = np.kron(digits.images, np.ones((3, 3))) * (255 / 16)
-    images = np.pad(images, ((0, 0), (4, 4), (4, 4))).round().astype(np.uint8)[:, None]
-    public = ImageDataset("sklearn-digits", "all", images, digits.target.astype(np.int64), tuple(f"d{i}" for i in range(10)))
-    return public.subset(np.arange(1500) if split == "train" else np.arange(1500, len(public)), split)
 
 
 @pytest.fixture(autouse=True)
@@ -31,7 +22,7 @@ def offline_setup(isolated_cache, monkeypatch):
     original = datasets.load_split
     # The public corpus of the smoke profile is replaced by a small stand-in.
     monkeypatch.setattr(datasets, "load_split", lambda *, name, split, data_root=None, config=None:
-                        stand_in_public(split) if name == "glyphs1k" else original(name=name, split=split,
+                        stand_in_split(split) if name == "glyphs1k" else original(name=name, split=split,
                                                                                    data_root=data_root, config=config))
 
 

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from sklearn.datasets import load_digits
 
 from privimage.cache import cache_root
 from privimage.config import load_config
@@ -27,20 +26,13 @@ from privimage.evaluation.fid import (
     pytorch_fid_distance,
     reference_statistics,
 )
+from stand_ins import stand_in_public
 
 torch.set_num_threads(2)
 
 
 pytestmark = pytest.mark.usefixtures("module_cache")
 
-
-def stand_in_public():
-    """A public corpus for tests: scikit-learn's 8x8 digits (not MNIST), upscaled and padded to 32x32."""
-    digits = load_digits()
-    images = np.kron(digits.images, np.ones((3, 3))) * (255 / 16)
-    images = np.pad(images, ((0, 0), (4, 4), (4, 4))).round().astype(np.uint8)[:, None]
-    public = ImageDataset("sklearn-digits", "all", images, digits.target.astype(np.int64), tuple(f"d{i}" for i in range(10)))
-    return public.subset(np.arange(1500), "train"), public.subset(np.arange(1500, len(public)), "val")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
 
 from privimage.config import load_config
 from privimage.data.base import ImageDataset
@@ -12,6 +11,7 @@ from privimage.errors import DataError, PrivacyError
 from privimage.evaluation import evaluate as evaluate_module
 from privimage.evaluation.evaluate import evaluate_synthetic
 from privimage.evaluation.synthetic import load_synthetic_npz
+from stand_ins import stand_in_public
 
 torch.set_num_threads(2)
 
@@ -94,14 +94,6 @@ def test_corrupt_truncated_and_non_npz_files(tmp_path, test_split):
     with pytest.raises(DataError, match="not found"):
         load_synthetic_npz(path=tmp_path / "missing.npz", reference=test_split)
 
-
-def stand_in_public():
-    """A public corpus for tests: scikit-learn's 8x8 digits (not MNIST), upscaled and padded to 32x32."""
-    digits = load_digits()
-    images = np.kron(digits.images, np.ones((3, 3))) * (255 / 16)
-    images = np.pad(images, ((0, 0), (4, 4), (4, 4))).round().astype(np.uint8)[:, None]
-    public = ImageDataset("sklearn-digits", "all", images, digits.target.astype(np.int64), tuple(f"d{i}" for i in range(10)))
-    return public.subset(np.arange(1500), "train"), public.subset(np.arange(1500, len(public)), "val")
 
 
 def test_too_few_samples_for_fid_is_refused_before_any_work(test_split, monkeypatch):

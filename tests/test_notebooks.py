@@ -177,6 +177,15 @@ def assert_metric_ranges(frame: pd.DataFrame, *, fid: bool = True) -> None:
         assert done.loc[done["epsilon"].isna(), "epsilon_spent_max"].isna().all()
 
 
+def read_sweep(results: Path, name: str, column: str, swept) -> pd.DataFrame:
+    """A sweep's table: one row per swept value, in order, its metrics in range, and its figure."""
+    table = read_table(results, f"tab_{name}")
+    assert list(table[column]) == list(swept)
+    assert_metric_ranges(table)
+    assert_png(results / "figures" / f"fig_{name}.png")
+    return table
+
+
 @pytest.mark.notebook
 def test_00_tour(smoke_run):
     results = execute("00_tour.ipynb", smoke_run)
@@ -247,11 +256,8 @@ def test_03_selection_ratio(smoke_run):
 @pytest.mark.notebook
 def test_04_model_size(smoke_run):
     results = execute("04_model_size.ipynb", smoke_run)
-    table = read_table(results, "tab_rq3_model_size")
-    assert list(table["model_size"]) == list(smoke_run["config"].experiment.model_sizes)
+    table = read_sweep(results, "rq3_model_size", "model_size", smoke_run["config"].experiment.model_sizes)
     assert (table["num_parameters"] > 0).all()
-    assert_metric_ranges(table)
-    assert_png(results / "figures" / "fig_rq3_model_size.png")
 
 
 @pytest.mark.notebook
@@ -293,11 +299,9 @@ def test_06_resources(smoke_run):
 @pytest.mark.notebook
 def test_07_overparameterization(smoke_run):
     results = execute("07_mnist_overparameterization.ipynb", smoke_run)
-    table = read_table(results, "tab_appb_overparameterization")
-    assert list(table["model_size"]) == list(smoke_run["config"].experiment.overparameterization_sizes)
-    assert set(table["method"]) == {smoke_run["config"].experiment.overparameterization_method}
-    assert_metric_ranges(table)
-    assert_png(results / "figures" / "fig_appb_overparameterization.png")
+    config = smoke_run["config"].experiment
+    table = read_sweep(results, "appb_overparameterization", "model_size", config.overparameterization_sizes)
+    assert set(table["method"]) == {config.overparameterization_method}
 
 
 @pytest.mark.notebook
