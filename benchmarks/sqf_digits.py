@@ -127,6 +127,23 @@ def query_noise_costs(config, *, query_noise_multiplier: float, train_size: int)
             "dpsgd_noise_multiplier": sigmas}
 
 
+def own_digit_summary(hits: np.ndarray) -> dict[str, float]:
+    """How many digits, of a trials x digits array of simulated hits, selected their own glyph."""
+    counts = hits.sum(axis=1)
+    return {"simulated_own_digits_mean": float(counts.mean()),
+            "simulated_own_digits_median": float(np.median(counts)),
+            "simulated_p_at_least_checked": float((counts >= OWN_DIGITS_CHECKED).mean())}
+
+
+def strongest_rival(histogram: np.ndarray, own: list[int], digit: int, public_names) -> dict:
+    """The public class other than the digit's own glyph that takes most of its votes, and its share."""
+    others = histogram[digit].copy()
+    others[own[digit]] = -1.0
+    rival = int(np.argmax(others))
+    return {"mnist_test_rival": public_names[rival],
+            "mnist_test_rival_share": float(histogram[digit, rival] / max(histogram[digit].sum(), 1.0))}
+
+
 def measure(*, profile: str, augmentation: str | None, sqf_epochs: int | None, trials: int, seed: int,
             data_root: Path | None, query_noise_multipliers: tuple[float, ...] = (), progress: bool = True) -> dict:
     """Train or load the SQF, score both digit sets with it, simulate the query; the JSON document."""
@@ -171,32 +188,21 @@ def measure(*, profile: str, augmentation: str | None, sqf_epochs: int | None, t
     # A Monte Carlo estimate, not a release: seeded so that the table can be reproduced.
     hits = simulate_selection(histogram, own, noise_std=query.query_noise_multiplier * np.sqrt(query.k),
                               per_row=per_row, trials=trials, rng=np.random.default_rng(seed))
-    own_counts = hits.sum(axis=1)
 
     # The same simulation at other noise levels, beside their privacy cost (reporting only).
     sweep = []
     for z in query_noise_multipliers:
         z_hits = simulate_selection(histogram, own, noise_std=z * np.sqrt(query.k), per_row=per_row,
                                     trials=trials, rng=np.random.default_rng(seed))
-        z_counts = z_hits.sum(axis=1)
         sweep.append({"query_noise_multiplier": z,
                       **query_noise_costs(config, query_noise_multiplier=z, train_size=train_size),
-                      "simulated_own_digits_mean": float(z_counts.mean()),
-                      "simulated_own_digits_median": float(np.median(z_counts)),
-                      "simulated_p_at_least_checked": float((z_counts >= OWN_DIGITS_CHECKED).mean()),
+                      **own_digit_summary(z_hits),
                       "simulated_own_selected": [float(share) for share in z_hits.mean(axis=0)]})
 
-    rows = []
-    for digit, name in enumerate(test.class_names):
-        others = histogram[digit].copy()
-        others[own[digit]] = -1.0
-        rival = int(np.argmax(others))
-        rows.append({
-            "digit": name, "uci_share": uci_shares[digit], "mnist_test_share": test_shares[digit],
-            "mnist_test_rival": public_names[rival],
-            "mnist_test_rival_share": float(histogram[digit, rival] / max(histogram[digit].sum(), 1.0)),
-            "simulated_own_selected": float(hits[:, digit].mean()),
-        })
+    rows = [{"digit": name, "uci_share": uci_shares[digit], "mnist_test_share": test_shares[digit],
+             **strongest_rival(histogram, own, digit, public_names),
+             "simulated_own_selected": float(hits[:, digit].mean())}
+            for digit, name in enumerate(test.class_names)]
     return {
         "profile": profile, "sqf_augmentation": semantics.sqf_augmentation, "sqf_epochs": semantics.sqf_epochs,
         # The cache folder's name (the SQF's config hash), not its machine-specific path.
@@ -207,9 +213,7 @@ def measure(*, profile: str, augmentation: str | None, sqf_epochs: int | None, t
                   "selection_ratio": semantics.selection_ratio, "semantics_per_class": per_row,
                   "train_size": train_size, "trials": trials, "seed": seed},
         "uci_mean_share": float(np.mean(uci_shares)), "mnist_test_mean_share": float(np.mean(test_shares)),
-        "simulated_own_digits_mean": float(own_counts.mean()),
-        "simulated_own_digits_median": float(np.median(own_counts)),
-        "simulated_p_at_least_checked": float((own_counts >= OWN_DIGITS_CHECKED).mean()),
+        **own_digit_summary(hits),
         "rows": rows,
         "query_noise_sweep": sweep,
     }
