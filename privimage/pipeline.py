@@ -58,9 +58,10 @@ from privimage.privacy.noise import noise_generator_name
 from privimage.resource_usage import measure_stage
 from privimage.run_folder import check_release_location, read_json_mapping
 
-# load_public through its module, so a corpus loader replaced there (a test's tripwire) is the one called.
+# load_public and query_function_key through their modules, so that what a test replaces there (a
+# tripwire, a retrained query function's key) is what is called.
+from privimage.semantics import query_function as query_function_module
 from privimage.semantics import stage as semantics_stage
-from privimage.semantics.query_function import query_function_key
 from privimage.semantics.selection import relabel_selected
 from privimage.semantics.stage import (
     check_compatible,
@@ -137,8 +138,8 @@ def selection_stage(
         "private": method.private, "sensitive": sensitive.content_hash(), "public": config.data.public,
         "data": dataclasses.asdict(config.data), "semantics": dataclasses.asdict(semantics),
         "delta": config.finetune.delta, "secure_mode": config.finetune.secure_mode, "seed": config.seed,
-        "sqf": query_function_key(public_train=public_train, public_val=public_val, config=semantics,
-                                  seed=semantics.sqf_seed),
+        "sqf": query_function_module.query_function_key(public_train=public_train, public_val=public_val,
+                                                        config=semantics, seed=semantics.sqf_seed),
     })
     directory = stage_dir("selection", key)
     summary_path = directory / "selection.json"

@@ -24,6 +24,8 @@ from privimage.training.journal import JOURNAL_NAME, UPDATES_DIR, read_journal, 
 from tiny_runs import tiny_profile
 
 EPSILON = 10.0
+# What a run writes from the sensitive data once fine-tuning ends (metrics.json too when it evaluates).
+WRITTEN_AFTER_FINETUNING = ("ledger.json", "privacy.json", "synthetic.npz", "samples.png")
 
 
 @pytest.fixture(scope="module")
@@ -120,16 +122,17 @@ def test_derived_artifacts_without_a_ledger_fail(capsys, copy_run):
 
 def test_checkpoints_alone_without_a_ledger_fail(capsys, copy_run):
     run_dir = copy_run("dpdm")
-    for name in ("ledger.json", "privacy.json", "synthetic.npz"):
+    for name in WRITTEN_AFTER_FINETUNING:
         (run_dir / name).unlink()
     code, result = audit_cli(capsys, run_dir)
     assert code == 1 and not result["checks"][0]["passed"]
+    assert "finetune/ckpt-" in result["checks"][0]["detail"]
 
 
 def test_a_folder_with_nothing_derived_is_incomplete(capsys, copy_run):
     run_dir = copy_run("dpdm")
     shutil.rmtree(run_dir / "finetune")
-    for name in ("ledger.json", "privacy.json", "synthetic.npz"):
+    for name in WRITTEN_AFTER_FINETUNING:
         (run_dir / name).unlink()
     code, result = audit_cli(capsys, run_dir)
     assert code == 4 and result["status"] == "incomplete"
@@ -331,8 +334,7 @@ def test_a_private_run_without_a_target_fails_and_still_prints(capsys, copy_run)
 
 def test_an_interrupted_run_names_its_unaccounted_steps(capsys, copy_run):
     run_dir = copy_run("dpdm")
-    for path in [run_dir / "ledger.json", run_dir / "privacy.json", run_dir / "synthetic.npz",
-                 *(run_dir / "finetune").glob("ckpt-*.pt")]:
+    for path in [*(run_dir / name for name in WRITTEN_AFTER_FINETUNING), *(run_dir / "finetune").glob("ckpt-*.pt")]:
         path.unlink()
     steps = read_journal(run_dir / "finetune" / JOURNAL_NAME)[1]
     code, result = audit_cli(capsys, run_dir)

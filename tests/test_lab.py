@@ -209,8 +209,10 @@ async def _execute(lab: Lab, kernel_id: str, code: str) -> str:
             break
     msg_id = await send("execute_request", {"code": code, "silent": False, "store_history": False,
                                             "user_expressions": {}, "allow_stdin": False, "stop_on_error": True})
-    printed, reply = [], None
-    while True:
+    # Done when both the reply (shell channel) and the idle status (IOPub) have come: the two channels
+    # are not ordered with respect to each other, so either may arrive first.
+    printed, reply, idle = [], None, False
+    while reply is None or not idle:
         message = await connection.read_message()
         assert message is not None, "the kernel's websocket closed before it answered"
         message = json.loads(message)
@@ -223,8 +225,8 @@ async def _execute(lab: Lab, kernel_id: str, code: str) -> str:
             pytest.fail(f"the kernel raised {message['content']['ename']}: {message['content']['evalue']}")
         elif kind == "execute_reply":
             reply = message["content"]["status"]
-        elif kind == "status" and message["content"]["execution_state"] == "idle" and reply is not None:
-            break
+        elif kind == "status" and message["content"]["execution_state"] == "idle":
+            idle = True
     connection.close()
     assert reply == "ok"
     return "".join(printed)
