@@ -214,3 +214,19 @@ def test_select_without_k_queries_k_equal_to_n_and_records_z_k_and_n(capsys, tmp
     assert (summary["k"], summary["semantics_per_class"], summary["query_noise_multiplier"]) == (2, 5, 60.0)
     assert summary["k_follows_semantics_per_class"] is False
     assert (summary["ledger"]["entries"][0]["k"], summary["ledger"]["entries"][0]["query_noise_multiplier"]) == (2, 60.0)
+
+
+def test_sqf_training_is_reproducible_whatever_the_global_random_state(tmp_path, monkeypatch):
+    """The seed fixes initialisation as well as shuffling: two trainings from scratch give the same weights."""
+    public = _dataset(n=32, seed=4)
+    config = SemanticQueryConfig(sqf_epochs=1, sqf_batch_size=16, sqf_width=4)
+    weights = []
+    for attempt, global_seed in enumerate((1, 2)):
+        # A fresh cache each time, and a different global random state before each training.
+        monkeypatch.setenv("PRIVIMAGE_CACHE", str(tmp_path / f"cache-{attempt}"))
+        torch.manual_seed(global_seed)
+        query_function = train_query_function(public_train=public, public_val=public, config=config, seed=3,
+                                              progress=False)
+        weights.append(torch.load(Path(query_function.cache_dir) / "sqf.pt", weights_only=True))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
