@@ -219,6 +219,11 @@ def test_02_semantic_query(smoke_run):
     # The embedded benchmark adds the reference pre-trained on each digit's own glyph class.
     assert set(pretrained["method"]) == {*smoke_run["config"].experiment.pretrained_methods, "matched-glyphs"}
     assert all(math.isfinite(v) and v >= 0 for v in pretrained["fid"])
+    # Every seed's model as its own row, and the summary is their mean.
+    per_seed = read_table(results, "tab_rq2_pretrained_runs")
+    assert len(per_seed) == len(pretrained) * len(smoke_run["config"].experiment.seeds)
+    means = per_seed.groupby("method")["fid"].mean()
+    assert all(means[row.method] == pytest.approx(row.fid) for row in pretrained.itertuples())
     sds = read_table(results, "tab_rq2_sds")
     assert sds["sds"].between(-1.0, 1.0).all()
     # A Fréchet distance of every subset (and of the whole corpus) to the sensitive test split.
