@@ -285,9 +285,13 @@ def train_query_function(
     training_keys = _training_keys(public_train=public_train, public_val=public_val, config=config, seed=seed)
     directory = stage_dir("sqf", config_hash(training_keys))
     # The seed fixes the initialisation too (it is in the cache key): without it two trainings of one
-    # configuration started from whatever state the global generator was left in.
-    torch.manual_seed(seed)
-    model = build_query_function(config, in_channels=public_train.image_shape[0], num_classes=public_train.num_classes)
+    # configuration started from whatever state the global generator was left in. Forked, so that
+    # loading a cached SQF leaves the caller's random state as it was. (Built on the CPU: its generator
+    # is the one to fork.)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_query_function(config, in_channels=public_train.image_shape[0],
+                                     num_classes=public_train.num_classes)
     model.to(distributed.device())
 
     # Load the cached stage when this exact configuration was trained before (rank 0 reads, all get it).

@@ -140,7 +140,7 @@ def _train_gan_without_noise(
     """Plain (no clipping, no noise) GAN training: pre-training, and NonPrivG's fine-tuning.
 
     ``settings`` is the config section the stage reads (``pretrain`` or ``finetune``) for weight
-    decay, physical batch and checkpoint interval; ``identity`` names it for the checkpoints.
+    decay, physical batch and checkpoint interval; ``identity`` is what the checkpoints are of.
     """
     d_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=lr, weight_decay=settings.weight_decay,
                                     betas=betas)
@@ -159,7 +159,7 @@ def _train_gan_without_noise(
         state={"generator": generator, "discriminator": discriminator,
                "generator_optimizer": g_optimizer, "discriminator_optimizer": d_optimizer},
         run_dir=run_dir, seed=config.seed, checkpoint_every=settings.checkpoint_every,
-        identity={**identity, "model": dataclasses.asdict(config.gan)},
+        identity=identity,
         resource_stage=resource_stage, progress=progress,
     )
 
@@ -194,7 +194,8 @@ def pretrain_gan(
     stats = _train_gan_without_noise(
         stage=PRETRAIN_STAGE, dataset=public, generator=generator, discriminator=discriminator, config=config,
         num_classes=num_classes, steps=settings.gan_steps, batch_size=settings.gan_batch_size, lr=settings.gan_lr,
-        betas=GAN_BETAS, settings=settings, identity={"pretrain": dataclasses.asdict(settings)},
+        betas=GAN_BETAS, settings=settings,
+        identity={"pretrain": dataclasses.asdict(settings), "model": dataclasses.asdict(config.gan)},
         resource_stage="pretraining", run_dir=run_dir, progress=progress,
     )
     return {**stats, "skipped": False}
@@ -286,7 +287,8 @@ def finetune_nonprivate_gan(
     stats = _train_gan_without_noise(
         stage=NONPRIVATE_FINETUNE_STAGE, dataset=sensitive, generator=generator, discriminator=discriminator,
         config=config, num_classes=num_classes, steps=plan.steps, batch_size=settings.batch_size, lr=plan.lr,
-        betas=plan.betas, settings=settings, identity={"finetune": dataclasses.asdict(settings)},
+        betas=plan.betas, settings=settings,
+        identity={"finetune": dataclasses.asdict(settings), "model": dataclasses.asdict(config.gan)},
         resource_stage="finetuning", run_dir=run_dir, progress=progress,
     )
     return {**stats, **NONPRIVATE_MARK}
