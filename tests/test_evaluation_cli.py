@@ -16,7 +16,6 @@ from stand_ins import stand_in_split
 torch.set_num_threads(2)
 
 
-
 @pytest.fixture(autouse=True)
 def offline_setup(isolated_cache, monkeypatch):
     original = datasets.load_split
